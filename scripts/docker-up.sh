@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# docker-up.sh makes a Docker engine and the executor image available, and is
+# safe to run again: it installs docker.io when missing, starts dockerd when
+# no daemon answers (and remembers that it did, for docker-down.sh), builds
+# the local base image and builds the executor image only when
+# Dockerfile.executor or executor-image/ changed.
+#
+# Environment: DOCKER_IMAGE (default codegw/executor:latest), DOCKER_HOST
+# (default unix:///var/run/docker.sock), DOCKERD_DATA_ROOT (default: the
+# engine's own, /var/lib/docker), FORCE=1 to rebuild the image.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DOCKER_IMAGE=${DOCKER_IMAGE:-codegw/executor:latest}
+STATE=/tmp/codegw-dockerd
+PIDFILE=$STATE/dockerd.pid
+LOG=$STATE/dockerd.log
+HASH_LABEL=codegw.build-hash
+
+log() { printf 'docker-up: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
+	log "installing docker.io"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >&2 ||
+		{ as_root apt-get update -q >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >&2; }
+fi
+
+if docker info >/dev/null 2>&1; then
+	log "docker engine is up"
+else
+	[[ -n ${DOCKER_HOST:-} && ${DOCKER_HOST} != unix:///var/run/docker.sock ]] &&
+		die "DOCKER_HOST=$DOCKER_HOST does not answer; not starting a local dockerd for it"
+	[[ $(id -u) == 0 ]] || die "no Docker engine answers and starting dockerd needs root"
+	mkdir -p "$STATE"
+	if [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+		dpid=$(cat "$PIDFILE")
+		log "dockerd $dpid is already starting"
+	else
+		log "starting dockerd (log: $LOG)"
+		args=(--storage-driver=overlay2 --bridge=none --iptables=false --ip-masq=false --pidfile="$PIDFILE")
+		[[ -n ${DOCKERD_DATA_ROOT:-} ]] && args+=(--data-root="$DOCKERD_DATA_ROOT")
+		# setsid: the engine outlives this script and its caller's process group.
+		# dockerd writes (and on exit removes) $PIDFILE itself.
+		setsid dockerd "${args[@]}" </dev/null >>"$LOG" 2>&1 &
+		dpid=$!
+	fi
+	for _ in $(seq 1 300); do
+		docker info >/dev/null 2>&1 && break
+		if ! kill -0 "$dpid" 2>/dev/null; then
+			tail -n 30 "$LOG" >&2
+			die "dockerd exited; see $LOG"
+		fi
+		sleep 0.1
+	done
+	docker info >/dev/null 2>&1 || { tail -n 30 "$LOG" >&2; die "dockerd did not answer within 30s; see $LOG"; }
+	log "dockerd is up"
+fi
+
+scripts/base-image.sh
+
+[[ -f executor-image/packages.txt && -f executor-image/launch.py ]] ||
+	die "executor-image/packages.txt or launch.py is missing"
+
+# The build inputs' hash: Dockerfile.executor, .dockerignore and every file
+# under executor-image/ (names and contents), in a stable order.
+hash=$({
+	sha256sum Dockerfile.executor
+	[[ -f .dockerignore ]] && sha256sum .dockerignore
+	find executor-image -type f -not -name '*.pyc' -not -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+} | sha256sum | cut -c1-32)
+have=$(docker image inspect -f "{{ index .Config.Labels \"$HASH_LABEL\" }}" "$DOCKER_IMAGE" 2>/dev/null || true)
+if [[ ${FORCE:-0} != 1 && $have == "$hash" ]]; then
+	log "$DOCKER_IMAGE is up to date ($hash)"
+	exit 0
+fi
+
+log "building $DOCKER_IMAGE"
+start=$SECONDS
+DOCKER_BUILDKIT=0 docker build --network host -q \
+	--label "$HASH_LABEL=$hash" -t "$DOCKER_IMAGE" -f Dockerfile.executor . >/dev/null
+log "built $DOCKER_IMAGE in $((SECONDS - start))s"
+# Drop the previous build's layers that no tag names any more.
+docker image prune -f --filter "label=$HASH_LABEL" >/dev/null 2>&1 || true
