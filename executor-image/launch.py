@@ -1,0 +1,173 @@
+"""Kernel launcher shared by the local (bubblewrap) and Docker provisioners.
+
+    python3 launch.py -f CONNECTION_FILE [more IPKernelApp options]
+    python3 launch.py --build-mpl-cache DIR
+
+The first form starts an IPython kernel (ipykernel's IPKernelApp) set up the
+same way wherever it runs:
+
+- IPYTHONDIR, MPLCONFIGDIR and, when HOME is not writable, HOME live under
+  the temporary directory (TMPDIR, else /tmp): the root file system may be
+  read-only and /tmp is private to the kernel.
+- IPython history is off: the shared SQLite history database caps the
+  throughput of busy kernels, and a kernel serves a single caller anyway.
+- matplotlib uses the inline backend (Agg underneath): plt.show() and figures
+  left open at the end of a cell are sent as image/png display_data.
+- A CJK font, when one is installed, is matplotlib's default sans-serif font
+  and axes.unicode_minus is off, so Chinese titles and minus signs render.
+- The modules in EXECUTOR_PRELOAD (comma separated; default
+  numpy,pandas,matplotlib,matplotlib.pyplot) are imported before the kernel
+  answers its first request, so that a warm kernel imports them instantly.
+  No names are added to the user's namespace.
+- matplotlib's font cache is copied from EXECUTOR_MPL_CACHE (a directory made
+  with --build-mpl-cache) instead of being rebuilt, which costs seconds.
+- The working directory is EXECUTOR_WORKDIR, default /code.
+
+The second form builds that font cache into DIR, once, at image build time
+(Docker) or when the local provisioner starts.
+
+Only the standard library is imported before the kernel starts, and nothing
+here writes outside the temporary directory.
+"""
+
+import glob
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+
+DEFAULT_PRELOAD = "numpy,pandas,matplotlib,matplotlib.pyplot"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+# CJK fonts in order of preference: a file pattern and the family name
+# matplotlib gives its first face.
+CJK_FONTS = [
+    ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "WenQuanYi Micro Hei"),
+    ("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc", "WenQuanYi Zen Hei"),
+    ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "Noto Sans CJK JP"),
+    ("/usr/share/fonts/opentype/noto/NotoSansCJK*.ttc", "Noto Sans CJK JP"),
+    ("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf", "Droid Sans Fallback"),
+]
+
+
+def log(msg):
+    print("launch: " + msg, file=sys.stderr, flush=True)
+
+
+def writable_dir(path):
+    return bool(path) and os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+def cjk_font():
+    """Return the family name of the first installed CJK font, or None."""
+    for pattern, family in CJK_FONTS:
+        if glob.glob(pattern):
+            return family
+    return None
+
+
+def write_matplotlibrc(configdir):
+    """Write the kernel's matplotlibrc: CJK font first, no unicode minus.
+
+    matplotlib reads $MPLCONFIGDIR/matplotlibrc at import, so the settings
+    hold whether or not matplotlib is preloaded and survive plt.rcdefaults()
+    less than rcParams set in code would.
+    """
+    lines = ["# Written by executor launch.py.", "axes.unicode_minus: False"]
+    family = cjk_font()
+    if family:
+        lines.append("font.family: sans-serif")
+        lines.append("font.sans-serif: %s, DejaVu Sans, Bitstream Vera Sans, sans-serif" % family)
+    with open(os.path.join(configdir, "matplotlibrc"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def seed_mpl_cache(configdir):
+    """Copy the prebuilt font cache (fontlist-*.json) into MPLCONFIGDIR."""
+    src = os.environ.get("EXECUTOR_MPL_CACHE")
+    if not src or not os.path.isdir(src):
+        return
+    for path in glob.glob(os.path.join(src, "fontlist-*.json")):
+        dst = os.path.join(configdir, os.path.basename(path))
+        if not os.path.exists(dst):
+            try:
+                shutil.copyfile(path, dst)
+            except OSError as e:
+                log("font cache not copied: %s" % e)
+
+
+def setup_environment():
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    tmp = tempfile.gettempdir()
+    if not writable_dir(os.environ.get("HOME")):
+        os.environ["HOME"] = tmp
+    for var, name in (("IPYTHONDIR", ".ipython"), ("MPLCONFIGDIR", ".matplotlib")):
+        path = os.environ.get(var)
+        if not writable_dir(path):
+            path = os.path.join(tmp, name)
+            os.environ[var] = path
+        os.makedirs(path, exist_ok=True)
+    os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
+    configdir = os.environ["MPLCONFIGDIR"]
+    seed_mpl_cache(configdir)
+    write_matplotlibrc(configdir)
+    sys.dont_write_bytecode = True
+
+    workdir = os.environ.get("EXECUTOR_WORKDIR", "/code")
+    try:
+        os.chdir(workdir)
+    except OSError as e:
+        log("cannot use %s as working directory: %s" % (workdir, e))
+
+
+def preload(shell):
+    """Import the EXECUTOR_PRELOAD modules; a failure is logged, not fatal."""
+    names = os.environ.get("EXECUTOR_PRELOAD", DEFAULT_PRELOAD)
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a broken optional module must not stop the kernel
+            log("preload %s failed: %s" % (name, e))
+    # With pyplot loaded, do what %matplotlib inline does now rather than in
+    # the user's first plotting cell: import the backend and register the
+    # hook that sends open figures at the end of each cell.
+    if "matplotlib.pyplot" in sys.modules and os.environ.get("MPLBACKEND") == INLINE_BACKEND:
+        try:
+            shell.enable_matplotlib("inline")
+        except Exception as e:
+            log("matplotlib inline setup failed: %s" % e)
+
+
+def build_mpl_cache(directory):
+    """Build matplotlib's font cache into directory (for EXECUTOR_MPL_CACHE)."""
+    os.makedirs(directory, exist_ok=True)
+    os.environ["MPLCONFIGDIR"] = directory
+    import matplotlib.font_manager as fm
+
+    # Make sure the CJK font is in the list the cache was built from.
+    family = cjk_font()
+    if family:
+        fm.findfont(fm.FontProperties(family=family), fallback_to_default=False)
+    return 0
+
+
+def main(argv):
+    if len(argv) == 2 and argv[0] == "--build-mpl-cache":
+        return build_mpl_cache(argv[1])
+
+    setup_environment()
+
+    from ipykernel.kernelapp import IPKernelApp
+
+    app = IPKernelApp.instance()
+    app.initialize(argv + ["--HistoryManager.enabled=False"])
+    preload(app.shell)
+    app.start()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
