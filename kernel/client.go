@@ -1,0 +1,593 @@
+package kernel
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+)
+
+// Errors that end calls on a Client.
+var (
+	// ErrDied is wrapped by every error caused by the kernel's death: process
+	// exit, a kill, or missed heartbeats.
+	ErrDied = errors.New("kernel died")
+	// ErrClosed is returned by calls on a closed Client.
+	ErrClosed = errors.New("kernel client closed")
+)
+
+// ClientOptions tunes a Client. The zero value uses the defaults.
+type ClientOptions struct {
+	// HeartbeatInterval is how often the heartbeat is pinged (default 250ms).
+	HeartbeatInterval time.Duration
+	// HeartbeatTimeout is how long without a pong before the kernel is
+	// declared dead (default 1s). Negative disables heartbeat monitoring.
+	HeartbeatTimeout time.Duration
+	// Logger receives decode errors and other oddities (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (o *ClientOptions) defaults() {
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = 250 * time.Millisecond
+	}
+	if o.HeartbeatTimeout == 0 {
+		o.HeartbeatTimeout = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Client speaks the Jupyter messaging protocol to one kernel over ZeroMQ.
+// Each socket has one reader goroutine that routes messages by their parent
+// msg_id to the call waiting for them, so a call only ever sees its own
+// events. All methods are safe for concurrent use.
+type Client struct {
+	info    ConnectionInfo
+	session string
+	opts    ClientOptions
+
+	ctx    context.Context // ends when the Client is closed
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	shell, control, stdin, iopub, hb zmq4.Socket
+
+	sendMu sync.Mutex // guards sendSigner and sends
+	signer *Signer
+
+	mu      sync.Mutex
+	pending map[string]*call // by msg_id of the request
+	deadErr error            // set once when the kernel is found dead
+	dead    chan struct{}    // closed with deadErr
+}
+
+// call is one request waiting for its reply and the iopub messages it caused.
+type call struct {
+	ch   chan *Message // replies, iopub and stdin messages, in arrival order
+	gone chan struct{} // closed when nobody waits any more
+}
+
+func newCall(ch chan *Message) *call {
+	return &call{ch: ch, gone: make(chan struct{})}
+}
+
+// Dial connects to the kernel at info and returns a Client. It does not wait
+// for the kernel to be ready; call WaitReady.
+func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client, error) {
+	opts.defaults()
+	cctx, cancel := context.WithCancel(context.Background())
+	c := &Client{
+		info:    info,
+		session: NewID(),
+		opts:    opts,
+		ctx:     cctx,
+		cancel:  cancel,
+		signer:  NewSigner(info.Key),
+		pending: make(map[string]*call),
+		dead:    make(chan struct{}),
+	}
+	// zmq4 dials block with their own retry loop; tie them to ctx.
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
+
+	id := zmq4.SocketIdentity(NewID())
+	sockOpts := []zmq4.Option{
+		zmq4.WithDialerRetry(10 * time.Millisecond),
+		zmq4.WithDialerMaxRetries(-1),
+		zmq4.WithLogger(slogLogger(opts.Logger)),
+	}
+	// Shell and stdin must share one identity: the kernel routes
+	// input_request to the identity that sent the execute_request.
+	c.shell = zmq4.NewDealer(cctx, append(sockOpts, zmq4.WithID(id))...)
+	c.stdin = zmq4.NewDealer(cctx, append(sockOpts, zmq4.WithID(id))...)
+	c.control = zmq4.NewDealer(cctx, sockOpts...)
+	c.iopub = zmq4.NewSub(cctx, sockOpts...)
+	c.hb = zmq4.NewReq(cctx, sockOpts...)
+	socks := []struct {
+		s  zmq4.Socket
+		ch string
+	}{{c.shell, Shell}, {c.stdin, Stdin}, {c.control, Control}, {c.iopub, IOPub}, {c.hb, HB}}
+	if err := c.iopub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("kernel: subscribe iopub: %w", err)
+	}
+	for _, s := range socks {
+		if err := s.s.Dial(info.Endpoint(s.ch)); err != nil {
+			c.Close()
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("kernel: dial %s: %w", s.ch, ctx.Err())
+			}
+			return nil, fmt.Errorf("kernel: dial %s: %w", s.ch, err)
+		}
+	}
+	for _, s := range []struct {
+		s  zmq4.Socket
+		ch string
+	}{{c.shell, Shell}, {c.stdin, Stdin}, {c.control, Control}, {c.iopub, IOPub}} {
+		c.wg.Add(1)
+		go c.read(s.s, s.ch)
+	}
+	if opts.HeartbeatTimeout > 0 {
+		c.wg.Add(1)
+		go c.heartbeat()
+	}
+	return c, nil
+}
+
+// Close closes every socket and ends every waiting call with ErrClosed. It
+// does not stop the kernel.
+func (c *Client) Close() error {
+	c.cancel()
+	var err error
+	for _, s := range []zmq4.Socket{c.shell, c.stdin, c.control, c.iopub, c.hb} {
+		if s != nil {
+			if e := s.Close(); e != nil && err == nil && !errors.Is(e, context.Canceled) {
+				err = e
+			}
+		}
+	}
+	c.wg.Wait()
+	c.Fail(ErrClosed)
+	return nil
+}
+
+// Fail marks the kernel dead with err (wrapped in ErrDied unless it is
+// ErrClosed) and ends every waiting call. Provisioners' process watchers call
+// it when the kernel process exits. Only the first failure is kept.
+func (c *Client) Fail(err error) {
+	if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrDied) {
+		err = fmt.Errorf("%w: %v", ErrDied, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.deadErr != nil {
+		return
+	}
+	c.deadErr = err
+	close(c.dead)
+}
+
+// Dead is closed when the kernel is found dead or the Client is closed.
+func (c *Client) Dead() <-chan struct{} { return c.dead }
+
+// Err returns why the Client stopped working, or nil while it works.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.deadErr
+}
+
+// Session is the Jupyter session id this Client signs its messages with.
+func (c *Client) Session() string { return c.session }
+
+func (c *Client) read(sock zmq4.Socket, channel string) {
+	defer c.wg.Done()
+	signer := NewSigner(c.info.Key) // one per reader: a Signer is not concurrent
+	for {
+		zm, err := sock.Recv()
+		if err != nil {
+			if c.ctx.Err() == nil {
+				c.Fail(fmt.Errorf("%s channel: %v", channel, err))
+			}
+			return
+		}
+		msg, err := signer.Decode(zm.Frames)
+		if err != nil {
+			c.opts.Logger.Warn("kernel: dropping bad message", "channel", channel, "err", err)
+			continue
+		}
+		c.mu.Lock()
+		cl := c.pending[msg.ParentHeader.MsgID]
+		c.mu.Unlock()
+		if cl == nil {
+			continue // another request's, or a broadcast before we asked
+		}
+		select {
+		case cl.ch <- msg:
+		case <-cl.gone:
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+func (c *Client) heartbeat() {
+	defer c.wg.Done()
+	pong := make(chan struct{}, 1)
+	c.wg.Add(1)
+	go func() { // the REQ socket blocks in Recv; this goroutine owns it
+		defer c.wg.Done()
+		for c.ctx.Err() == nil {
+			if err := c.hb.Send(zmq4.NewMsg([]byte("ping"))); err != nil {
+				return
+			}
+			if _, err := c.hb.Recv(); err != nil {
+				return
+			}
+			select {
+			case pong <- struct{}{}:
+			default:
+			}
+			select {
+			case <-time.After(c.opts.HeartbeatInterval):
+			case <-c.ctx.Done():
+				return
+			}
+		}
+	}()
+	last := time.Now()
+	tick := time.NewTicker(c.opts.HeartbeatInterval / 2)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-c.dead:
+			return
+		case <-pong:
+			last = time.Now()
+		case now := <-tick.C:
+			if now.Sub(last) > c.opts.HeartbeatTimeout {
+				c.Fail(fmt.Errorf("no heartbeat for %v", now.Sub(last).Round(time.Millisecond)))
+				return
+			}
+		}
+	}
+}
+
+// send signs and sends a request on sock, registering a call for its replies
+// first so that none is missed.
+func (c *Client) send(sock zmq4.Socket, msg *Message) (*call, error) {
+	cl := newCall(make(chan *Message, 64))
+	c.mu.Lock()
+	if c.deadErr != nil {
+		err := c.deadErr
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.pending[msg.Header.MsgID] = cl
+	c.mu.Unlock()
+
+	c.sendMu.Lock()
+	frames, err := c.signer.Encode(msg)
+	if err == nil {
+		err = sock.Send(zmq4.NewMsgFrom(frames...))
+	}
+	c.sendMu.Unlock()
+	if err != nil {
+		c.done(msg.Header.MsgID)
+		return nil, fmt.Errorf("kernel: send %s: %w", msg.Header.MsgType, err)
+	}
+	return cl, nil
+}
+
+func (c *Client) done(msgID string) {
+	c.mu.Lock()
+	if cl := c.pending[msgID]; cl != nil {
+		delete(c.pending, msgID)
+		close(cl.gone)
+	}
+	c.mu.Unlock()
+}
+
+// wait returns the next message of cl, or why there is none.
+func (c *Client) wait(ctx context.Context, cl *call) (*Message, error) {
+	select {
+	case m := <-cl.ch:
+		return m, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-c.dead:
+		return nil, c.Err()
+	}
+}
+
+// request sends a request and returns its reply on the same channel, ignoring
+// iopub traffic.
+func (c *Client) request(ctx context.Context, sock zmq4.Socket, msgType string, content any) (*Message, error) {
+	msg, err := NewMessage(c.session, msgType, content)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := c.send(sock, msg)
+	if err != nil {
+		return nil, err
+	}
+	defer c.done(msg.Header.MsgID)
+	want := replyType(msgType)
+	for {
+		m, err := c.wait(ctx, cl)
+		if err != nil {
+			return nil, err
+		}
+		if m.Header.MsgType == want {
+			return m, nil
+		}
+	}
+}
+
+func replyType(requestType string) string {
+	return requestType[:len(requestType)-len("request")] + "reply"
+}
+
+// KernelInfo is the part of kernel_info_reply the gateway uses.
+type KernelInfo struct {
+	Status                string `json:"status"`
+	ProtocolVersion       string `json:"protocol_version"`
+	Implementation        string `json:"implementation"`
+	ImplementationVersion string `json:"implementation_version"`
+	LanguageInfo          struct {
+		Name    string `json:"name"`
+		Version string `json:"version"`
+	} `json:"language_info"`
+}
+
+// WaitReady returns once the kernel answered kernel_info_request on shell AND
+// published that request's idle status on iopub, which proves the iopub
+// subscription is live. Until then it asks again every 100ms, since the
+// first requests can be sent before the subscription reaches the kernel.
+func (c *Client) WaitReady(ctx context.Context) (*KernelInfo, error) {
+	var (
+		info    *KernelInfo
+		pending []string
+		merged  = make(chan *Message, 64)
+	)
+	defer func() {
+		for _, id := range pending {
+			c.done(id)
+		}
+	}()
+	ask := func() error {
+		msg, err := NewMessage(c.session, "kernel_info_request", json.RawMessage("{}"))
+		if err != nil {
+			return err
+		}
+		cl := newCall(merged)
+		c.mu.Lock()
+		if c.deadErr != nil {
+			err := c.deadErr
+			c.mu.Unlock()
+			return err
+		}
+		c.pending[msg.Header.MsgID] = cl
+		c.mu.Unlock()
+		pending = append(pending, msg.Header.MsgID)
+		c.sendMu.Lock()
+		frames, err := c.signer.Encode(msg)
+		if err == nil {
+			err = c.shell.Send(zmq4.NewMsgFrom(frames...))
+		}
+		c.sendMu.Unlock()
+		return err
+	}
+	if err := ask(); err != nil {
+		return nil, fmt.Errorf("kernel: wait ready: %w", err)
+	}
+	retry := time.NewTicker(100 * time.Millisecond)
+	defer retry.Stop()
+	idle := false
+	for info == nil || !idle {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("kernel: wait ready: %w", ctx.Err())
+		case <-c.dead:
+			return nil, fmt.Errorf("kernel: wait ready: %w", c.Err())
+		case <-retry.C:
+			if !idle && len(pending) < 100 {
+				if err := ask(); err != nil {
+					return nil, fmt.Errorf("kernel: wait ready: %w", err)
+				}
+			}
+		case m := <-merged:
+			switch m.Header.MsgType {
+			case "kernel_info_reply":
+				if info == nil {
+					info = new(KernelInfo)
+					if err := json.Unmarshal(m.Content, info); err != nil {
+						return nil, fmt.Errorf("kernel: kernel_info_reply: %w", err)
+					}
+				}
+			case "status":
+				if isIdle(m.Content) {
+					idle = true
+				}
+			}
+		}
+	}
+	return info, nil
+}
+
+func isIdle(content []byte) bool {
+	return bytes.Contains(content, []byte(`"idle"`))
+}
+
+// Interrupt asks the kernel to interrupt the running code with an
+// interrupt_request on the control channel, which works across process and
+// container boundaries, and waits for the reply.
+func (c *Client) Interrupt(ctx context.Context) error {
+	if _, err := c.request(ctx, c.control, "interrupt_request", json.RawMessage("{}")); err != nil {
+		return fmt.Errorf("kernel: interrupt: %w", err)
+	}
+	return nil
+}
+
+// Shutdown asks the kernel to exit and waits for the reply.
+func (c *Client) Shutdown(ctx context.Context) error {
+	if _, err := c.request(ctx, c.control, "shutdown_request", map[string]bool{"restart": false}); err != nil {
+		return fmt.Errorf("kernel: shutdown: %w", err)
+	}
+	return nil
+}
+
+// ExecuteOptions are the optional parts of an execute_request.
+type ExecuteOptions struct {
+	Silent       bool
+	StoreHistory bool
+	StopOnError  bool
+	// OnMessage receives every iopub message of this execution except
+	// status, in order: stream, display_data, update_display_data,
+	// clear_output, execute_input, execute_result, error. It runs on the
+	// caller's goroutine; a slow callback slows the kernel down.
+	OnMessage func(*Message)
+	// OnInput answers input_request. Nil means the kernel is told stdin is
+	// not allowed, so input() raises at once.
+	OnInput func(ctx context.Context, req InputRequest) (string, error)
+}
+
+// InputRequest is the content of an input_request.
+type InputRequest struct {
+	Prompt   string `json:"prompt"`
+	Password bool   `json:"password"`
+}
+
+// ExecuteReply is the content of an execute_reply.
+type ExecuteReply struct {
+	Status         string   `json:"status"` // "ok", "error" or "aborted"
+	ExecutionCount int      `json:"execution_count"`
+	EName          string   `json:"ename"`
+	EValue         string   `json:"evalue"`
+	Traceback      []string `json:"traceback"`
+}
+
+// idleGrace bounds the wait for iopub idle after the execute_reply: if the
+// idle status was lost (a PUB socket drops at its high-water mark) the call
+// still ends.
+const idleGrace = 3 * time.Second
+
+// Execute runs code and returns its reply once both the execute_reply and the
+// request's iopub idle status arrived, so every output has been delivered to
+// OnMessage. If ctx ends first it returns ctx.Err() and the code keeps
+// running; interrupting it is the caller's choice (see Kernel.Execute).
+func (c *Client) Execute(ctx context.Context, code string, opts ExecuteOptions) (*ExecuteReply, error) {
+	msg, err := NewMessage(c.session, "execute_request", executeRequest{
+		Code: code, Silent: opts.Silent, StoreHistory: opts.StoreHistory,
+		UserExpressions: struct{}{}, AllowStdin: opts.OnInput != nil, StopOnError: opts.StopOnError,
+	})
+	if err != nil {
+		return nil, err
+	}
+	cl, err := c.send(c.shell, msg)
+	if err != nil {
+		return nil, err
+	}
+	defer c.done(msg.Header.MsgID)
+
+	var (
+		reply  *ExecuteReply
+		idle   bool
+		linger <-chan time.Time
+	)
+	for reply == nil || !idle {
+		var m *Message
+		select {
+		case m = <-cl.ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-c.dead:
+			// Deliver what already arrived before reporting the death.
+			select {
+			case m = <-cl.ch:
+			default:
+				return reply, c.Err()
+			}
+		case <-linger:
+			c.opts.Logger.Warn("kernel: iopub idle never came; ending the execution on its reply", "msg_id", msg.Header.MsgID)
+			return reply, nil
+		}
+		switch m.Header.MsgType {
+		case "status":
+			if isIdle(m.Content) {
+				idle = true
+			}
+		case "execute_reply":
+			reply = new(ExecuteReply)
+			if err := json.Unmarshal(m.Content, reply); err != nil {
+				return nil, fmt.Errorf("kernel: execute_reply: %w", err)
+			}
+			linger = time.After(idleGrace)
+		case "input_request":
+			if err := c.answerInput(ctx, m, opts.OnInput); err != nil {
+				return nil, err
+			}
+		default:
+			if opts.OnMessage != nil {
+				opts.OnMessage(m)
+			}
+		}
+	}
+	return reply, nil
+}
+
+type executeRequest struct {
+	Code            string   `json:"code"`
+	Silent          bool     `json:"silent"`
+	StoreHistory    bool     `json:"store_history"`
+	UserExpressions struct{} `json:"user_expressions"`
+	AllowStdin      bool     `json:"allow_stdin"`
+	StopOnError     bool     `json:"stop_on_error"`
+}
+
+func (c *Client) answerInput(ctx context.Context, req *Message, onInput func(context.Context, InputRequest) (string, error)) error {
+	var ir InputRequest
+	if err := json.Unmarshal(req.Content, &ir); err != nil {
+		return fmt.Errorf("kernel: input_request: %w", err)
+	}
+	value := ""
+	if onInput != nil {
+		v, err := onInput(ctx, ir)
+		if err != nil {
+			return fmt.Errorf("kernel: answer input: %w", err)
+		}
+		value = v
+	}
+	reply, err := NewMessage(c.session, "input_reply", map[string]string{"value": value})
+	if err != nil {
+		return err
+	}
+	reply.ParentHeader = req.Header
+	reply.Identities = req.Identities
+	c.sendMu.Lock()
+	frames, err := c.signer.Encode(reply)
+	if err == nil {
+		err = c.stdin.Send(zmq4.NewMsgFrom(frames...))
+	}
+	c.sendMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("kernel: send input_reply: %w", err)
+	}
+	return nil
+}
+
+// slogLogger adapts l for zmq4, which logs through a *log.Logger.
+func slogLogger(l *slog.Logger) *log.Logger {
+	return slog.NewLogLogger(l.Handler(), slog.LevelDebug)
+}

@@ -1,0 +1,298 @@
+package kernel_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/codegw/codegw/kernel"
+)
+
+type collected struct {
+	types   []string
+	stdout  string
+	stderr  string
+	display []map[string]json.RawMessage
+}
+
+func (c *collected) on(m *kernel.Message) {
+	c.types = append(c.types, m.Header.MsgType)
+	switch m.Header.MsgType {
+	case "stream":
+		var s struct{ Name, Text string }
+		json.Unmarshal(m.Content, &s)
+		if s.Name == "stdout" {
+			c.stdout += s.Text
+		} else {
+			c.stderr += s.Text
+		}
+	case "display_data", "execute_result":
+		var d struct {
+			Data map[string]json.RawMessage `json:"data"`
+		}
+		json.Unmarshal(m.Content, &d)
+		c.display = append(c.display, d.Data)
+	}
+}
+
+func run(t *testing.T, k *kernel.Kernel, code string) (*kernel.ExecuteReply, *collected) {
+	t.Helper()
+	var c collected
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r, err := k.Execute(ctx, code, kernel.ExecuteOptions{OnMessage: c.on}, kernel.Deadline{})
+	if err != nil {
+		t.Fatalf("execute %q: %v", code, err)
+	}
+	return r, &c
+}
+
+func TestExecute(t *testing.T) {
+	for _, tcp := range []bool{false, true} {
+		name := "ipc"
+		if tcp {
+			name = "tcp"
+		}
+		t.Run(name, func(t *testing.T) {
+			k := launch(t, tcp)
+			if v := k.Info().LanguageInfo.Name; v != "python" {
+				t.Errorf("language = %q, want python", v)
+			}
+			r, c := run(t, k, "x = 41\nfor i in range(5): print(i)\nimport sys; print('err', file=sys.stderr)\nx + 1")
+			if r.Status != "ok" {
+				t.Fatalf("status = %q", r.Status)
+			}
+			if c.stdout != "0\n1\n2\n3\n4\n" {
+				t.Errorf("stdout = %q", c.stdout)
+			}
+			if c.stderr != "err\n" {
+				t.Errorf("stderr = %q", c.stderr)
+			}
+			if len(c.display) != 1 || string(c.display[0]["text/plain"]) != `"42"` {
+				t.Errorf("execute_result = %v", c.display)
+			}
+			// State persists between calls.
+			_, c = run(t, k, "print(x * 2)")
+			if c.stdout != "82\n" {
+				t.Errorf("state lost: stdout = %q", c.stdout)
+			}
+		})
+	}
+}
+
+var ansi = regexp.MustCompile(`\x1b\[[0-9;]*m`)
+
+func TestExecuteError(t *testing.T) {
+	k := launch(t, false)
+	r, c := run(t, k, "def f():\n    1/0\nf()")
+	if r.Status != "error" || r.EName != "ZeroDivisionError" {
+		t.Fatalf("reply = %+v", r)
+	}
+	if tb := ansi.ReplaceAllString(strings.Join(r.Traceback, "\n"), ""); !strings.Contains(tb, "----> 3 f()") {
+		t.Errorf("traceback = %q", r.Traceback)
+	}
+	if got := c.types[len(c.types)-1]; got != "error" {
+		t.Errorf("last iopub message = %q, want error (types %v)", got, c.types)
+	}
+	// The kernel keeps serving.
+	r, _ = run(t, k, "1")
+	if r.Status != "ok" {
+		t.Errorf("after error: %+v", r)
+	}
+}
+
+func TestExecutePlot(t *testing.T) {
+	k := launch(t, false)
+	_, c := run(t, k, "import matplotlib.pyplot as plt\nplt.plot([1,2,3])\nplt.show()")
+	var png string
+	for _, d := range c.display {
+		if raw, ok := d["image/png"]; ok {
+			json.Unmarshal(raw, &png)
+		}
+	}
+	if !strings.HasPrefix(png, "iVBORw0KGgo") { // base64 of the PNG signature
+		t.Fatalf("no png display_data; got %v", c.types)
+	}
+}
+
+func TestInput(t *testing.T) {
+	k := launch(t, false)
+	var prompts []string
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var c collected
+	r, err := k.Execute(ctx, "a = input('name? ')\nb = input('again? ')\nprint('hi', a, b)", kernel.ExecuteOptions{
+		OnMessage: c.on,
+		OnInput: func(ctx context.Context, req kernel.InputRequest) (string, error) {
+			prompts = append(prompts, req.Prompt)
+			return "v" + string(rune('0'+len(prompts))), nil
+		},
+	}, kernel.Deadline{})
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("execute: %v %+v", err, r)
+	}
+	if strings.Join(prompts, "|") != "name? |again? " {
+		t.Errorf("prompts = %q", prompts)
+	}
+	if !strings.Contains(c.stdout, "hi v1 v2") {
+		t.Errorf("stdout = %q", c.stdout)
+	}
+	// Without OnInput, input() fails at once instead of hanging.
+	r, _ = run(t, k, "input()")
+	if r.Status != "error" || r.EName != "StdinNotImplementedError" {
+		t.Errorf("input without stdin: %+v", r)
+	}
+}
+
+func TestInterrupt(t *testing.T) {
+	k := launch(t, false)
+	done := make(chan *kernel.ExecuteReply, 1)
+	go func() {
+		r, _ := k.Execute(context.Background(), "import time\ntime.sleep(100)", kernel.ExecuteOptions{}, kernel.Deadline{})
+		done <- r
+	}()
+	time.Sleep(500 * time.Millisecond) // let the sleep begin; interrupting earlier is also fine
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := k.Interrupt(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r == nil || r.EName != "KeyboardInterrupt" {
+			t.Fatalf("reply = %+v", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("interrupt did not end time.sleep(100)")
+	}
+	t.Logf("interrupted in %v", time.Since(start))
+	if r, _ := run(t, k, "1"); r.Status != "ok" {
+		t.Errorf("after interrupt: %+v", r)
+	}
+}
+
+func TestDeadline(t *testing.T) {
+	t.Run("interrupted", func(t *testing.T) {
+		k := launch(t, false)
+		r, err := k.Execute(context.Background(), "import time\ntime.sleep(100)", kernel.ExecuteOptions{}, kernel.Deadline{Timeout: time.Second})
+		var de *kernel.DeadlineError
+		if !errors.As(err, &de) || de.Killed || de.Timeout != time.Second {
+			t.Fatalf("err = %v", err)
+		}
+		if r == nil || r.EName != "KeyboardInterrupt" {
+			t.Errorf("reply = %+v", r)
+		}
+		if r, _ := run(t, k, "2"); r.Status != "ok" {
+			t.Errorf("kernel unusable after interrupt: %+v", r)
+		}
+	})
+	t.Run("killed", func(t *testing.T) {
+		k := launch(t, false)
+		code := "import time\nwhile True:\n    try:\n        time.sleep(10)\n    except KeyboardInterrupt:\n        pass"
+		start := time.Now()
+		_, err := k.Execute(context.Background(), code, kernel.ExecuteOptions{}, kernel.Deadline{Timeout: 500 * time.Millisecond, Grace: 500 * time.Millisecond})
+		var de *kernel.DeadlineError
+		if !errors.As(err, &de) || !de.Killed || !errors.Is(err, kernel.ErrDeadline) {
+			t.Fatalf("err = %v", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("took %v", d)
+		}
+		select {
+		case <-k.Dead():
+		case <-time.After(5 * time.Second):
+			t.Error("kernel not dead after kill")
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		k := launch(t, false)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		_, err := k.Execute(ctx, "import time\ntime.sleep(100)", kernel.ExecuteOptions{}, kernel.Deadline{})
+		var de *kernel.DeadlineError
+		if !errors.As(err, &de) || de.Killed || de.Timeout != 0 {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+func TestRestartLosesState(t *testing.T) {
+	k := launch(t, false)
+	run(t, k, "secret = 7")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := k.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := run(t, k, "secret")
+	if r.Status != "error" || r.EName != "NameError" {
+		t.Errorf("state survived restart: %+v", r)
+	}
+	if r, c := run(t, k, "print(1+1)"); r.Status != "ok" || c.stdout != "2\n" {
+		t.Errorf("after restart: %+v %q", r, c.stdout)
+	}
+}
+
+func TestDeath(t *testing.T) {
+	cases := []struct {
+		name string
+		code string
+		act  func(k *kernel.Kernel)
+		want string
+	}{
+		{"os._exit", "import os; os._exit(3)", nil, "status 3"},
+		{"segfault", "import ctypes; ctypes.string_at(0)", nil, "signal"},
+		{"sigkill", "import time; time.sleep(100)", func(k *kernel.Kernel) { k.Process().Kill(context.Background()) }, "killed"},
+		{"heartbeat", "import time; time.sleep(100)", func(k *kernel.Kernel) {
+			syscall.Kill(-pidOf(t, k), syscall.SIGSTOP)
+		}, "heartbeat"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			k := launch(t, false)
+			if tc.name == "heartbeat" {
+				t.Cleanup(func() { syscall.Kill(-pidOf(t, k), syscall.SIGCONT) })
+			}
+			errc := make(chan error, 1)
+			go func() {
+				_, err := k.Execute(context.Background(), tc.code, kernel.ExecuteOptions{}, kernel.Deadline{})
+				errc <- err
+			}()
+			if tc.act != nil {
+				time.Sleep(300 * time.Millisecond)
+				tc.act(k)
+			}
+			start := time.Now()
+			select {
+			case err := <-errc:
+				if !errors.Is(err, kernel.ErrDied) || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("err = %v, want ErrDied mentioning %q", err, tc.want)
+				}
+				t.Logf("detected in %v: %v", time.Since(start), err)
+			case <-time.After(5 * time.Second):
+				t.Fatal("death not detected within 5s")
+			}
+			// Later calls fail at once.
+			if _, err := k.Execute(context.Background(), "1", kernel.ExecuteOptions{}, kernel.Deadline{}); !errors.Is(err, kernel.ErrDied) {
+				t.Errorf("call after death: %v", err)
+			}
+		})
+	}
+}
+
+// pidOf finds the pid of the test kernel (the plain provisioner's process
+// group leader) through the connection's socket directory.
+func pidOf(t *testing.T, k *kernel.Kernel) int {
+	type pider interface{ Pid() int }
+	if p, ok := k.Process().(pider); ok {
+		return p.Pid()
+	}
+	t.Fatal("process has no Pid")
+	return 0
+}

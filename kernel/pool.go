@@ -1,0 +1,232 @@
+package kernel
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// PoolConfig configures a Pool.
+type PoolConfig struct {
+	// Size is how many ready kernels are kept ahead of demand. Zero means
+	// no warm kernels: Acquire starts one.
+	Size int
+	// MaxStarting bounds concurrent kernel starts (default 1: on two cores
+	// parallel cold starts only slow each other down).
+	MaxStarting int
+	// Launch starts one ready kernel.
+	Launch func(ctx context.Context) (*Kernel, error)
+	Logger *slog.Logger
+}
+
+// Pool keeps ready kernels ahead of demand. Each kernel is handed to one
+// caller, who closes it when done; the pool then starts a replacement.
+// Kernels that die while waiting in the pool are replaced.
+type Pool struct {
+	cfg    PoolConfig
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	wake   chan struct{} // nudges the filler
+
+	mu       sync.Mutex
+	ready    []*Kernel
+	starting int
+	avail    chan struct{} // closed and replaced when a kernel becomes ready
+	lastErr  error
+	failures int
+	closed   bool
+}
+
+// NewPool returns a Pool and starts filling it.
+func NewPool(cfg PoolConfig) *Pool {
+	if cfg.MaxStarting <= 0 {
+		cfg.MaxStarting = 1
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pool{cfg: cfg, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), avail: make(chan struct{})}
+	p.wg.Add(1)
+	go p.fill()
+	return p
+}
+
+func (p *Pool) nudge() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// fill keeps len(ready)+starting at Size.
+func (p *Pool) fill() {
+	defer p.wg.Done()
+	for {
+		p.mu.Lock()
+		for !p.closed && len(p.ready)+p.starting < p.cfg.Size && p.starting < p.cfg.MaxStarting {
+			p.starting++
+			p.wg.Add(1)
+			go p.startOne()
+		}
+		p.mu.Unlock()
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-p.wake:
+		}
+	}
+}
+
+func (p *Pool) startOne() {
+	defer p.wg.Done()
+	defer p.nudge()
+	begin := time.Now()
+	k, err := p.cfg.Launch(p.ctx)
+	if err != nil {
+		p.mu.Lock()
+		p.lastErr, p.failures = err, p.failures+1
+		backoff := min(time.Duration(p.failures)*200*time.Millisecond, 5*time.Second)
+		p.mu.Unlock()
+		if p.ctx.Err() == nil {
+			p.cfg.Logger.Error("pool: kernel start failed", "err", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-p.ctx.Done():
+			}
+		}
+		p.mu.Lock()
+		p.starting--
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Lock()
+	p.starting--
+	if p.closed {
+		p.mu.Unlock()
+		k.Close(context.Background())
+		return
+	}
+	p.failures, p.lastErr = 0, nil
+	p.ready = append(p.ready, k)
+	close(p.avail)
+	p.avail = make(chan struct{})
+	p.mu.Unlock()
+	p.cfg.Logger.Debug("pool: kernel ready", "kernel", k.ID(), "took", time.Since(begin))
+	p.wg.Add(1)
+	go p.guard(k)
+}
+
+// guard replaces k if it dies while it waits in the pool.
+func (p *Pool) guard(k *Kernel) {
+	defer p.wg.Done()
+	select {
+	case <-p.ctx.Done():
+		return
+	case <-k.Dead():
+	}
+	if p.remove(k) {
+		p.cfg.Logger.Warn("pool: a waiting kernel died; replacing it", "kernel", k.ID(), "err", k.Err())
+		k.Close(context.Background())
+		p.nudge()
+	}
+}
+
+// remove takes k out of the ready list, reporting whether it was there.
+func (p *Pool) remove(k *Kernel) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, r := range p.ready {
+		if r == k {
+			p.ready = append(p.ready[:i], p.ready[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// Acquire hands out a ready kernel, waiting for one if none is ready. The
+// caller owns it and must Close it. With Size 0 it starts one itself.
+func (p *Pool) Acquire(ctx context.Context) (*Kernel, error) {
+	if p.cfg.Size == 0 {
+		return p.cfg.Launch(ctx)
+	}
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("kernel pool: %w", ErrClosed)
+		}
+		if n := len(p.ready); n > 0 {
+			k := p.ready[0]
+			p.ready = p.ready[1:]
+			p.mu.Unlock()
+			p.nudge()
+			if k.Err() != nil { // died between its guard's check and now
+				k.Close(context.Background())
+				continue
+			}
+			return k, nil
+		}
+		avail, lastErr := p.avail, p.lastErr
+		p.mu.Unlock()
+		select {
+		case <-avail:
+		case <-ctx.Done():
+			if lastErr != nil {
+				return nil, fmt.Errorf("kernel pool: no kernel ready (last start failed: %v): %w", lastErr, ctx.Err())
+			}
+			return nil, fmt.Errorf("kernel pool: no kernel ready: %w", ctx.Err())
+		}
+	}
+}
+
+// PoolStats is a snapshot of the pool.
+type PoolStats struct {
+	Ready    int    `json:"ready"`
+	Starting int    `json:"starting"`
+	Size     int    `json:"size"`
+	LastErr  string `json:"last_error,omitempty"`
+}
+
+// Stats returns a snapshot of the pool.
+func (p *Pool) Stats() PoolStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := PoolStats{Ready: len(p.ready), Starting: p.starting, Size: p.cfg.Size}
+	if p.lastErr != nil {
+		s.LastErr = p.lastErr.Error()
+	}
+	return s
+}
+
+// Close stops filling, waits for starts in flight and closes every ready
+// kernel, so no kernel outlives the pool.
+func (p *Pool) Close(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.mu.Unlock()
+	p.cancel()
+	p.wg.Wait()
+	p.mu.Lock()
+	ready := p.ready
+	p.ready = nil
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, k := range ready {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k.Close(ctx)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
