@@ -1,0 +1,63 @@
+// Package local provisions IPython kernels as local processes, each inside a
+// bubblewrap (bwrap) sandbox where bubblewrap is installed.
+//
+// Every kernel gets a directory <StateDir>/k/<id>/ holding:
+//
+//	code/          the kernel's /code: input/ (files given to the code) and
+//	               output/ (files the code writes); Process.Dir returns it
+//	s/             private socket directory: the connection file and the
+//	               ipc socket files of the kernel's five channels
+//	lock           flock'ed by the gateway while the kernel lives, so Reap
+//	               can tell kernels of a crashed instance from live ones
+//
+// The kernel is started as "python3 launch.py -f s/kernel.json" with the
+// launcher from executor-image, extracted into <StateDir>/executor, so local
+// and Docker kernels behave the same (inline matplotlib, CJK font, history
+// off, preloaded data stack).
+//
+// # The sandbox
+//
+// With bubblewrap the kernel runs with:
+//
+//   - all namespaces unshared (--unshare-all): a network namespace with only
+//     the loopback interface, so the code cannot reach any other host (the
+//     gateway talks to the kernel through ipc socket files, which work across
+//     network namespaces); its own pid namespace, so it sees no other process
+//     and everything in it dies when bwrap dies; its own mount, ipc and uts
+//     namespaces and a user namespace;
+//   - a read-only view of /usr, /etc, the /lib*, /bin and /sbin directories
+//     or symlinks, and the executor directory; nothing else of the host file
+//     system: a private tmpfs at /tmp, a minimal /dev, a /proc of its own;
+//   - the kernel's code directory bound read-write at /code (the working
+//     directory) and its socket directory bound at the same path as on the
+//     host, so the ipc paths in the connection file mean the same inside;
+//   - a clean environment: HOME=/tmp, PATH, LANG=C.UTF-8, MPLBACKEND,
+//     PYTHONDONTWRITEBYTECODE=1, then Config.Env and Spec.Env;
+//   - when the gateway runs as root, an unprivileged user (Config.UID and GID,
+//     default nobody): as root, bwrap would keep every capability inside the
+//     sandbox and the code could read root-only files under /etc. The kernel's
+//     code and socket directories are handed to that user.
+//   - --die-with-parent, and bwrap is started from one long-lived OS thread
+//     with Pdeathsig, so kernels do not outlive the gateway.
+//
+// The process is started in a new session (setsid, so it has its own process
+// group and no controlling terminal, which also rules out TIOCSTI input
+// injection without bwrap's --new-session). Interrupts come through the
+// control channel, not signals. Kill sends SIGKILL to the whole group.
+//
+// bwrap reports a child killed by signal N as exit status 128+N; Exit maps
+// such statuses back to the signal ("segmentation fault", "killed"). A kernel
+// that calls sys.exit(139) therefore also reads as a segmentation fault.
+//
+// Without bubblewrap (Sandbox "none", or "auto" when bwrap is missing or does
+// not work here) the kernel is a plain child process of the gateway's user
+// with full access to the host and the network: only for trusted code or
+// development; "auto" logs a loud warning. There /code does not exist: the
+// working directory is the code directory's host path, and TMPDIR and HOME
+// point to a private tmp/ in the kernel's directory.
+//
+// When the socket paths would be too long for a unix socket (about 107
+// bytes) the kernel falls back to tcp on 127.0.0.1, which under bwrap means
+// sharing the host's network namespace; New warns about it. Keep StateDir
+// short.
+package local

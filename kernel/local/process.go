@@ -1,0 +1,306 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	executorimage "github.com/codegw/codegw/executor-image"
+	"github.com/codegw/codegw/kernel"
+)
+
+// Process is one local kernel. It implements kernel.Process.
+type Process struct {
+	p    *Provisioner
+	id   string
+	kdir string
+	info kernel.ConnectionInfo
+	env  []string
+	lock *os.File // flock held while the kernel's directory is ours
+
+	opMu   sync.Mutex // serialises Restart and Close
+	closed bool
+
+	mu  sync.Mutex
+	cur *run
+}
+
+var _ kernel.Process = (*Process)(nil)
+
+// run is one process of a kernel; Restart makes a new one.
+type run struct {
+	cmd    *exec.Cmd
+	pgid   int
+	exited chan struct{} // closed once the process ended and exit is set
+	output chan struct{} // closed once its stdout/stderr pipe is drained
+	pipe   *os.File      // read end of that pipe
+	exit   kernel.Exit
+	tail   *tailBuffer
+}
+
+// outputTail bounds the kernel output kept for diagnostics.
+const outputTail = 16 << 10
+
+// start starts a new process for the kernel and makes it current.
+func (k *Process) start() error {
+	p := k.p
+	// The kernel removes neither the connection file nor, when killed, its
+	// socket files; start from a clean socket directory.
+	k.removeSockets()
+	connFile := filepath.Join(k.kdir, "s", "kernel.json")
+	if err := k.info.WriteFile(connFile); err != nil {
+		return fmt.Errorf("local: connection file: %w", err)
+	}
+	if err := p.chown(connFile); err != nil {
+		return err
+	}
+	if p.cred != nil {
+		// Only the kernel's user needs the key.
+		if err := os.Chmod(connFile, 0o600); err != nil {
+			return fmt.Errorf("local: connection file: %w", err)
+		}
+	}
+
+	launcher := filepath.Join(p.execDir, executorimage.Launcher)
+	var cmd *exec.Cmd
+	if p.sandbox {
+		args := p.bwrapArgs(k.kdir, k.Dir(), k.info.Transport == "tcp")
+		args = append(args, "--", p.cfg.Python, launcher, "-f", connFile)
+		cmd = exec.Command(p.bwrap, args...)
+	} else {
+		cmd = exec.Command(p.cfg.Python, launcher, "-f", connFile)
+		cmd.Dir = k.Dir()
+	}
+	cmd.Env = k.env
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setsid:    true,
+		Pdeathsig: syscall.SIGKILL,
+		// The sandbox user, when the gateway is root; nil otherwise.
+		Credential: p.cred,
+	}
+	// Our own pipe rather than an io.Writer: cmd.Wait then returns when the
+	// process ends, even if a child of it still holds the pipe.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("local: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+
+	t0 := time.Now()
+	err = p.spawn.start(cmd)
+	pw.Close()
+	if err != nil {
+		pr.Close()
+		if errors.Is(err, errClosed) {
+			return err
+		}
+		return fmt.Errorf("%w: local: start kernel: %v", kernel.ErrProvisioner, err)
+	}
+	r := &run{cmd: cmd, pgid: cmd.Process.Pid, exited: make(chan struct{}),
+		output: make(chan struct{}), pipe: pr, tail: newTailBuffer(outputTail)}
+	go func() {
+		defer close(r.output)
+		io.Copy(r.tail, pr)
+		pr.Close()
+	}()
+	go k.wait(r, t0)
+	k.mu.Lock()
+	k.cur = r
+	k.mu.Unlock()
+	p.log.Info("local: kernel started", "kernel", k.id, "pid", r.pgid, "sandbox", p.sandbox, "transport", k.info.Transport)
+	return nil
+}
+
+// wait is the one goroutine that waits for r's process. It records the exit,
+// kills what is left of the process group (a plain kernel's children) and
+// closes r.exited.
+func (k *Process) wait(r *run, t0 time.Time) {
+	r.cmd.Wait()
+	syscall.Kill(-r.pgid, syscall.SIGKILL)
+	r.exit = exitOf(r.cmd.ProcessState, k.p.sandbox)
+	close(r.exited)
+
+	attrs := []any{"kernel", k.id, "pid", r.pgid, "code", r.exit.Code, "uptime", time.Since(t0).Round(time.Millisecond)}
+	if r.exit.Signal != "" {
+		attrs = append(attrs, "signal", r.exit.Signal)
+	}
+	if r.exit.Code != 0 && r.exit.Signal != "killed" {
+		// Give the pipe a moment to drain so the log shows why it died.
+		select {
+		case <-r.output:
+		case <-time.After(time.Second):
+		}
+		attrs = append(attrs, "output", r.tail.String())
+	}
+	k.p.log.Info("local: kernel exited", attrs...)
+}
+
+// exitOf turns a process state into a kernel.Exit. bwrap reports a child
+// killed by signal N as status 128+N.
+func exitOf(ps *os.ProcessState, sandboxed bool) kernel.Exit {
+	ws, ok := ps.Sys().(syscall.WaitStatus)
+	if !ok {
+		return kernel.Exit{Code: ps.ExitCode()}
+	}
+	if ws.Signaled() {
+		return kernel.Exit{Code: -1, Signal: ws.Signal().String()}
+	}
+	code := ws.ExitStatus()
+	if sandboxed && code > 128 && code < 128+65 {
+		return kernel.Exit{Code: -1, Signal: syscall.Signal(code - 128).String()}
+	}
+	return kernel.Exit{Code: code}
+}
+
+func (k *Process) current() *run {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur
+}
+
+// ConnectionInfo is where the kernel listens; it stays the same across restarts.
+func (k *Process) ConnectionInfo() kernel.ConnectionInfo { return k.info }
+
+// Dir is the host directory the kernel sees as /code.
+func (k *Process) Dir() string { return filepath.Join(k.kdir, "code") }
+
+// Exited is closed when the current kernel process ends.
+func (k *Process) Exited() <-chan struct{} { return k.current().exited }
+
+// Exit describes how the current process ended; valid once Exited is closed.
+func (k *Process) Exit() kernel.Exit {
+	r := k.current()
+	select {
+	case <-r.exited:
+		return r.exit
+	default:
+		return kernel.Exit{}
+	}
+}
+
+// Output returns the last bytes the current kernel process wrote to its
+// stdout and stderr (tracebacks of a crash, bwrap's complaints), for
+// diagnostics.
+func (k *Process) Output() string { return k.current().tail.String() }
+
+// Kill sends SIGKILL to the kernel's process group and waits until the
+// process is gone or ctx ends.
+func (k *Process) Kill(ctx context.Context) error {
+	return k.kill(ctx, k.current())
+}
+
+func (k *Process) kill(ctx context.Context, r *run) error {
+	select {
+	case <-r.exited:
+		return nil
+	default:
+	}
+	// The group leader is not reaped before r.exited closes, so its pid
+	// cannot have been reused yet.
+	if err := syscall.Kill(-r.pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("local: kill kernel %s: %w", k.id, err)
+	}
+	select {
+	case <-r.exited:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("local: kill kernel %s: %w", k.id, ctx.Err())
+	}
+}
+
+// Restart kills the kernel process and starts a new one with the same
+// connection file, key and directory. Clients must redial.
+func (k *Process) Restart(ctx context.Context) error {
+	k.opMu.Lock()
+	defer k.opMu.Unlock()
+	if k.closed {
+		return fmt.Errorf("local: restart kernel %s: closed", k.id)
+	}
+	if err := k.kill(ctx, k.current()); err != nil {
+		return err
+	}
+	if err := k.start(); err != nil {
+		return fmt.Errorf("local: restart kernel %s: %w", k.id, err)
+	}
+	return nil
+}
+
+// Close kills the kernel and removes its directory, socket files included.
+// It is safe to call more than once; a call that failed (ctx ended before
+// the process was gone) can be repeated.
+func (k *Process) Close(ctx context.Context) error {
+	k.opMu.Lock()
+	defer k.opMu.Unlock()
+	if k.closed {
+		return nil
+	}
+	r := k.current()
+	if err := k.kill(ctx, r); err != nil {
+		return err
+	}
+	// A plain kernel's child that left the process group may still hold
+	// the output pipe; do not wait for it.
+	select {
+	case <-r.output:
+	case <-time.After(time.Second):
+		r.pipe.Close()
+		<-r.output
+	}
+	if err := os.RemoveAll(k.kdir); err != nil {
+		return fmt.Errorf("local: close kernel %s: %w", k.id, err)
+	}
+	k.unlock()
+	k.closed = true
+	return nil
+}
+
+func (k *Process) unlock() {
+	if k.lock != nil {
+		k.lock.Close()
+		k.lock = nil
+	}
+}
+
+// removeSockets removes the socket files a killed kernel leaves behind.
+func (k *Process) removeSockets() {
+	for _, f := range k.info.SocketFiles() {
+		os.Remove(f)
+	}
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func newTailBuffer(max int) *tailBuffer { return &tailBuffer{max: max} }
+
+func (t *tailBuffer) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := len(b)
+	if len(b) >= t.max {
+		b = b[len(b)-t.max:]
+		t.buf = t.buf[:0]
+	}
+	if over := len(t.buf) + len(b) - t.max; over > 0 {
+		t.buf = append(t.buf[:0], t.buf[over:]...)
+	}
+	t.buf = append(t.buf, b...)
+	return n, nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}

@@ -1,0 +1,111 @@
+package local
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// inlineBackend is matplotlib's inline backend, as the launcher also sets it.
+const inlineBackend = "module://matplotlib_inline.backend_inline"
+
+// bwrapArgs returns bubblewrap's options for a kernel whose directory is
+// kdir (empty for the probe, which binds no kernel directory). shareNet keeps
+// the host network, needed only by the tcp fallback.
+func (p *Provisioner) bwrapArgs(kdir, codeDir string, shareNet bool) []string {
+	args := []string{
+		"--unshare-all",
+		"--die-with-parent",
+		"--cap-drop", "ALL",
+		"--ro-bind", "/usr", "/usr",
+		"--ro-bind", "/etc", "/etc",
+	}
+	if shareNet {
+		args = append(args, "--share-net")
+	}
+	// Merged-/usr systems have /bin, /lib... as symlinks into /usr; older
+	// ones have real directories.
+	for _, d := range []string{"/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"} {
+		fi, err := os.Lstat(d)
+		switch {
+		case err != nil:
+		case fi.Mode()&os.ModeSymlink != 0:
+			if target, err := os.Readlink(d); err == nil {
+				args = append(args, "--symlink", target, d)
+			}
+		case fi.IsDir():
+			args = append(args, "--ro-bind", d, d)
+		}
+	}
+	args = append(args,
+		"--proc", "/proc",
+		"--dev", "/dev",
+		"--tmpfs", "/tmp",
+	)
+	if underBound(p.execDir) {
+		// Nothing to do: already visible.
+	} else {
+		args = append(args, "--ro-bind", p.execDir, p.execDir)
+	}
+	if fi, err := os.Stat(p.mplCache); err == nil && fi.IsDir() && !underBound(p.mplCache) {
+		args = append(args, "--ro-bind", p.mplCache, p.mplCache)
+	}
+	if kdir != "" {
+		sock := filepath.Join(kdir, "s")
+		args = append(args,
+			"--bind", codeDir, "/code",
+			"--bind", sock, sock,
+			"--chdir", "/code",
+		)
+	}
+	return args
+}
+
+// underBound reports whether path is inside a directory the sandbox already
+// shows read-only.
+func underBound(path string) bool {
+	for _, d := range []string{"/usr/", "/etc/"} {
+		if strings.HasPrefix(path, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// env returns the kernel's whole environment: nothing is inherited from the
+// gateway, whose environment may hold secrets.
+func (p *Provisioner) env(kdir string, spec map[string]string) []string {
+	m := map[string]string{
+		"PATH":                    "/usr/local/bin:/usr/bin:/bin",
+		"LANG":                    "C.UTF-8",
+		"HOME":                    "/tmp",
+		"TMPDIR":                  "/tmp",
+		"MPLBACKEND":              inlineBackend,
+		"PYTHONDONTWRITEBYTECODE": "1",
+		"EXECUTOR_WORKDIR":        "/code",
+	}
+	if _, err := os.Stat(p.mplCache); err == nil {
+		m["EXECUTOR_MPL_CACHE"] = p.mplCache
+	}
+	if p.cfg.Preload != nil {
+		m["EXECUTOR_PRELOAD"] = strings.Join(p.cfg.Preload, ",")
+	}
+	if !p.sandbox {
+		tmp := filepath.Join(kdir, "tmp")
+		m["HOME"], m["TMPDIR"] = tmp, tmp
+		m["EXECUTOR_WORKDIR"] = filepath.Join(kdir, "code")
+	}
+	for k, v := range p.cfg.Env {
+		m[k] = v
+	}
+	for k, v := range spec {
+		m[k] = v
+	}
+	env := make([]string, 0, len(m))
+	for k, v := range m {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	return env
+}
