@@ -70,8 +70,9 @@ func nameFromQuery(u *url.URL) string {
 }
 
 // nameFromDisposition returns the sanitised file name of a
-// Content-Disposition header value. filename* (RFC 5987, e.g.
-// UTF-8''%E6%95%B0.csv) wins over filename, as mime.ParseMediaType does.
+// Content-Disposition header value. filename* (RFC 5987: a charset, two
+// quotes and a percent-encoded name) wins over filename, as
+// mime.ParseMediaType does.
 func nameFromDisposition(v string) string {
 	if v == "" {
 		return ""
