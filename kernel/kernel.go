@@ -243,7 +243,7 @@ func (k *Kernel) deathError(err error) error {
 	select {
 	case <-k.proc.Exited():
 		return fmt.Errorf("%w: %s", ErrDied, DescribeExit(k.proc.Exit()))
-	case <-time.After(time.Second):
+	case <-time.After(500 * time.Millisecond):
 		return err
 	}
 }

@@ -171,11 +171,14 @@ func (p *Pool) Acquire(ctx context.Context) (*Kernel, error) {
 			}
 			return k, nil
 		}
-		avail, lastErr := p.avail, p.lastErr
+		avail := p.avail
 		p.mu.Unlock()
 		select {
 		case <-avail:
 		case <-ctx.Done():
+			p.mu.Lock()
+			lastErr := p.lastErr
+			p.mu.Unlock()
 			if lastErr != nil {
 				return nil, fmt.Errorf("kernel pool: no kernel ready (last start failed: %v): %w", lastErr, ctx.Err())
 			}

@@ -283,6 +283,12 @@ func (p *Provisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.Proce
 		return nil, fmt.Errorf("local: invalid kernel id %q", spec.ID)
 	}
 	kdir := p.kernelDir(spec.ID)
+	if err := os.Mkdir(kdir, 0o711); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("local: kernel %s exists already", spec.ID)
+		}
+		return nil, fmt.Errorf("local: %w", err)
+	}
 	proc, err := p.prepare(kdir, spec)
 	if err != nil {
 		os.RemoveAll(kdir)
@@ -296,15 +302,9 @@ func (p *Provisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.Proce
 	return proc, nil
 }
 
-// prepare makes the kernel's directory tree, takes its lock and writes the
+// prepare makes the kernel's directory tree in kdir, takes its lock and writes the
 // connection file.
 func (p *Provisioner) prepare(kdir string, spec kernel.Spec) (*Process, error) {
-	if err := os.Mkdir(kdir, 0o711); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("local: kernel %s exists already", spec.ID)
-		}
-		return nil, fmt.Errorf("local: %w", err)
-	}
 	lock, err := lockFile(filepath.Join(kdir, "lock"), false)
 	if err != nil {
 		return nil, fmt.Errorf("local: lock: %w", err)

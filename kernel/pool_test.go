@@ -1,0 +1,138 @@
+package kernel_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/codegw/codegw/kernel"
+)
+
+// poolFixture counts launches and remembers every process it started.
+type poolFixture struct {
+	dir      string
+	launches atomic.Int32
+	mu       sync.Mutex
+	procs    []kernel.Process
+}
+
+func (f *poolFixture) launch(ctx context.Context) (*kernel.Kernel, error) {
+	n := f.launches.Add(1)
+	k, err := kernel.Launch(ctx, &plainProvisioner{dir: f.dir}, kernel.Spec{ID: fmt.Sprintf("p%d", n)}, kernel.LaunchOptions{})
+	if err == nil {
+		f.mu.Lock()
+		f.procs = append(f.procs, k.Process())
+		f.mu.Unlock()
+	}
+	return k, err
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestPool(t *testing.T) {
+	dir, err := os.MkdirTemp("", "kp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	f := &poolFixture{dir: dir}
+	p := kernel.NewPool(kernel.PoolConfig{Size: 2, Launch: f.launch})
+	waitFor(t, "pool to fill", func() bool { return p.Stats().Ready == 2 })
+
+	// A warm acquire starts no kernel and is quick.
+	before := f.launches.Load()
+	start := time.Now()
+	k, err := p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("warm acquire took %v", d)
+	}
+	if f.launches.Load() != before {
+		t.Errorf("acquire started a kernel")
+	}
+	r, err := k.Execute(context.Background(), "1+1", kernel.ExecuteOptions{}, kernel.Deadline{})
+	if err != nil || r.Status != "ok" {
+		t.Fatalf("execute on pooled kernel: %v %+v", err, r)
+	}
+	k.Close(context.Background())
+	waitFor(t, "refill after acquire", func() bool { return p.Stats().Ready == 2 })
+
+	// A kernel that dies while waiting in the pool is replaced.
+	f.mu.Lock()
+	victim := f.procs[len(f.procs)-1]
+	f.mu.Unlock()
+	launched := f.launches.Load()
+	victim.Kill(context.Background())
+	waitFor(t, "replacement of a dead kernel", func() bool {
+		return f.launches.Load() > launched && p.Stats().Ready == 2
+	})
+	// Every kernel handed out afterwards works.
+	for i := 0; i < 2; i++ {
+		k, err := p.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, err := k.Execute(context.Background(), "1", kernel.ExecuteOptions{}, kernel.Deadline{}); err != nil || r.Status != "ok" {
+			t.Errorf("kernel %d after refill: %v", i, err)
+		}
+		k.Close(context.Background())
+	}
+
+	// Close leaves no kernel process and no kernel directory behind.
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, pr := range f.procs {
+		select {
+		case <-pr.Exited():
+		default:
+			t.Errorf("kernel %s still running after pool close", pr.Dir())
+		}
+		if err := syscall.Kill(pr.(interface{ Pid() int }).Pid(), 0); err == nil {
+			t.Errorf("process of %s still exists", pr.Dir())
+		}
+		if _, err := os.Stat(pr.Dir()); !os.IsNotExist(err) {
+			t.Errorf("directory %s left behind", pr.Dir())
+		}
+	}
+	if _, err := p.Acquire(context.Background()); err == nil {
+		t.Error("acquire after close succeeded")
+	}
+}
+
+func TestPoolStartFailure(t *testing.T) {
+	var calls atomic.Int32
+	p := kernel.NewPool(kernel.PoolConfig{Size: 1, Launch: func(ctx context.Context) (*kernel.Kernel, error) {
+		calls.Add(1)
+		return nil, fmt.Errorf("no python here")
+	}})
+	defer p.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := p.Acquire(ctx)
+	if err == nil || !strings.Contains(err.Error(), "no python here") {
+		t.Fatalf("err = %v", err)
+	}
+	if calls.Load() == 0 {
+		t.Error("pool never tried to start a kernel")
+	}
+}
