@@ -164,9 +164,11 @@ var errFetchTimeout = errors.New("input download timed out")
 // inputDir under the same name (from an earlier execution of a session) is
 // replaced.
 //
-// Every error is a *codegw.Error naming the URL: EINVALID for a malformed
-// URL or scheme, EFORBIDDEN for a refused address, ETOOLARGE for the count
-// and size limits, EFETCH for network errors, timeouts and non-2xx answers.
+// Every error is a *codegw.Error, and one about a URL names it and the
+// reason: EINVALID for a malformed URL or scheme, EFORBIDDEN for a refused
+// address (also after a redirect), ETOOLARGE for the count and size limits,
+// EFETCH for network errors, timeouts, too many redirects and non-2xx
+// answers, EINTERNAL when the input directory cannot be written.
 func (f *Fetcher) Fetch(ctx context.Context, urls []string, code, inputDir string) (string, []codegw.InputFile, error) {
 	if len(urls) == 0 {
 		return code, []codegw.InputFile{}, nil
