@@ -1,6 +1,8 @@
 package files
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -472,5 +474,25 @@ func TestFetchIgnoresProxyEnvironment(t *testing.T) {
 	}
 	if proxied.Load() != 0 {
 		t.Error("the request went through HTTP_PROXY")
+	}
+}
+
+func TestFetchLimitAppliesToDecompressedBody(t *testing.T) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(make([]byte, 1<<20))
+	zw.Close()
+	bomb := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Content-Length", fmt.Sprint(buf.Len()))
+		w.Write(buf.Bytes())
+	}))
+	t.Cleanup(bomb.Close)
+	f := newTestFetcher(t, FetchLimits{MaxFileBytes: 100 << 10})
+	dir := t.TempDir()
+	_, _, err := f.Fetch(context.Background(), []string{bomb.URL + "/z.csv"}, "", dir)
+	wantCode(t, err, codegw.ETOOLARGE, bomb.URL+"/z.csv", "per-file limit")
+	if got := dirNames(t, dir); len(got) != 0 {
+		t.Errorf("input dir not cleaned: %v", got)
 	}
 }
