@@ -69,7 +69,7 @@ scripts/base-image.sh
 hash=$({
 	sha256sum Dockerfile.executor
 	[[ -f .dockerignore ]] && sha256sum .dockerignore
-	find executor-image -type f -not -name '*.pyc' -not -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+	find executor-image -type f -not -name '*.go' -not -name '*.pyc' -not -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-32)
 have=$(docker image inspect -f "{{ index .Config.Labels \"$HASH_LABEL\" }}" "$DOCKER_IMAGE" 2>/dev/null || true)
 if [[ ${FORCE:-0} != 1 && $have == "$hash" ]]; then
@@ -79,8 +79,15 @@ fi
 
 log "building $DOCKER_IMAGE"
 start=$SECONDS
-DOCKER_BUILDKIT=0 docker build --network host -q \
-	--label "$HASH_LABEL=$hash" -t "$DOCKER_IMAGE" -f Dockerfile.executor . >/dev/null
+buildlog=$(mktemp /tmp/codegw-build.XXXXXX.log)
+# The legacy builder: the docker CLI may come without the buildx plugin, and
+# no registry is reachable for BuildKit's frontend image anyway.
+if ! DOCKER_BUILDKIT=0 docker build --network host \
+	--label "$HASH_LABEL=$hash" -t "$DOCKER_IMAGE" -f Dockerfile.executor . >"$buildlog" 2>&1; then
+	tail -n 40 "$buildlog" >&2
+	die "docker build failed; full log: $buildlog"
+fi
+rm -f "$buildlog"
 log "built $DOCKER_IMAGE in $((SECONDS - start))s"
 # Drop the previous build's layers that no tag names any more.
 docker image prune -f --filter "label=$HASH_LABEL" >/dev/null 2>&1 || true
