@@ -163,7 +163,16 @@ def main(argv):
     from ipykernel.kernelapp import IPKernelApp
 
     app = IPKernelApp.instance()
-    app.initialize(argv + ["--HistoryManager.enabled=False"])
+    app.initialize(
+        argv
+        + [
+            "--HistoryManager.enabled=False",
+            # Marks the kernel as started by a manager: without it ipykernel
+            # prints a terminal banner ("Ctrl-C will not work...") on stdout.
+            # 1 is special-cased: no parent polling.
+            "--IPKernelApp.parent_handle=1",
+        ]
+    )
     preload(app.shell)
     app.start()
     return 0

@@ -211,6 +211,7 @@ for addr in [("127.0.0.1", %d), ("1.1.1.1", 53), ("8.8.8.8", 443)]:
     except OSError as e:
         print("refused", addr, e)`, port)
 		for _, line := range lines(t, c, code) {
+			t.Log(line)
 			if !strings.HasPrefix(line, "refused") {
 				t.Errorf("got out: %s", line)
 			}
@@ -225,6 +226,7 @@ for addr in [("127.0.0.1", %d), ("1.1.1.1", 53), ("8.8.8.8", 443)]:
     except OSError as e:
         print("denied", path, e)`)
 		for _, line := range got {
+			t.Log(line)
 			if !strings.HasPrefix(line, "denied") {
 				t.Error(line)
 			}
@@ -289,6 +291,7 @@ try:
 except OSError:
     print("denied")
 print(open("/proc/self/status").read().split("CapEff:")[1].split()[0])`)
+			t.Logf("uid, /etc/shadow, CapEff: %q", got)
 			if got[0] == "0" || got[1] != "denied" || strings.Trim(got[2], "0") != "" {
 				t.Errorf("privileges in the sandbox: %q", got)
 			}
@@ -411,6 +414,46 @@ func TestExit(t *testing.T) {
 						t.Errorf("exit %+v, want %+v; output:\n%s", got, tt.want, k.Output())
 					}
 				})
+			}
+		})
+	}
+}
+
+func TestInterrupt(t *testing.T) {
+	for _, mode := range sandboxes(t) {
+		t.Run(mode, func(t *testing.T) {
+			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
+			_, c := startKernel(t, p)
+			done := make(chan result, 1)
+			go func() {
+				r, _ := tryExecute(c, "import time; print('sleeping', flush=True); time.sleep(600)")
+				done <- r
+			}()
+			// Interrupt until the execution ends: the first interrupt may
+			// arrive before the code runs.
+			deadline := time.After(execTimeout)
+			tick := time.NewTicker(200 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case r := <-done:
+					if r.reply == nil || r.reply.EName != "KeyboardInterrupt" {
+						t.Errorf("reply %+v, want KeyboardInterrupt", r.reply)
+					}
+					if got := execute(t, c, "print(1+1)").stdout; got != "2\n" {
+						t.Errorf("after the interrupt: %q", got)
+					}
+					return
+				case <-tick.C:
+					ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
+					err := c.Interrupt(ctx)
+					cancel()
+					if err != nil {
+						t.Fatal(err)
+					}
+				case <-deadline:
+					t.Fatal("the execution was not interrupted")
+				}
 			}
 		})
 	}
