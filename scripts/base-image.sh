@@ -66,7 +66,8 @@ SECURITY=${SECURITY%/}
 
 command -v debootstrap >/dev/null || {
 	log "installing debootstrap"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2 ||
+		{ apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2; }
 }
 
 root=$(mktemp -d /var/tmp/codegw-rootfs.XXXXXX)

@@ -352,6 +352,10 @@ func (p *Provisioner) start(ctx context.Context, spec kernel.Spec) (_ *process, 
 		created, err = p.api.ContainerCreate(ctx, cfg, hcfg, nil, nil, proc.name)
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			// The engine may have created it after we stopped listening.
+			p.removeContainer(proc.name)
+		}
 		return nil, fmt.Errorf("docker: kernel %s: create container: %w", spec.ID, err)
 	}
 	proc.cid = created.ID

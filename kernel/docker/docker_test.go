@@ -521,3 +521,53 @@ func TestNewErrors(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkLaunch measures a kernel's start until ready (kernel_info_reply
+// and its iopub idle), split into the container start (Provisioner.Start)
+// and the rest, with and without the default preload. It compares nothing:
+// the engine's own container start is the floor.
+func BenchmarkLaunch(b *testing.B) {
+	for _, bc := range []struct {
+		name    string
+		preload []string
+	}{{"none", []string{}}, {"default", nil}} {
+		b.Run("preload="+bc.name, func(b *testing.B) {
+			cfg := Config{
+				Image: os.Getenv("DOCKER_IMAGE"), InstanceID: "bench", Preload: bc.preload, Logger: quiet,
+			}
+			dir, _ := os.MkdirTemp("", "cgwb")
+			defer os.RemoveAll(dir)
+			cfg.StateDir = dir
+			p, err := New(context.Background(), cfg)
+			if err != nil {
+				b.Skip(err)
+			}
+			defer p.Close()
+			var start time.Duration
+			for i := 0; i < b.N; i++ {
+				ctx := context.Background()
+				k, err := kernel.Launch(ctx, timedProvisioner{p, &start}, kernel.Spec{ID: fmt.Sprintf("b%d", i)}, kernel.LaunchOptions{Logger: quiet})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				k.Close(ctx)
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(start.Milliseconds())/float64(b.N), "start-ms/op")
+		})
+	}
+}
+
+// timedProvisioner adds up the time spent in Start.
+type timedProvisioner struct {
+	*Provisioner
+	total *time.Duration
+}
+
+func (p timedProvisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.Process, error) {
+	t0 := time.Now()
+	proc, err := p.Provisioner.Start(ctx, spec)
+	*p.total += time.Since(t0)
+	return proc, err
+}
