@@ -37,7 +37,7 @@ type SessionRecord struct {
 	// Instance is the id of the gateway instance that holds the kernel.
 	Instance string
 	// CreatedAt is when the session was created. CreateSession fills in the
-	// store's current time when it is zero.
+	// current time when it is zero; stores return it in UTC.
 	CreatedAt time.Time
 }
 
@@ -67,7 +67,8 @@ type Store interface {
 	// codegw.ELIMIT error when the owner already has maxPerOwner sessions or
 	// the store already holds maxTotal sessions (0 means unlimited), and
 	// with codegw.ECONFLICT when the id is taken. rec.ID, rec.Owner and
-	// rec.Instance are required.
+	// rec.Instance are required. Sessions of a dead instance count against
+	// the limits until they are deleted or reassigned.
 	CreateSession(ctx context.Context, rec SessionRecord, maxPerOwner, maxTotal int) error
 
 	// GetSession returns the session with the given id, or a

@@ -91,7 +91,7 @@ func (s *Store) CreateSession(ctx context.Context, rec store.SessionRecord, maxP
 	if rec.CreatedAt.IsZero() {
 		rec.CreatedAt = s.now()
 	}
-	rec.CreatedAt = rec.CreatedAt.Round(0) // drop the monotonic reading, as a round trip through Redis would
+	rec.CreatedAt = rec.CreatedAt.UTC() // as the Redis store returns it; drops the monotonic reading too
 	s.sessions[rec.ID] = rec
 	add(s.byOwner, rec.Owner, rec.ID)
 	add(s.byInstance, rec.Instance, rec.ID)

@@ -30,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"slices"
 	"strconv"
@@ -313,7 +314,7 @@ func parseSession(h map[string]string) (rec store.SessionRecord, ok bool) {
 		ID:        h["id"],
 		Owner:     h["owner"],
 		Instance:  h["instance"],
-		CreatedAt: time.Unix(0, ns),
+		CreatedAt: time.Unix(0, ns).UTC(),
 	}, true
 }
 
@@ -504,4 +505,22 @@ func (s *Store) RemoveInstance(ctx context.Context, id string) error {
 		return s.fail("remove instance", err)
 	}
 	return nil
+}
+
+// SetLogger sends go-redis' own log lines (such as a failed dial, one per
+// command while Redis is down) to l at level Warn, or discards them when l
+// is nil. go-redis has a single logger per process, so cmd/ calls this once
+// at startup; by default go-redis writes to stderr with the log package.
+func SetLogger(l *slog.Logger) {
+	goredis.SetLogger(slogAdapter{l})
+}
+
+// slogAdapter is the logger interface go-redis expects, over slog.
+type slogAdapter struct{ l *slog.Logger }
+
+// Printf logs one go-redis line.
+func (a slogAdapter) Printf(ctx context.Context, format string, v ...any) {
+	if a.l != nil {
+		a.l.WarnContext(ctx, fmt.Sprintf(format, v...), "component", "go-redis")
+	}
 }

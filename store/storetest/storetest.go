@@ -142,6 +142,16 @@ func testCreateGet(t *testing.T, s store.Store) {
 		t.Fatalf("GetSession: %v", err)
 	}
 	sameRecord(t, "GetSession", got, r)
+	if got.CreatedAt.Location() != time.UTC {
+		t.Fatalf("CreatedAt = %v, want UTC", got.CreatedAt)
+	}
+	// A record given in another zone comes back as the same instant in UTC.
+	r2 := rec(2, "alice", "i1")
+	r2.CreatedAt = r2.CreatedAt.In(time.FixedZone("UTC+8", 8*3600))
+	create(t, s, r2)
+	if got, err = s.GetSession(ctx, r2.ID); err != nil || !got.CreatedAt.Equal(r2.CreatedAt) || got.CreatedAt.Location() != time.UTC {
+		t.Fatalf("GetSession(%s) = %+v, %v; want CreatedAt %v in UTC", r2.ID, got, err, r2.CreatedAt)
+	}
 }
 
 func testCreateFillsCreatedAt(t *testing.T, s store.Store) {
@@ -153,8 +163,10 @@ func testCreateFillsCreatedAt(t *testing.T, s store.Store) {
 	if err != nil {
 		t.Fatalf("GetSession: %v", err)
 	}
-	// The store's clock may be another machine's (Redis): allow some skew.
-	if d := got.CreatedAt.Sub(before); d < -time.Second || d > 5*time.Second {
+	if got.CreatedAt.Location() != time.UTC {
+		t.Fatalf("CreatedAt = %v, want UTC", got.CreatedAt)
+	}
+	if d := got.CreatedAt.Sub(before); d < 0 || d > 5*time.Second {
 		t.Fatalf("CreatedAt = %v, want about %v", got.CreatedAt, before)
 	}
 }
