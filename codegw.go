@@ -25,6 +25,7 @@ const (
 	StatusDied        Status = "died"        // the kernel process died (os._exit, segfault, killed)
 	StatusOOM         Status = "oom"         // the kernel hit its memory limit and was killed
 	StatusPidsLimit   Status = "pids_limit"  // the kernel hit its process limit (fork bomb)
+	StatusRejected    Status = "rejected"    // it never ran: its inputs were refused or the server was saturated
 )
 
 // Output is one rich output of an execution, in the order it was produced.

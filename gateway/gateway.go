@@ -1,0 +1,376 @@
+// Package gateway is the HTTP and websocket face of the service, built on
+// Fiber: the stateless execute of the original project, sessions over REST,
+// NDJSON and websocket, API-key auth, error mapping and the image and file
+// stores served under /images and /files.
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/session"
+	"github.com/codegw/codegw/session/files"
+)
+
+// Config configures the HTTP server.
+type Config struct {
+	Manager *session.Manager
+	Images  *files.Store
+	Files   *files.Store
+	// APIKeys admits callers; empty means the server is open (allowed only
+	// on loopback unless AllowOpen, which cmd enforces).
+	APIKeys []string
+	// BodyLimit caps request bodies (default 4 MiB); uploads have their own.
+	BodyLimit   int
+	UploadLimit int64
+	// Capabilities is served at GET /capabilities.
+	Capabilities func() any
+	// Ready reports whether the server can take executions (GET /readyz).
+	Ready  func() error
+	Logger *slog.Logger
+	// PingInterval keeps idle websockets open (default 20s).
+	PingInterval time.Duration
+}
+
+// Server is the Fiber app and what it needs.
+type Server struct {
+	cfg  Config
+	app  *fiber.App
+	log  *slog.Logger
+	keys map[string]string // sha256(key) -> owner id
+}
+
+// New returns a Server with every route mounted.
+func New(cfg Config) *Server {
+	if cfg.BodyLimit <= 0 {
+		cfg.BodyLimit = 4 << 20
+	}
+	if cfg.UploadLimit <= 0 {
+		cfg.UploadLimit = 100 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 20 * time.Second
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{}}
+	for _, k := range cfg.APIKeys {
+		sum := sha256.Sum256([]byte(k))
+		s.keys[hex.EncodeToString(sum[:])] = "key_" + hex.EncodeToString(sum[:8])
+	}
+	bodyLimit := cfg.BodyLimit
+	if int64(bodyLimit) < cfg.UploadLimit+1<<20 {
+		bodyLimit = int(cfg.UploadLimit + 1<<20) // the multipart route checks its own limit
+	}
+	s.app = fiber.New(fiber.Config{
+		BodyLimit:             bodyLimit,
+		DisableStartupMessage: true,
+		ErrorHandler:          s.handleError,
+		ReadTimeout:           5 * time.Minute,
+		IdleTimeout:           2 * time.Minute,
+		StreamRequestBody:     false,
+	})
+	s.routes()
+	return s
+}
+
+// App is the Fiber app, for tests and Listen.
+func (s *Server) App() *fiber.App { return s.app }
+
+// Listen serves on addr until Shutdown.
+func (s *Server) Listen(addr string) error { return s.app.Listen(addr) }
+
+// Shutdown stops accepting requests and waits for those in flight.
+func (s *Server) Shutdown(ctx context.Context) error { return s.app.ShutdownWithContext(ctx) }
+
+func (s *Server) routes() {
+	a := s.app
+	a.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
+	a.Get("/readyz", s.readyz)
+	a.Get("/capabilities", s.capabilities)
+	a.Get("/images/:name", s.serveStore(s.cfg.Images, false))
+	a.Get("/files/:name", s.serveStore(s.cfg.Files, true))
+
+	api := a.Group("/api/v1", s.auth)
+	api.Post("/execute", s.execute)
+	api.Post("/sessions", s.createSession)
+	api.Get("/sessions", s.listSessions)
+	api.Get("/sessions/:id", s.getSession)
+	api.Delete("/sessions/:id", s.deleteSession)
+	api.Post("/sessions/:id/execute", s.sessionExecute)
+	api.Post("/sessions/:id/interrupt", s.interrupt)
+	api.Post("/sessions/:id/restart", s.restart)
+	api.Post("/sessions/:id/files", s.upload)
+	api.Get("/sessions/:id/files", s.listOutputs)
+	api.Get("/sessions/:id/files/:name", s.downloadOutput)
+	api.Get("/sessions/:id/ws", s.websocket)
+	a.Use(func(c *fiber.Ctx) error {
+		return codegw.Errorf(codegw.ENOTFOUND, "no route for %s %s", c.Method(), c.Path())
+	})
+}
+
+// statusOf maps application error codes to HTTP statuses.
+var statusOf = map[string]int{
+	codegw.EINVALID:      fiber.StatusBadRequest,
+	codegw.ENOTFOUND:     fiber.StatusNotFound,
+	codegw.EUNAUTHORIZED: fiber.StatusUnauthorized,
+	codegw.EFORBIDDEN:    fiber.StatusForbidden,
+	codegw.ETOOLARGE:     fiber.StatusRequestEntityTooLarge,
+	codegw.ELIMIT:        fiber.StatusTooManyRequests,
+	codegw.EBUSY:         fiber.StatusServiceUnavailable,
+	codegw.ECONFLICT:     fiber.StatusConflict,
+	codegw.EUNAVAILABLE:  fiber.StatusServiceUnavailable,
+	codegw.ELOST:         fiber.StatusGone,
+	codegw.EFETCH:        fiber.StatusUnprocessableEntity,
+	codegw.EINTERNAL:     fiber.StatusInternalServerError,
+}
+
+// handleError answers every error as {"error","code"}: application errors
+// with their message, Fiber's own (bad method, body too large) mapped, and
+// anything else as an internal error, logged.
+func (s *Server) handleError(c *fiber.Ctx, err error) error {
+	var fe *fiber.Error
+	code, msg := codegw.ErrorCode(err), codegw.ErrorMessage(err)
+	status := statusOf[code]
+	if errors.As(err, &fe) {
+		status, msg = fe.Code, fe.Message
+		switch {
+		case fe.Code == fiber.StatusRequestEntityTooLarge:
+			code, msg = codegw.ETOOLARGE, "request body too large"
+		case fe.Code == fiber.StatusNotFound:
+			code = codegw.ENOTFOUND
+		case fe.Code == fiber.StatusMethodNotAllowed:
+			code = codegw.EINVALID
+		case fe.Code < 500:
+			code = codegw.EINVALID
+		default:
+			code = codegw.EINTERNAL
+		}
+	}
+	if status == 0 {
+		status = fiber.StatusInternalServerError
+	}
+	if code == codegw.EINTERNAL {
+		s.log.Error("internal error", "method", c.Method(), "path", c.Path(), "err", err)
+	}
+	return c.Status(status).JSON(fiber.Map{"error": msg, "code": code})
+}
+
+// auth resolves the caller's API key into an owner id.
+func (s *Server) auth(c *fiber.Ctx) error {
+	if len(s.keys) == 0 {
+		c.Locals("owner", "anonymous")
+		return c.Next()
+	}
+	key := ""
+	if h := c.Get(fiber.HeaderAuthorization); strings.HasPrefix(h, "Bearer ") {
+		key = strings.TrimSpace(h[len("Bearer "):])
+	} else if t := c.Query("token"); t != "" {
+		key = t
+	}
+	if key == "" {
+		return codegw.Errorf(codegw.EUNAUTHORIZED, "missing API key: send Authorization: Bearer <key>")
+	}
+	sum := sha256.Sum256([]byte(key))
+	hexSum := hex.EncodeToString(sum[:])
+	for h, owner := range s.keys {
+		if subtle.ConstantTimeCompare([]byte(h), []byte(hexSum)) == 1 {
+			c.Locals("owner", owner)
+			return c.Next()
+		}
+	}
+	return codegw.Errorf(codegw.EUNAUTHORIZED, "unknown API key")
+}
+
+func owner(c *fiber.Ctx) string {
+	o, _ := c.Locals("owner").(string)
+	return o
+}
+
+func (s *Server) readyz(c *fiber.Ctx) error {
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(); err != nil {
+			return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "not ready", "error": err.Error()})
+		}
+	}
+	return c.JSON(fiber.Map{"status": "ready", "stats": s.cfg.Manager.Stats()})
+}
+
+func (s *Server) capabilities(c *fiber.Ctx) error {
+	if s.cfg.Capabilities == nil {
+		return c.JSON(fiber.Map{})
+	}
+	return c.JSON(s.cfg.Capabilities())
+}
+
+// serveStore serves stored images or files; unknown names are 404.
+func (s *Server) serveStore(st *files.Store, download bool) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		name, _ := url.PathUnescape(c.Params("name"))
+		obj, err := st.Open(name)
+		if err != nil {
+			if codegw.ErrorCode(err) == codegw.ENOTFOUND {
+				return codegw.Errorf(codegw.ENOTFOUND, "%q not found", name)
+			}
+			return err
+		}
+		c.Set(fiber.HeaderContentType, obj.ContentType)
+		c.Set("X-Content-Type-Options", "nosniff")
+		c.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; sandbox")
+		c.Set(fiber.HeaderCacheControl, "private, max-age=3600")
+		if download {
+			dn := obj.OriginalName
+			if dn == "" {
+				dn = obj.Name
+			}
+			c.Set(fiber.HeaderContentDisposition, contentDisposition(dn))
+		}
+		return c.SendStream(obj.File, int(obj.Size))
+	}
+}
+
+// contentDisposition builds an attachment header with an ASCII fallback and
+// the UTF-8 name (RFC 6266).
+func contentDisposition(name string) string {
+	ascii := strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e || r == '"' || r == '\\' {
+			return '_'
+		}
+		return r
+	}, name)
+	return fmt.Sprintf(`attachment; filename="%s"; filename*=UTF-8''%s`, ascii, url.PathEscape(name))
+}
+
+// decodeExecute parses an execute body with clear errors for every fault.
+func decodeExecute(c *fiber.Ctx) (codegw.ExecuteRequest, error) {
+	var req codegw.ExecuteRequest
+	body := c.Body()
+	if len(body) == 0 {
+		return req, codegw.Errorf(codegw.EINVALID, "request body is empty; send JSON like {\"code\": \"print(1)\"}")
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(body, &raw); err != nil {
+		return req, codegw.Errorf(codegw.EINVALID, "request body is not a JSON object: %v", err)
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return req, codegw.Errorf(codegw.EINVALID, "field %q must be %s", te.Field, jsonKind(te.Type.Kind().String()))
+		}
+		return req, codegw.Errorf(codegw.EINVALID, "invalid request: %v", err)
+	}
+	if _, ok := raw["code"]; !ok {
+		return req, codegw.Errorf(codegw.EINVALID, "code is required")
+	}
+	for _, u := range req.Files {
+		if strings.TrimSpace(u) == "" {
+			return req, codegw.Errorf(codegw.EINVALID, "files must be non-empty URLs")
+		}
+	}
+	return req, nil
+}
+
+func jsonKind(k string) string {
+	switch k {
+	case "string":
+		return "a string"
+	case "slice":
+		return "an array of strings"
+	case "float64", "int":
+		return "a number"
+	case "bool":
+		return "a boolean"
+	}
+	return "of another type"
+}
+
+// wantsStream reports whether the caller asked for NDJSON events.
+func wantsStream(c *fiber.Ctx) bool {
+	return strings.Contains(c.Get(fiber.HeaderAccept), "application/x-ndjson") || c.Query("stream") == "1" || c.Query("stream") == "true"
+}
+
+func (s *Server) execute(c *fiber.Ctx) error {
+	req, err := decodeExecute(c)
+	if err != nil {
+		return err
+	}
+	if wantsStream(c) {
+		return s.stream(c, func(ctx context.Context, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+			return s.cfg.Manager.Execute(ctx, req, emit)
+		})
+	}
+	// fasthttp does not cancel on disconnect: the execution's own deadline
+	// bounds it.
+	res, err := s.cfg.Manager.Execute(context.Background(), req, nil)
+	if err != nil {
+		return err
+	}
+	return c.JSON(res)
+}
+
+// stream answers with NDJSON: one event per line, flushed as it happens,
+// and the full answer as the last line {"type":"result_body",...}.
+func (s *Server) stream(c *fiber.Ctx, run func(context.Context, func(codegw.Event)) (*codegw.ExecuteResult, error)) error {
+	c.Set(fiber.HeaderContentType, "application/x-ndjson")
+	c.Set(fiber.HeaderCacheControl, "no-cache")
+	c.Set("X-Accel-Buffering", "no")
+	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		events := make(chan codegw.Event, 256)
+		type outcome struct {
+			res *codegw.ExecuteResult
+			err error
+		}
+		done := make(chan outcome, 1)
+		go func() {
+			res, err := run(context.Background(), func(ev codegw.Event) {
+				events <- ev
+			})
+			done <- outcome{res, err}
+		}()
+		enc := json.NewEncoder(w)
+		write := func(v any) {
+			enc.Encode(v)
+			w.Flush()
+		}
+		for {
+			select {
+			case ev := <-events:
+				write(ev)
+			case o := <-done:
+				for {
+					select {
+					case ev := <-events:
+						write(ev)
+						continue
+					default:
+					}
+					break
+				}
+				if o.err != nil {
+					write(fiber.Map{"type": "error_response", "error": codegw.ErrorMessage(o.err), "code": codegw.ErrorCode(o.err)})
+				} else {
+					write(struct {
+						Type string `json:"type"`
+						*codegw.ExecuteResult
+					}{"response", o.res})
+				}
+				return
+			}
+		}
+	})
+	return nil
+}

@@ -1,0 +1,323 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gofiber/contrib/websocket"
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/session"
+)
+
+type createBody struct {
+	IdleTimeout float64           `json:"idle_timeout"`
+	Env         map[string]string `json:"env"`
+}
+
+func (s *Server) createSession(c *fiber.Ctx) error {
+	var body createBody
+	if len(c.Body()) > 0 {
+		if err := json.Unmarshal(c.Body(), &body); err != nil {
+			return codegw.Errorf(codegw.EINVALID, "invalid session options: %v", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sess, err := s.cfg.Manager.Create(ctx, owner(c), session.CreateOptions{
+		IdleTimeout: time.Duration(body.IdleTimeout * float64(time.Second)), Env: body.Env,
+	})
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(sess.Info())
+}
+
+func (s *Server) listSessions(c *fiber.Ctx) error {
+	return c.JSON(fiber.Map{"sessions": s.cfg.Manager.List(owner(c))})
+}
+
+func (s *Server) session(c *fiber.Ctx) (*session.Session, error) {
+	return s.cfg.Manager.Get(c.Params("id"), owner(c))
+}
+
+func (s *Server) getSession(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	return c.JSON(sess.Info())
+}
+
+func (s *Server) deleteSession(c *fiber.Ctx) error {
+	if err := s.cfg.Manager.Delete(c.Params("id"), owner(c)); err != nil {
+		return err
+	}
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+func (s *Server) sessionExecute(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	req, err := decodeExecute(c)
+	if err != nil {
+		return err
+	}
+	if wantsStream(c) {
+		return s.stream(c, func(ctx context.Context, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+			return sess.Execute(ctx, req, emit)
+		})
+	}
+	res, err := sess.Execute(context.Background(), req, nil)
+	if err != nil {
+		return err
+	}
+	return c.JSON(res)
+}
+
+func (s *Server) interrupt(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := sess.Interrupt(ctx); err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"status": "interrupted"})
+}
+
+func (s *Server) restart(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := sess.Restart(ctx); err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"status": "restarted", "state_lost": true, "session": sess.Info()})
+}
+
+func (s *Server) upload(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	form, err := c.MultipartForm()
+	if err != nil {
+		return codegw.Errorf(codegw.EINVALID, "send the files as multipart/form-data: %v", err)
+	}
+	var saved []session.FileInfo
+	for _, fhs := range form.File {
+		for _, fh := range fhs {
+			if fh.Size > s.cfg.UploadLimit {
+				return codegw.Errorf(codegw.ETOOLARGE, "file %q is larger than %d bytes", fh.Filename, s.cfg.UploadLimit)
+			}
+			f, err := fh.Open()
+			if err != nil {
+				return codegw.Errorf(codegw.EINVALID, "read upload %q: %v", fh.Filename, err)
+			}
+			info, err := sess.Upload(fh.Filename, f, s.cfg.UploadLimit)
+			f.Close()
+			if err != nil {
+				return err
+			}
+			info.URL = ""
+			saved = append(saved, info)
+		}
+	}
+	if len(saved) == 0 {
+		return codegw.Errorf(codegw.EINVALID, "no file in the upload")
+	}
+	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"files": saved})
+}
+
+func (s *Server) listOutputs(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	list, err := sess.Outputs()
+	if err != nil {
+		return err
+	}
+	for i := range list {
+		list[i].URL = "/api/v1/sessions/" + sess.ID() + "/files/" + list[i].Name
+	}
+	return c.JSON(fiber.Map{"files": list})
+}
+
+func (s *Server) downloadOutput(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	f, fi, err := sess.OpenOutput(c.Params("name"))
+	if err != nil {
+		return err
+	}
+	c.Set(fiber.HeaderContentType, "application/octet-stream")
+	c.Set("X-Content-Type-Options", "nosniff")
+	c.Set(fiber.HeaderContentDisposition, contentDisposition(fi.Name()))
+	return c.SendStream(f, int(fi.Size()))
+}
+
+// clientMessage is what a websocket client sends.
+type clientMessage struct {
+	Type string `json:"type"`
+	ID   string `json:"id"`
+	codegw.ExecuteRequest
+	Value string `json:"value"`
+}
+
+// websocket upgrades GET /sessions/{id}/ws. ?last_seq=N replays the events
+// after N still buffered (a "gap" event says when some were lost).
+func (s *Server) websocket(c *fiber.Ctx) error {
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	if !websocket.IsWebSocketUpgrade(c) {
+		return codegw.Errorf(codegw.EINVALID, "this endpoint needs a websocket upgrade")
+	}
+	var (
+		after  uint64
+		replay bool
+	)
+	if v := c.Query("last_seq"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return codegw.Errorf(codegw.EINVALID, "last_seq must be a non-negative integer")
+		}
+		after, replay = n, true
+	}
+	return websocket.New(func(conn *websocket.Conn) {
+		s.serveSocket(conn, sess, after, replay)
+	}, websocket.Config{EnableCompression: false, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10})(c)
+}
+
+func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after uint64, replay bool) {
+	sub, missed, gap := sess.Subscribe(after, replay)
+	defer sub.Close()
+	var wmu sync.Mutex
+	write := func(v any) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		return conn.WriteJSON(v)
+	}
+	if gap {
+		write(codegw.Event{Type: codegw.EventGap, Reason: "some events after last_seq are no longer buffered"})
+	}
+	for _, ev := range missed {
+		if write(ev) != nil {
+			return
+		}
+	}
+	write(codegw.Event{Type: codegw.EventStatus, State: "connected", Reason: "session " + sess.ID()})
+
+	readDone := make(chan struct{})
+	conn.SetReadLimit(8 << 20)
+	conn.SetPongHandler(func(string) error {
+		conn.SetReadDeadline(time.Now().Add(3 * s.cfg.PingInterval))
+		return nil
+	})
+	go func() {
+		defer close(readDone)
+		conn.SetReadDeadline(time.Now().Add(3 * s.cfg.PingInterval))
+		for {
+			_, data, err := conn.ReadMessage()
+			if err != nil {
+				return
+			}
+			conn.SetReadDeadline(time.Now().Add(3 * s.cfg.PingInterval))
+			if err := s.handleClientMessage(sess, data); err != nil {
+				write(fiber.Map{"type": "error_response", "error": codegw.ErrorMessage(err), "code": codegw.ErrorCode(err)})
+			}
+		}
+	}()
+	ping := time.NewTicker(s.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case ev, ok := <-sub.C:
+			if !ok {
+				reason := sub.Reason()
+				wmu.Lock()
+				conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, truncate(reason, 120)))
+				wmu.Unlock()
+				return
+			}
+			if write(ev) != nil {
+				return
+			}
+		case <-ping.C:
+			wmu.Lock()
+			err := conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(10*time.Second))
+			wmu.Unlock()
+			if err != nil {
+				return
+			}
+		case <-readDone:
+			return
+		}
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+func (s *Server) handleClientMessage(sess *session.Session, data []byte) error {
+	var m clientMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return codegw.Errorf(codegw.EINVALID, "message is not JSON: %v", err)
+	}
+	switch m.Type {
+	case "execute":
+		if m.ID != "" && len(m.ID) > 64 {
+			return codegw.Errorf(codegw.EINVALID, "id is longer than 64 characters")
+		}
+		res, errc, err := sess.Submit(m.ExecuteRequest, m.ID, nil, true)
+		if err != nil {
+			return err
+		}
+		go func() { // errors before the run starts (input download, queue) reach the client
+			select {
+			case <-res:
+			case err := <-errc:
+				sess.Fail(m.ID, err)
+			case <-sess.Done():
+			}
+		}()
+		return nil
+	case "interrupt":
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return sess.Interrupt(ctx)
+	case "restart":
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		return sess.Restart(ctx)
+	case "input_reply":
+		return sess.Reply(m.Value)
+	case "ping":
+		return nil
+	case "":
+		return codegw.Errorf(codegw.EINVALID, "message has no type")
+	}
+	return codegw.Errorf(codegw.EINVALID, "unknown message type %q", m.Type)
+}
