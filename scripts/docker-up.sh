@@ -5,6 +5,10 @@
 # the local base image and builds the executor image only when
 # Dockerfile.executor or executor-image/ changed.
 #
+# Several test runs may share the engine: each docker-up.sh that finds (or
+# starts) the engine docker-up.sh started counts one user in $STATE/users,
+# and docker-down.sh stops it only when the last user leaves.
+#
 # Environment: DOCKER_IMAGE (default codegw/executor:latest), DOCKER_HOST
 # (default unix:///var/run/docker.sock), DOCKERD_DATA_ROOT (default: the
 # engine's own, /var/lib/docker), FORCE=1 to rebuild the image.
@@ -15,6 +19,7 @@ DOCKER_IMAGE=${DOCKER_IMAGE:-codegw/executor:latest}
 STATE=/tmp/codegw-dockerd
 PIDFILE=$STATE/dockerd.pid
 LOG=$STATE/dockerd.log
+USERS=$STATE/users
 HASH_LABEL=codegw.build-hash
 
 log() { printf 'docker-up: %s\n' "$*" >&2; }
@@ -28,8 +33,27 @@ if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
 		{ as_root apt-get update -q >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >&2; }
 fi
 
+# ours tells whether the engine is the dockerd docker-up.sh started.
+ours() {
+	local pid
+	pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
+	[[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == dockerd ]]
+}
+
+# add_user N adds N to the count of users of our dockerd (N=0 resets it to 1).
+add_user() {
+	(
+		flock 9
+		n=$(cat "$USERS" 2>/dev/null || echo 0)
+		[[ $n =~ ^[0-9]+$ ]] || n=0
+		if [[ $1 == 0 ]]; then n=1; else n=$((n + $1)); fi
+		echo "$n" >"$USERS"
+	) 9>>"$STATE/users.lock"
+}
+
 if docker info >/dev/null 2>&1; then
 	log "docker engine is up"
+	ours && add_user 1
 else
 	[[ -n ${DOCKER_HOST:-} && ${DOCKER_HOST} != unix:///var/run/docker.sock ]] &&
 		die "DOCKER_HOST=$DOCKER_HOST does not answer; not starting a local dockerd for it"
@@ -57,6 +81,7 @@ else
 	done
 	docker info >/dev/null 2>&1 || { tail -n 30 "$LOG" >&2; die "dockerd did not answer within 30s; see $LOG"; }
 	log "dockerd is up"
+	add_user 0
 fi
 
 scripts/base-image.sh

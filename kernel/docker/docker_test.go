@@ -297,6 +297,17 @@ func TestStartWithPreload(t *testing.T) {
 	if strings.TrimSpace(out) != "True" {
 		t.Errorf("preloaded modules missing: %q", out)
 	}
+
+	// The image's font cache was seeded (not rebuilt on the read-only root)
+	// and a CJK font is the default, so a Chinese title renders inline.
+	out = mustRun(t, k, `import os, warnings, matplotlib, matplotlib.pyplot as plt
+warnings.simplefilter("error")
+print(any(f.startswith("fontlist-") for f in os.listdir(matplotlib.get_configdir())), matplotlib.rcParams["font.sans-serif"][0])
+plt.plot([1, 2, 3]); plt.title("中文标题")
+plt.show()`)
+	if got := strings.TrimSpace(out); got != "True WenQuanYi Micro Hei" {
+		t.Errorf("font setup: %q, want a seeded font cache and WenQuanYi Micro Hei", got)
+	}
 }
 
 func TestOOM(t *testing.T) {
