@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,9 +37,10 @@ type process struct {
 	info    kernel.ConnectionInfo
 	kinfo   kernel.ConnectionInfo // info as the kernel sees it: container paths
 
-	mu     sync.Mutex // serialises Restart and Close; guards run and closed
-	run    *run
+	mu     sync.Mutex // serialises Restart and Close; guards closed
 	closed bool
+	run    atomic.Pointer[run] // the current run; read without mu
+
 }
 
 // run is one start of the container, watched by one waiter goroutine.
@@ -70,11 +72,7 @@ func (c *process) InputDir() string { return filepath.Join(c.codeDir, "input") }
 // OutputDir is the host side of /code/output.
 func (c *process) OutputDir() string { return filepath.Join(c.codeDir, "output") }
 
-func (c *process) current() *run {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.run
-}
+func (c *process) current() *run { return c.run.Load() }
 
 func (c *process) Exited() <-chan struct{} { return c.current().exited }
 
@@ -101,7 +99,7 @@ func (c *process) removeSockets() {
 func (c *process) startRun() {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &run{exited: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
-	c.run = r
+	c.run.Store(r)
 	go c.wait(ctx, r)
 }
 
@@ -227,7 +225,7 @@ func (c *process) Restart(ctx context.Context) error {
 	if c.closed {
 		return fmt.Errorf("docker: restart kernel %s: closed", c.id)
 	}
-	r := c.run
+	r := c.current()
 	select {
 	case <-r.exited:
 	default:
@@ -264,7 +262,7 @@ func (c *process) Close(ctx context.Context) error {
 	if c.closed {
 		return nil
 	}
-	r := c.run
+	r := c.current()
 	select {
 	case <-r.exited:
 	default:
