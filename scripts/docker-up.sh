@@ -89,9 +89,10 @@ scripts/base-image.sh
 [[ -f executor-image/packages.txt && -f executor-image/launch.py ]] ||
 	die "executor-image/packages.txt or launch.py is missing"
 
-# The build inputs' hash: Dockerfile.executor, .dockerignore and every file
+# The build inputs' hash: the base image's id, Dockerfile.executor, .dockerignore and every file
 # under executor-image/ (names and contents), in a stable order.
 hash=$({
+	docker image inspect -f '{{.Id}}' "${BASE_IMAGE:-codegw/debian:bookworm}"
 	sha256sum Dockerfile.executor
 	[[ -f .dockerignore ]] && sha256sum .dockerignore
 	find executor-image -type f -not -name '*.go' -not -name '*.pyc' -not -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
