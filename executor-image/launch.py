@@ -144,6 +144,36 @@ def preload(shell):
             log("matplotlib inline setup failed: %s" % e)
 
 
+def bound_stream_buffers(limit=1 << 20):
+    """Send stdout/stderr in chunks of about `limit` characters.
+
+    ipykernel buffers writes and flushes every 0.2 s, so a tight print loop
+    becomes one message of hundreds of MB that the gateway must hold whole.
+    Flushing (which waits for the IO thread) once the buffer passes `limit`
+    bounds every message and slows a flooding writer to the pace of the
+    socket instead.
+    """
+    from ipykernel import iostream
+
+    orig = iostream.OutStream.write
+
+    def write(self, string):
+        if not isinstance(string, str) or not self._is_master_process():
+            return orig(self, string)
+        if len(string) > limit:
+            for i in range(0, len(string), limit):
+                orig(self, string[i : i + limit])
+                self.flush()
+            return len(string)
+        n = orig(self, string)
+        buf = getattr(self, "_buffer", None)
+        if buf is not None and buf.tell() > limit:
+            self.flush()
+        return n
+
+    iostream.OutStream.write = write
+
+
 def build_mpl_cache(directory):
     """Build matplotlib's font cache into directory (for EXECUTOR_MPL_CACHE)."""
     os.makedirs(directory, exist_ok=True)
@@ -175,6 +205,7 @@ def main(argv):
         if hide_debugpy:
             del sys.modules["debugpy"]
 
+    bound_stream_buffers()
     app = IPKernelApp.instance()
     app.initialize(
         argv

@@ -267,7 +267,7 @@ func (c *Client) heartbeat() {
 // send signs and sends a request on sock, registering a call for its replies
 // first so that none is missed.
 func (c *Client) send(sock zmq4.Socket, msg *Message) (*call, error) {
-	cl := newCall(make(chan *Message, 64))
+	cl := newCall(make(chan *Message, 16))
 	c.mu.Lock()
 	if c.deadErr != nil {
 		err := c.deadErr

@@ -249,6 +249,7 @@ func TestDeath(t *testing.T) {
 		{"os._exit", "import os; os._exit(3)", nil, "status 3"},
 		{"segfault", "import ctypes; ctypes.string_at(0)", nil, "signal"},
 		{"sigkill", "import time; time.sleep(100)", func(k *kernel.Kernel) { k.Process().Kill(context.Background()) }, "killed"},
+		{"oversized frame", "io = get_ipython().kernel.iopub_thread\nio.schedule(lambda: io.socket.send(b'0' * (80 << 20)))\nimport time; time.sleep(100)", nil, "size limit"},
 		{"heartbeat", "import time; time.sleep(100)", func(k *kernel.Kernel) {
 			syscall.Kill(-pidOf(t, k), syscall.SIGSTOP)
 		}, "heartbeat"},

@@ -35,7 +35,9 @@ const (
 	HB      = "hb"
 )
 
-// Endpoint returns the ZeroMQ endpoint of one channel.
+// Endpoint returns the ZeroMQ endpoint the gateway dials for one channel.
+// Its scheme names our guarded transports (see transport.go), not the
+// plain ipc:// and tcp:// of the connection file.
 func (c ConnectionInfo) Endpoint(channel string) string {
 	var port int
 	switch channel {
@@ -51,9 +53,9 @@ func (c ConnectionInfo) Endpoint(channel string) string {
 		port = c.HBPort
 	}
 	if c.Transport == "ipc" {
-		return "ipc://" + c.IP + "-" + strconv.Itoa(port)
+		return guardedIPC + "://" + c.IP + "-" + strconv.Itoa(port)
 	}
-	return "tcp://" + net.JoinHostPort(c.IP, strconv.Itoa(port))
+	return guardedTCP + "://" + net.JoinHostPort(c.IP, strconv.Itoa(port))
 }
 
 // SocketFiles returns the paths of the ipc socket files, which the kernel

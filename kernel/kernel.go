@@ -33,9 +33,10 @@ type Kernel struct {
 	opts LaunchOptions
 	info *KernelInfo
 
-	mu     sync.Mutex
-	client *Client
-	closed bool
+	mu        sync.Mutex
+	client    *Client
+	closed    bool
+	killedFor error // why the gateway killed a kernel it could not talk to
 }
 
 // Launch starts a kernel with prov, connects to it and waits until it is
@@ -70,7 +71,7 @@ func (k *Kernel) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	go watch(k.proc, c)
+	go k.watch(c)
 	info, err := c.WaitReady(ctx)
 	if err != nil {
 		c.Close()
@@ -82,11 +83,29 @@ func (k *Kernel) connect(ctx context.Context) error {
 	return nil
 }
 
-// watch fails c when the process it talks to exits.
-func watch(proc Process, c *Client) {
+// watch fails c when the process it talks to exits, and kills the process
+// when c finds the kernel dead first (missed heartbeats, a broken or
+// oversized message): a kernel we cannot talk to must not keep running.
+func (k *Kernel) watch(c *Client) {
+	proc := k.proc
 	select {
 	case <-proc.Exited():
 		c.Fail(fmt.Errorf("%w: %s", ErrDied, DescribeExit(proc.Exit())))
+	case <-c.dead:
+		if errors.Is(c.Err(), ErrClosed) {
+			return
+		}
+		select { // a socket error usually means the process is exiting
+		case <-proc.Exited():
+			return
+		case <-time.After(300 * time.Millisecond):
+		}
+		k.mu.Lock()
+		k.killedFor = c.Err()
+		k.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		proc.Kill(ctx)
 	case <-c.ctx.Done():
 	}
 }
@@ -240,12 +259,22 @@ func (k *Kernel) Execute(ctx context.Context, code string, opts ExecuteOptions, 
 // deathError prefers the process's own account of its death (exit status,
 // signal, OOM) to the socket error that usually reports it first.
 func (k *Kernel) deathError(err error) error {
+	exited := false
 	select {
 	case <-k.proc.Exited():
-		return fmt.Errorf("%w: %s", ErrDied, DescribeExit(k.proc.Exit()))
-	case <-time.After(500 * time.Millisecond):
-		return err
+		exited = true
+	case <-time.After(2 * time.Second):
 	}
+	k.mu.Lock()
+	cause := k.killedFor // set before the kill, so before the exit
+	k.mu.Unlock()
+	switch {
+	case cause != nil:
+		return cause
+	case exited:
+		return fmt.Errorf("%w: %s", ErrDied, DescribeExit(k.proc.Exit()))
+	}
+	return err
 }
 
 // Exit reports how the kernel process ended, and false while it runs.

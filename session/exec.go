@@ -54,6 +54,10 @@ func (r *run) send(ev codegw.Event) {
 func (r *run) onMessage(msg *kernel.Message) {
 	switch msg.Header.MsgType {
 	case "stream":
+		if r.outBytes >= r.m.cfg.MaxOutputBytes { // past the budget: not even decoded
+			r.res.Truncated = true
+			return
+		}
 		var c struct {
 			Name string `json:"name"`
 			Text string `json:"text"`

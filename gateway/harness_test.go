@@ -1,0 +1,242 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/gateway"
+	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/local"
+	"github.com/codegw/codegw/session"
+	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/store/memory"
+)
+
+// env is one whole gateway on a loopback port with real kernels: the same
+// parts cmd/codegw wires, with test-sized limits.
+type env struct {
+	t      testing.TB
+	base   string
+	mgr    *session.Manager
+	pool   *kernel.Pool
+	images *files.Store
+	files  *files.Store
+	keys   []string
+	prov   kernel.Provisioner
+}
+
+type envOptions struct {
+	keys       []string
+	workers    int
+	queue      int
+	queueWait  time.Duration
+	timeout    time.Duration
+	maxOutput  int
+	poolSize   int
+	retention  time.Duration
+	publicBase string
+	sessIdle   time.Duration
+	maxSess    int
+	maxPerKey  int
+	prov       kernel.Provisioner
+}
+
+// provisionerFor returns the provisioner the suites run on: the local
+// sandbox by default, Docker when CODEGW_TEST_EXECUTOR=docker.
+var sharedProv kernel.Provisioner
+
+func localProvisioner(t testing.TB) kernel.Provisioner {
+	t.Helper()
+	if sharedProv != nil {
+		return sharedProv
+	}
+	p, err := local.New(local.Config{StateDir: shortDir(t, "cgwt")})
+	if err != nil {
+		t.Fatalf("local provisioner: %v", err)
+	}
+	sharedProv = p
+	return p
+}
+
+// shortDir makes a directory under /tmp (ipc socket paths must be short)
+// that outlives the test binary's temp dirs only until TestMain ends.
+func shortDir(t testing.TB, prefix string) string {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanupDirs = append(cleanupDirs, dir)
+	return dir
+}
+
+var cleanupDirs []string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if sharedProv != nil {
+		sharedProv.Close()
+	}
+	for _, d := range cleanupDirs {
+		os.RemoveAll(d)
+	}
+	os.Exit(code)
+}
+
+var kernelSeq atomic.Int64
+
+func newEnv(t testing.TB, o envOptions) *env {
+	t.Helper()
+	if o.workers == 0 {
+		o.workers = 4
+	}
+	if o.poolSize == 0 {
+		o.poolSize = 2
+	}
+	if o.timeout == 0 {
+		o.timeout = 60 * time.Second
+	}
+	prov := o.prov
+	if prov == nil {
+		prov = currentProvisioner(t)
+	}
+	pool := kernel.NewPool(kernel.PoolConfig{Size: o.poolSize, Launch: func(ctx context.Context) (*kernel.Kernel, error) {
+		return kernel.Launch(ctx, prov, kernel.Spec{ID: fmt.Sprintf("g%d", kernelSeq.Add(1))}, kernel.LaunchOptions{})
+	}})
+	images := &files.Store{Dir: t.TempDir(), URLPrefix: "/images", PublicBaseURL: o.publicBase, Retention: o.retention}
+	outs := &files.Store{Dir: t.TempDir(), URLPrefix: "/files", PublicBaseURL: o.publicBase, Retention: o.retention}
+	for _, s := range []*files.Store{images, outs} {
+		if err := s.Init(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fetcher, err := files.NewFetcher(files.FetchLimits{MaxFiles: 3, MaxFileBytes: 1 << 20, MaxTotalBytes: 2 << 20, Timeout: 10 * time.Second, AllowCIDRs: []string{"127.0.0.1/32"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := session.New(session.Config{
+		Kernels: pool, Images: images, Files: outs, Fetcher: fetcher,
+		Store: memory.New(), Instance: "test",
+		ExecTimeout: o.timeout, InterruptGrace: time.Second, MaxOutputBytes: o.maxOutput,
+		MaxWorkers: o.workers, MaxQueue: o.queue, QueueTimeout: o.queueWait,
+		SessionIdle: o.sessIdle, MaxSessions: o.maxSess, MaxSessionsPerKey: o.maxPerKey,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := gateway.New(gateway.Config{
+		Manager: mgr, Images: images, Files: outs, APIKeys: o.keys, BodyLimit: 1 << 20, UploadLimit: 1 << 20,
+		Capabilities: func() any { return map[string]any{"python_version": "3", "packages": []string{"pandas"}} },
+		PingInterval: 500 * time.Millisecond,
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.App().Listener(ln)
+	e := &env{t: t, base: "http://" + ln.Addr().String(), mgr: mgr, pool: pool, images: images, files: outs, keys: o.keys, prov: prov}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		mgr.Close()
+		pool.Close(ctx)
+	})
+	return e
+}
+
+// do sends a request and decodes a JSON answer into out (when not nil).
+func (e *env) do(method, path string, body any, out any, hdr ...string) int {
+	e.t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		r = strings.NewReader(b)
+	case []byte:
+		r = bytes.NewReader(b)
+	default:
+		j, _ := json.Marshal(b)
+		r = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, e.base+path, r)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if len(e.keys) > 0 {
+		req.Header.Set("Authorization", "Bearer "+e.keys[0])
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i+1] == "" {
+			req.Header.Del(hdr[i])
+		} else {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+	}
+	resp, err := (&http.Client{Timeout: 3 * time.Minute}).Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			e.t.Fatalf("%s %s: status %d, body %q is not JSON: %v", method, path, resp.StatusCode, truncate(string(data), 300), err)
+		}
+	}
+	return resp.StatusCode
+}
+
+// exec runs code statelessly and returns the answer, failing on non-200.
+func (e *env) exec(req map[string]any) codegw.ExecuteResult {
+	e.t.Helper()
+	var res codegw.ExecuteResult
+	if st := e.do("POST", "/api/v1/execute", req, &res); st != 200 {
+		e.t.Fatalf("execute %v: status %d", req, st)
+	}
+	return res
+}
+
+// get fetches path and returns status, content type and body.
+func (e *env) get(path string) (int, http.Header, []byte) {
+	e.t.Helper()
+	if strings.HasPrefix(path, "http") {
+		path = path[strings.Index(path[8:], "/")+8:]
+	}
+	req, _ := http.NewRequest("GET", e.base+path, nil)
+	if len(e.keys) > 0 {
+		req.Header.Set("Authorization", "Bearer "+e.keys[0])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+func netListen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }

@@ -1,0 +1,65 @@
+package kernel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"testing"
+)
+
+// frames builds a ZMTP stream: the greeting, then frames of the given sizes.
+func zmtpStream(sizes ...uint64) []byte {
+	var b bytes.Buffer
+	b.Write(make([]byte, 64))
+	for _, n := range sizes {
+		if n < 256 {
+			b.WriteByte(0x00)
+			b.WriteByte(byte(n))
+		} else {
+			b.WriteByte(0x02)
+			var sz [8]byte
+			binary.BigEndian.PutUint64(sz[:], n)
+			b.Write(sz[:])
+		}
+		if n < 1<<20 {
+			b.Write(make([]byte, n))
+		}
+	}
+	return b.Bytes()
+}
+
+func readThroughGuard(t *testing.T, stream []byte, max uint64, chunk int) error {
+	t.Helper()
+	a, b := net.Pipe()
+	go func() {
+		for len(stream) > 0 {
+			k := min(chunk, len(stream))
+			if _, err := a.Write(stream[:k]); err != nil {
+				return
+			}
+			stream = stream[k:]
+		}
+		a.Close()
+	}()
+	g := &frameGuard{Conn: b, max: max, greeting: 64}
+	_, err := io.Copy(io.Discard, g)
+	return err
+}
+
+func TestFrameGuard(t *testing.T) {
+	for _, chunk := range []int{1, 3, 7, 4096} {
+		if err := readThroughGuard(t, zmtpStream(0, 5, 255, 256, 1000, 70000), 1<<20, chunk); err != nil {
+			t.Errorf("chunk %d: legitimate frames refused: %v", chunk, err)
+		}
+		err := readThroughGuard(t, zmtpStream(10, 1<<40), 1<<20, chunk)
+		if !errors.Is(err, ErrFrameTooLarge) {
+			t.Errorf("chunk %d: forged 1 TiB frame: err = %v", chunk, err)
+		}
+		err = readThroughGuard(t, zmtpStream(2<<20), 1<<20, chunk)
+		if !errors.Is(err, ErrFrameTooLarge) {
+			t.Errorf("chunk %d: 2 MiB frame over a 1 MiB limit: err = %v", chunk, err)
+		}
+	}
+}
