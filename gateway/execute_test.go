@@ -353,7 +353,7 @@ func TestConcurrencyLimits(t *testing.T) {
 				defer wg.Done()
 				time.Sleep(time.Duration(i) * 200 * time.Millisecond)
 				var raw map[string]any
-				st := e.do("POST", "/api/v1/execute", map[string]any{"code": "import time; time.sleep(4)"}, &raw)
+				st, _ := e.post("/api/v1/execute", map[string]any{"code": "import time; time.sleep(4)"}, &raw)
 				code, _ := raw["code"].(string)
 				answers <- answer{st, code}
 			}(i)
@@ -377,7 +377,11 @@ func TestConcurrencyLimits(t *testing.T) {
 			go func(i int) {
 				defer wg.Done()
 				token := fmt.Sprintf("token-%d", i)
-				res := e.exec(map[string]any{"code": fmt.Sprintf("import time\nfor _ in range(5):\n    print(%q); time.sleep(0.05)\nopen('/code/output/%s.txt','w').write(%q)", token, token, token)})
+				var res codegw.ExecuteResult
+				if st, err := e.post("/api/v1/execute", map[string]any{"code": fmt.Sprintf("import time\nfor _ in range(5):\n    print(%q); time.sleep(0.05)\nopen('/code/output/%s.txt','w').write(%q)", token, token, token)}, &res); st != 200 || err != nil {
+					t.Errorf("request %d: %d %v", i, st, err)
+					return
+				}
 				if res.Stdout != strings.Repeat(token+"\n", 5) {
 					t.Errorf("request %d got stdout %q", i, res.Stdout)
 				}

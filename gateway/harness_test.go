@@ -50,6 +50,7 @@ type envOptions struct {
 	maxSess    int
 	maxPerKey  int
 	prov       kernel.Provisioner
+	replay     int
 }
 
 // provisionerFor returns the provisioner the suites run on: the local
@@ -111,7 +112,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		prov = currentProvisioner(t)
 	}
 	pool := kernel.NewPool(kernel.PoolConfig{Size: o.poolSize, Launch: func(ctx context.Context) (*kernel.Kernel, error) {
-		return kernel.Launch(ctx, prov, kernel.Spec{ID: fmt.Sprintf("g%d", kernelSeq.Add(1))}, kernel.LaunchOptions{})
+		return kernel.Launch(ctx, prov, kernel.Spec{ID: fmt.Sprintf("g%d", kernelSeq.Add(1))}, kernel.LaunchOptions{WarmUp: "pass"})
 	}})
 	images := &files.Store{Dir: t.TempDir(), URLPrefix: "/images", PublicBaseURL: o.publicBase, Retention: o.retention}
 	outs := &files.Store{Dir: t.TempDir(), URLPrefix: "/files", PublicBaseURL: o.publicBase, Retention: o.retention}
@@ -129,7 +130,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		Store: memory.New(), Instance: "test",
 		ExecTimeout: o.timeout, InterruptGrace: time.Second, MaxOutputBytes: o.maxOutput,
 		MaxWorkers: o.workers, MaxQueue: o.queue, QueueTimeout: o.queueWait,
-		SessionIdle: o.sessIdle, MaxSessions: o.maxSess, MaxSessionsPerKey: o.maxPerKey,
+		SessionIdle: o.sessIdle, MaxSessions: o.maxSess, MaxSessionsPerKey: o.maxPerKey, ReplayEvents: o.replay,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -240,3 +241,23 @@ func truncate(s string, n int) string {
 }
 
 func netListen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+
+// post is a goroutine-safe JSON POST: it reports failures instead of
+// calling t.Fatal, which only the test goroutine may do.
+func (e *env) post(path string, body any, out any) (int, error) {
+	j, _ := json.Marshal(body)
+	req, err := http.NewRequest("POST", e.base+path, bytes.NewReader(j))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if len(e.keys) > 0 {
+		req.Header.Set("Authorization", "Bearer "+e.keys[0])
+	}
+	resp, err := (&http.Client{Timeout: 3 * time.Minute}).Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	return resp.StatusCode, json.NewDecoder(resp.Body).Decode(out)
+}

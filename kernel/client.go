@@ -280,7 +280,7 @@ func (c *Client) send(sock zmq4.Socket, msg *Message) (*call, error) {
 	c.sendMu.Lock()
 	frames, err := c.signer.Encode(msg)
 	if err == nil {
-		err = sock.Send(zmq4.NewMsgFrom(frames...))
+		err = sock.SendMulti(zmq4.NewMsgFrom(frames...))
 	}
 	c.sendMu.Unlock()
 	if err != nil {
@@ -384,7 +384,7 @@ func (c *Client) WaitReady(ctx context.Context) (*KernelInfo, error) {
 		c.sendMu.Lock()
 		frames, err := c.signer.Encode(msg)
 		if err == nil {
-			err = c.shell.Send(zmq4.NewMsgFrom(frames...))
+			err = c.shell.SendMulti(zmq4.NewMsgFrom(frames...))
 		}
 		c.sendMu.Unlock()
 		return err
@@ -578,7 +578,7 @@ func (c *Client) answerInput(ctx context.Context, req *Message, onInput func(con
 	c.sendMu.Lock()
 	frames, err := c.signer.Encode(reply)
 	if err == nil {
-		err = c.stdin.Send(zmq4.NewMsgFrom(frames...))
+		err = c.stdin.SendMulti(zmq4.NewMsgFrom(frames...))
 	}
 	c.sendMu.Unlock()
 	if err != nil {

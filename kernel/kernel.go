@@ -21,7 +21,11 @@ type LaunchOptions struct {
 	Client ClientOptions
 	// StartTimeout bounds the start until ready (default DefaultStartTimeout).
 	StartTimeout time.Duration
-	Logger       *slog.Logger
+	// WarmUp is code run once before the kernel is handed out, without
+	// history (so the caller's first cell is still number 1): the first
+	// execution in a fresh IPython costs ~17 ms more than the next ones.
+	WarmUp string
+	Logger *slog.Logger
 }
 
 // Kernel is one running kernel: its process and the Client connected to it.
@@ -61,6 +65,12 @@ func Launch(ctx context.Context, prov Provisioner, spec Spec, opts LaunchOptions
 	if err := k.connect(ctx); err != nil {
 		proc.Close(context.Background())
 		return nil, fmt.Errorf("kernel: start %s: %w", spec.ID, err)
+	}
+	if opts.WarmUp != "" {
+		if _, err := k.Client().Execute(ctx, opts.WarmUp, ExecuteOptions{}); err != nil {
+			k.Close(context.Background())
+			return nil, fmt.Errorf("kernel: warm up %s: %w", spec.ID, err)
+		}
 	}
 	return k, nil
 }

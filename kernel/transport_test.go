@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -43,7 +44,7 @@ func readThroughGuard(t *testing.T, stream []byte, max uint64, chunk int) error 
 		}
 		a.Close()
 	}()
-	g := &frameGuard{Conn: b, max: max, greeting: 64}
+	g := &frameGuard{Conn: b, br: bufio.NewReader(b), max: max, greeting: 64}
 	_, err := io.Copy(io.Discard, g)
 	return err
 }

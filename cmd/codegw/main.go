@@ -76,7 +76,7 @@ func run() error {
 	var seq atomic.Uint64
 	launch := func(ctx context.Context) (*kernel.Kernel, error) {
 		id := fmt.Sprintf("k%d-%d", time.Now().Unix()%100000, seq.Add(1))
-		return kernel.Launch(ctx, prov, kernel.Spec{ID: id, Labels: map[string]string{"instance": cfg.InstanceID}}, kernel.LaunchOptions{Logger: log})
+		return kernel.Launch(ctx, prov, kernel.Spec{ID: id, Labels: map[string]string{"instance": cfg.InstanceID}}, kernel.LaunchOptions{Logger: log, WarmUp: "pass"})
 	}
 	pool := kernel.NewPool(kernel.PoolConfig{Size: cfg.PoolSize, MaxStarting: cfg.PoolStarts, Launch: launch, Logger: log})
 	defer func() {
