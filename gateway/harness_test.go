@@ -261,3 +261,15 @@ func (e *env) post(path string, body any, out any) (int, error) {
 	defer resp.Body.Close()
 	return resp.StatusCode, json.NewDecoder(resp.Body).Decode(out)
 }
+
+// waitPool waits until n kernels are warm.
+func (e *env) waitPool(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for e.pool.Stats().Ready < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool did not fill to %d: %+v", n, e.pool.Stats())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
