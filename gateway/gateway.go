@@ -23,6 +23,7 @@ import (
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/store"
 )
 
 // Config configures the HTTP server.
@@ -43,6 +44,14 @@ type Config struct {
 	Logger *slog.Logger
 	// PingInterval keeps idle websockets open (default 20s).
 	PingInterval time.Duration
+	// Store, when set, is the session store shared by the instances of a
+	// deployment: requests for sessions another instance holds are
+	// forwarded to it (proxy.go). Instance is this instance's id;
+	// ClusterSecret, the same on every instance, authenticates forwarded
+	// requests.
+	Store         store.Store
+	Instance      string
+	ClusterSecret string
 }
 
 // Server is the Fiber app and what it needs.
@@ -51,6 +60,7 @@ type Server struct {
 	app  *fiber.App
 	log  *slog.Logger
 	keys map[string]string // sha256(key) -> owner id
+	px   *proxy            // nil with a single instance
 }
 
 // New returns a Server with every route mounted.
@@ -67,7 +77,7 @@ func New(cfg Config) *Server {
 	if cfg.PingInterval <= 0 {
 		cfg.PingInterval = 20 * time.Second
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{}, px: newProxy(cfg)}
 	for _, k := range cfg.APIKeys {
 		sum := sha256.Sum256([]byte(k))
 		s.keys[hex.EncodeToString(sum[:])] = "key_" + hex.EncodeToString(sum[:8])
@@ -109,6 +119,7 @@ func (s *Server) routes() {
 	api.Post("/execute", s.execute)
 	api.Post("/sessions", s.createSession)
 	api.Get("/sessions", s.listSessions)
+	api.Use("/sessions/:id", s.route)
 	api.Get("/sessions/:id", s.getSession)
 	api.Delete("/sessions/:id", s.deleteSession)
 	api.Post("/sessions/:id/execute", s.sessionExecute)
@@ -256,9 +267,12 @@ func contentDisposition(name string) string {
 }
 
 // decodeExecute parses an execute body with clear errors for every fault.
-func decodeExecute(c *fiber.Ctx) (codegw.ExecuteRequest, error) {
+func (s *Server) decodeExecute(c *fiber.Ctx) (codegw.ExecuteRequest, error) {
 	var req codegw.ExecuteRequest
 	body := c.Body()
+	if len(body) > s.cfg.BodyLimit { // Fiber's own limit is raised for uploads
+		return req, codegw.Errorf(codegw.ETOOLARGE, "request body is %d bytes; the limit is %d", len(body), s.cfg.BodyLimit)
+	}
 	if len(body) == 0 {
 		return req, codegw.Errorf(codegw.EINVALID, "request body is empty; send JSON like {\"code\": \"print(1)\"}")
 	}
@@ -304,7 +318,7 @@ func wantsStream(c *fiber.Ctx) bool {
 }
 
 func (s *Server) execute(c *fiber.Ctx) error {
-	req, err := decodeExecute(c)
+	req, err := s.decodeExecute(c)
 	if err != nil {
 		return err
 	}

@@ -38,6 +38,9 @@ func (s *Server) createSession(c *fiber.Ctx) error {
 }
 
 func (s *Server) listSessions(c *fiber.Ctx) error {
+	if s.px != nil {
+		return s.listCluster(c)
+	}
 	return c.JSON(fiber.Map{"sessions": s.cfg.Manager.List(owner(c))})
 }
 
@@ -65,7 +68,7 @@ func (s *Server) sessionExecute(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	req, err := decodeExecute(c)
+	req, err := s.decodeExecute(c)
 	if err != nil {
 		return err
 	}

@@ -62,6 +62,11 @@ type Config struct {
 
 	RedisURL string
 	LogLevel string
+
+	// Multi-instance (REDIS_URL set): see cluster.go.
+	InternalAddr  string        // INTERNAL_ADDR: URL other instances reach this one at; "{ip}" is this host's address
+	InstanceTTL   time.Duration // INSTANCE_TTL: registry entry lifetime; heartbeats every TTL/3
+	ClusterSecret string        // CLUSTER_SECRET: shared by the instances; authenticates forwarded requests
 }
 
 // DefaultConfig runs on a laptop: local sandboxed kernels, memory store.
@@ -82,7 +87,7 @@ func DefaultConfig() Config {
 		OutputAllowedExt: []string{"md", "csv", "txt", "json", "log"}, OutputMaxFiles: 10,
 		OutputFileMaxBytes: 10 << 20, OutputTotalBytes: 50 << 20,
 		InputMaxFiles: 5, InputFileMaxBytes: 50 << 20, InputTotalBytes: 100 << 20, InputTimeout: 60 * time.Second,
-		LogLevel: "info",
+		LogLevel: "info", InstanceTTL: 15 * time.Second,
 	}
 }
 
@@ -139,6 +144,9 @@ func LoadConfig() (Config, error) {
 	e.list("INPUT_ALLOW_CIDRS", &c.InputAllowCIDRs)
 	e.str("REDIS_URL", &c.RedisURL)
 	e.str("LOG_LEVEL", &c.LogLevel)
+	e.str("INTERNAL_ADDR", &c.InternalAddr)
+	e.seconds("INSTANCE_TTL", &c.InstanceTTL)
+	e.str("CLUSTER_SECRET", &c.ClusterSecret)
 	if len(e.errs) > 0 {
 		return c, fmt.Errorf("config: %s", strings.Join(e.errs, "; "))
 	}
@@ -157,6 +165,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("config: POOL_SIZE must not be negative")
 	case c.ExecutionTimeout <= 0:
 		return fmt.Errorf("config: EXECUTION_TIMEOUT must be positive")
+	case c.InstanceTTL < 300*time.Millisecond:
+		return fmt.Errorf("config: INSTANCE_TTL must be at least 0.3 seconds")
 	}
 	return nil
 }

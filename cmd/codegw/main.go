@@ -74,8 +74,9 @@ func run() error {
 	}
 
 	var seq atomic.Uint64
+	runID := kernel.NewID()[:6] // replicas of a compose service share STATE_DIR: kernel ids must not collide
 	launch := func(ctx context.Context) (*kernel.Kernel, error) {
-		id := fmt.Sprintf("k%d-%d", time.Now().Unix()%100000, seq.Add(1))
+		id := fmt.Sprintf("k%s-%d", runID, seq.Add(1))
 		return kernel.Launch(ctx, prov, kernel.Spec{ID: id, Labels: map[string]string{"instance": cfg.InstanceID}}, kernel.LaunchOptions{Logger: log, WarmUp: "pass"})
 	}
 	pool := kernel.NewPool(kernel.PoolConfig{Size: cfg.PoolSize, MaxStarting: cfg.PoolStarts, Launch: launch, Logger: log})
@@ -90,6 +91,10 @@ func run() error {
 		return err
 	}
 	defer st.Close()
+	cl, err := newCluster(cfg, st, log)
+	if err != nil {
+		return err
+	}
 
 	images := &files.Store{Dir: cfg.ImageStorePath, URLPrefix: cfg.ImageURLPrefix, PublicBaseURL: cfg.PublicBaseURL, Retention: cfg.Retention, Logger: log}
 	outFiles := &files.Store{Dir: cfg.FileStorePath, URLPrefix: cfg.FileURLPrefix, PublicBaseURL: cfg.PublicBaseURL, Retention: cfg.Retention, Logger: log}
@@ -108,7 +113,7 @@ func run() error {
 	mgr, err := session.New(session.Config{
 		Kernels: pool, Images: images, Files: outFiles, Fetcher: fetcher,
 		Outputs: files.OutputLimits{AllowedExt: cfg.OutputAllowedExt, MaxFiles: cfg.OutputMaxFiles, MaxFileBytes: cfg.OutputFileMaxBytes, MaxTotalBytes: cfg.OutputTotalBytes},
-		Store:   st, Instance: cfg.InstanceID,
+		Store:   cl.wrap(st), Instance: cfg.InstanceID,
 		ExecTimeout: cfg.ExecutionTimeout, MaxOutputBytes: cfg.MaxOutputBytes,
 		MaxWorkers: cfg.MaxWorkers, MaxQueue: cfg.MaxQueue, QueueTimeout: cfg.QueueTimeout,
 		MaxSessions: cfg.MaxSessions, MaxSessionsPerKey: cfg.MaxSessionsPerKey, SessionIdle: cfg.SessionIdle,
@@ -131,6 +136,7 @@ func run() error {
 	srv := gateway.New(gateway.Config{
 		Manager: mgr, Images: images, Files: outFiles, APIKeys: cfg.APIKeys,
 		Capabilities: caps.get, Logger: log,
+		Store: cl.shared(), Instance: cfg.InstanceID, ClusterSecret: cfg.ClusterSecret,
 		Ready: func() error {
 			if s := pool.Stats(); s.Size > 0 && s.Ready == 0 && s.LastErr != "" {
 				return errors.New("no kernel can start: " + s.LastErr)
@@ -138,6 +144,7 @@ func run() error {
 			return nil
 		},
 	})
+	cl.start(mgr.Local)
 	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Listen(addr) }()
@@ -153,6 +160,7 @@ func run() error {
 	defer cancel()
 	srv.Shutdown(sctx)
 	mgr.Close()
+	cl.close()
 	cancelBg()
 	bg.Wait()
 	return err
