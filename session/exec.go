@@ -292,7 +292,7 @@ func deathStatus(k *kernel.Kernel, err error) (codegw.Status, string) {
 	case ok && exit.PidsLimited:
 		return codegw.StatusPidsLimit, "the kernel hit its process limit and died; its state is lost"
 	}
-	return codegw.StatusDied, "the kernel died (" + err.Error() + "); its state is lost"
+	return codegw.StatusDied, "the kernel died: " + strings.TrimPrefix(err.Error(), kernel.ErrDied.Error()+": ") + "; its state is lost"
 }
 
 // execute runs one request on k, emitting events as they happen, and
@@ -304,8 +304,26 @@ func (m *Manager) execute(ctx context.Context, k *kernel.Kernel, execID string, 
 		timeout = time.Duration(req.Timeout * float64(time.Second))
 	}
 	start := time.Now()
+	pids, _ := k.Process().(pidsCounter)
+	var refused int64
+	if pids != nil {
+		refused = pids.PidsLimitHits()
+	}
 	r.send(codegw.Event{Type: codegw.EventStatus, State: "busy"})
 	reply, err := k.Execute(ctx, code, kernel.ExecuteOptions{OnMessage: r.onMessage, OnInput: onInput, StoreHistory: true}, kernel.Deadline{Timeout: timeout, Grace: m.cfg.InterruptGrace})
 	r.finish(k, reply, err, interrupted != nil && interrupted(), time.Since(start))
+	if pids != nil && (r.res.Status == codegw.StatusOK || r.res.Status == codegw.StatusError) {
+		if n := pids.PidsLimitHits() - refused; n > 0 {
+			msg := fmt.Sprintf("the code hit the process limit: %d fork(s) or thread(s) were refused", n)
+			if r.res.Error != nil {
+				msg += "\n" + *r.res.Error
+			}
+			r.res.Status, r.res.Error = codegw.StatusPidsLimit, &msg
+		}
+	}
 	return &r.res
 }
+
+// pidsCounter is implemented by processes that count forks refused at their
+// pids limit (Docker containers).
+type pidsCounter interface{ PidsLimitHits() int64 }

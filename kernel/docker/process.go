@@ -313,6 +313,22 @@ func (c *process) pidsEventsPath() string {
 	return ""
 }
 
+// PidsLimitHits returns how many forks the container's pids limit has
+// refused so far (best effort: 0 when the cgroup is not visible). The
+// session layer compares it before and after an execution to report a fork
+// bomb that the limit contained without killing the kernel.
+func (c *process) PidsLimitHits() int64 {
+	path := c.pidsEventsPath()
+	if path == "" {
+		return 0
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	return parsePidsEvents(b)
+}
+
 // pidsMaxHit reports whether the pids.events file at path counts a fork
 // refused at the limit ("max N" with N > 0).
 func pidsMaxHit(path string) bool {
