@@ -9,6 +9,7 @@ import (
 	"log"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
@@ -63,6 +64,8 @@ type Client struct {
 
 	sendMu sync.Mutex // guards sendSigner and sends
 	signer *Signer
+
+	quitting atomic.Bool // a shutdown_request was sent: the kernel exits by itself
 
 	mu      sync.Mutex
 	pending map[string]*call // by msg_id of the request
@@ -442,6 +445,7 @@ func (c *Client) Interrupt(ctx context.Context) error {
 
 // Shutdown asks the kernel to exit and waits for the reply.
 func (c *Client) Shutdown(ctx context.Context) error {
+	c.quitting.Store(true)
 	if _, err := c.request(ctx, c.control, "shutdown_request", map[string]bool{"restart": false}); err != nil {
 		return fmt.Errorf("kernel: shutdown: %w", err)
 	}

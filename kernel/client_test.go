@@ -297,3 +297,20 @@ func pidOf(t *testing.T, k *kernel.Kernel) int {
 	t.Fatal("process has no Pid")
 	return 0
 }
+
+func TestShutdown(t *testing.T) {
+	k := launch(t, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := k.Client().Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-k.Process().Exited():
+		if e := k.Process().Exit(); e.Code != 0 || e.Signal != "" {
+			t.Errorf("exit after shutdown_request: %+v", e)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("kernel still running after shutdown_request")
+	}
+}

@@ -105,10 +105,14 @@ func (k *Kernel) watch(c *Client) {
 		if errors.Is(c.Err(), ErrClosed) {
 			return
 		}
-		select { // a socket error usually means the process is exiting
+		grace := 300 * time.Millisecond // a socket error usually means the process is exiting
+		if c.quitting.Load() {
+			grace = 5 * time.Second // ipykernel takes its time to shut down
+		}
+		select {
 		case <-proc.Exited():
 			return
-		case <-time.After(300 * time.Millisecond):
+		case <-time.After(grace):
 		}
 		k.mu.Lock()
 		k.killedFor = c.Err()

@@ -129,6 +129,26 @@ func run() error {
 		bg.Add(1)
 		go func() { defer bg.Done(); s.Run(bgCtx, time.Minute) }()
 	}
+	if r, ok := prov.(kernel.Reaper); ok { // crash leftovers, e.g. of a replica that shared STATE_DIR
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			t := time.NewTicker(5 * time.Minute)
+			defer t.Stop()
+			for {
+				select {
+				case <-bgCtx.Done():
+					return
+				case <-t.C:
+					if n, err := r.Reap(bgCtx); err != nil {
+						log.Warn("reaping leftover kernels failed", "err", err)
+					} else if n > 0 {
+						log.Info("reaped leftover kernels", "count", n)
+					}
+				}
+			}
+		}()
+	}
 	caps := newCapabilities(cfg, launch, log)
 	bg.Add(1)
 	go func() { defer bg.Done(); caps.probe(bgCtx) }()

@@ -103,6 +103,25 @@ func TestServeAndShutdown(t *testing.T) {
 	if res["result"] != "/code" || res["status"] != "ok" {
 		t.Fatalf("execute: %v", res)
 	}
+	// /capabilities tells the truth about the kernel, probed in one.
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		var caps struct {
+			Python   *string  `json:"python_version"`
+			Packages []string `json:"packages"`
+		}
+		resp, err := http.Get(base + "/capabilities")
+		if err == nil {
+			json.NewDecoder(resp.Body).Decode(&caps)
+			resp.Body.Close()
+		}
+		if caps.Python != nil && strings.HasPrefix(*caps.Python, "3.") && hasPrefix(caps.Packages, "pandas==") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("capabilities never listed python and pandas: %v %+v", err, caps)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	// A session holds a kernel of its own at shutdown.
 	resp, err = http.Post(base+"/api/v1/sessions", "application/json", nil)
 	if err != nil || resp.StatusCode != 201 {
@@ -133,4 +152,13 @@ func TestServeAndShutdown(t *testing.T) {
 	if len(kernels) != 0 {
 		t.Errorf("%d kernel directories left after shutdown", len(kernels))
 	}
+}
+
+func hasPrefix(list []string, prefix string) bool {
+	for _, s := range list {
+		if strings.HasPrefix(s, prefix) {
+			return true
+		}
+	}
+	return false
 }
