@@ -1,0 +1,440 @@
+// Command gatewaybench measures the stateless API end to end: a whole
+// gateway in this process on a loopback port (local provisioner, default
+// preload, warm pool, memory store) driven by a real HTTP client.
+//
+//	go run ./bench/gatewaybench [-n 40] [-duration 30s] [-json]
+//
+// Latency: POST /api/v1/execute for print(1), a pandas describe() and a
+// matplotlib plot, each sample taken when the pool is full, against the bare
+// kernel round trip (kernel.Kernel.Execute on a warm kernel of its own) as the
+// floor. Throughput: requests per second under continuous load, each on a
+// fresh kernel, and the CPU seconds each request costs (the gateway process
+// plus the kernels' process trees). bench/README.md explains the figures.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/codegw/codegw/bench/internal/benchkit"
+	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/local"
+)
+
+type config struct {
+	Python      string
+	Sandbox     string
+	N           int
+	NHeavy      int
+	FloorPer    int
+	PoolSize    int
+	MaxStarting int
+	Workers     int
+	Clients     int
+	Duration    time.Duration
+	Warmup      time.Duration
+	Phases      string
+	JSON        bool
+	CPUProfile  string
+	Verbose     bool
+}
+
+func parseFlags() config {
+	var c config
+	flag.StringVar(&c.Python, "python", "/usr/bin/python3", "interpreter with ipykernel")
+	flag.StringVar(&c.Sandbox, "sandbox", local.SandboxAuto, "kernel sandbox: auto, bwrap or none")
+	flag.IntVar(&c.N, "n", 40, "latency samples of print(1) through the gateway")
+	flag.IntVar(&c.NHeavy, "n-heavy", 20, "latency samples of the pandas and the plot snippets each")
+	flag.IntVar(&c.FloorPer, "floor-per", 3, "floor executions interleaved with each gateway sample")
+	flag.IntVar(&c.PoolSize, "pool", 2, "POOL_SIZE")
+	flag.IntVar(&c.MaxStarting, "max-starting", 1, "POOL_MAX_STARTING")
+	flag.IntVar(&c.Workers, "workers", 4, "MAX_WORKERS")
+	flag.IntVar(&c.Clients, "clients", 0, "concurrent clients in the throughput phase (default: -workers)")
+	flag.DurationVar(&c.Duration, "duration", 30*time.Second, "measured throughput window")
+	flag.DurationVar(&c.Warmup, "warmup", 5*time.Second, "unmeasured load before the window (drains the pool to its steady state)")
+	flag.StringVar(&c.Phases, "phases", "latency,throughput", "comma-separated phases: latency, throughput")
+	flag.BoolVar(&c.JSON, "json", false, "print the results as JSON instead of a table")
+	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the gateway process (throughput window) to this file")
+	flag.BoolVar(&c.Verbose, "v", false, "log gateway and provisioner events")
+	flag.Parse()
+	if c.Clients <= 0 {
+		c.Clients = c.Workers
+	}
+	return c
+}
+
+func main() {
+	cfg := parseFlags()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, cfg, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "gatewaybench:", err)
+		os.Exit(1)
+	}
+}
+
+// The snippets timed through the gateway.
+var snippets = []struct{ Name, Code string }{
+	{"print(1)", "print(1)"},
+	{"pandas describe", "import numpy as np, pandas as pd\ndf = pd.DataFrame({'a': np.arange(1000), 'b': np.random.rand(1000)})\nprint(df.describe())"},
+	{"matplotlib plot", "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('bench')\nplt.show()"},
+}
+
+// Results is everything one run measured; -json prints it.
+type Results struct {
+	Date       time.Time         `json:"date"`
+	Host       Host              `json:"host"`
+	Config     map[string]string `json:"config"`
+	Latency    []Latency         `json:"latency,omitempty"`
+	Target     *Target           `json:"print_target,omitempty"`
+	Throughput *Throughput       `json:"throughput,omitempty"`
+}
+
+// Host describes where the figures were taken.
+type Host struct {
+	CPUs       int     `json:"cpus"`
+	GoVersion  string  `json:"go_version"`
+	LoadStart  string  `json:"loadavg_at_start"`
+	LoadEnd    string  `json:"loadavg_at_end"`
+	Versions   string  `json:"versions"`
+	MemGiB     float64 `json:"mem_gib"`
+	GOMAXPROCS int     `json:"gomaxprocs"`
+}
+
+// Latency is one snippet through the gateway next to the same snippet on
+// the floor kernel, in ms.
+type Latency struct {
+	Snippet string         `json:"snippet"`
+	Gateway benchkit.Stats `json:"gateway"`
+	Floor   benchkit.Stats `json:"floor"` // kernel.Kernel.Execute on a warm kernel of its own
+	// ServerMs is the gateway's own execution_time (kernel execute as the
+	// session manager sees it), to split the gap into kernel and HTTP.
+	ServerMs benchkit.Stats `json:"server_execution_time"`
+}
+
+// Target is the print(1) target: gateway p50 within 5 ms of the floor p50.
+type Target struct {
+	DiffMs   float64 `json:"p50_diff_ms"`
+	Ratio    float64 `json:"p50_ratio"`
+	TargetMs float64 `json:"target_diff_ms"`
+	Met      bool    `json:"met"`
+}
+
+// Throughput is the sustained rate with a fresh kernel per request.
+type Throughput struct {
+	Clients        int            `json:"clients"`
+	Seconds        float64        `json:"seconds"`
+	Requests       int            `json:"requests"`
+	Errors         int            `json:"errors"`
+	FirstError     string         `json:"first_error,omitempty"`
+	RPS            float64        `json:"requests_per_s"`
+	OriginalRPS    float64        `json:"original_requests_per_s"`
+	Ratio          float64        `json:"ratio_to_original"`
+	Latency        benchkit.Stats `json:"latency_ms"`
+	GatewayCPU     float64        `json:"gateway_cpu_s"` // RUSAGE_SELF minus the sampler's thread
+	KernelCPU      float64        `json:"kernel_cpu_s"`  // descendants, sampled from /proc
+	SamplerCPU     float64        `json:"sampler_cpu_s"` // reading /proc, taken off GatewayCPU
+	GatewayCPUPerR float64        `json:"gateway_cpu_ms_per_request"`
+	KernelCPUPerR  float64        `json:"kernel_cpu_ms_per_request"`
+	TotalCPUPerR   float64        `json:"total_cpu_ms_per_request"`
+	CoreSeconds    float64        `json:"core_seconds_available"` // CPUs x window
+}
+
+const (
+	targetDiffMs = 5.0
+	originalRPS  = 4.7 // DESIGN.md: the original project's throughput
+)
+
+func run(ctx context.Context, cfg config, out io.Writer) error {
+	level := slog.LevelWarn
+	if cfg.Verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	phases := map[string]bool{}
+	for _, p := range strings.Split(cfg.Phases, ",") {
+		switch p = strings.TrimSpace(p); p {
+		case "latency", "throughput":
+			phases[p] = true
+		case "":
+		default:
+			return fmt.Errorf("unknown phase %q (want latency, throughput)", p)
+		}
+	}
+	res := &Results{
+		Date: time.Now(),
+		Host: Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadStart: benchkit.LoadAvg(),
+			Versions: benchkit.PythonVersions(cfg.Python), MemGiB: benchkit.MemGiB(), GOMAXPROCS: runtime.GOMAXPROCS(0)},
+		Config: map[string]string{
+			"executor": "local", "sandbox": cfg.Sandbox, "preload": "default (numpy, pandas, matplotlib, pyplot)",
+			"POOL_SIZE": fmt.Sprint(cfg.PoolSize), "POOL_MAX_STARTING": fmt.Sprint(cfg.MaxStarting),
+			"MAX_WORKERS": fmt.Sprint(cfg.Workers), "clients": fmt.Sprint(cfg.Clients),
+			"n": fmt.Sprint(cfg.N), "n_heavy": fmt.Sprint(cfg.NHeavy), "floor_per_sample": fmt.Sprint(cfg.FloorPer),
+			"duration": cfg.Duration.String(), "warmup": cfg.Warmup.String(),
+		},
+	}
+	prov, err := local.New(local.Config{Python: cfg.Python, Sandbox: cfg.Sandbox, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer prov.Close()
+	g, err := benchkit.StartGateway(benchkit.GatewayConfig{
+		Prov: prov, PoolSize: cfg.PoolSize, MaxStarting: cfg.MaxStarting, Workers: cfg.Workers,
+		MaxQueue: 4 * cfg.Clients, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	client := benchkit.HTTPClient(cfg.Clients + 4)
+
+	if phases["latency"] {
+		if err := latency(ctx, cfg, g, prov, client, log, res); err != nil {
+			return fmt.Errorf("latency: %w", err)
+		}
+	}
+	if phases["throughput"] {
+		if cfg.CPUProfile != "" {
+			f, err := os.Create(cfg.CPUProfile)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+			profile = f
+		}
+		tp, err := throughput(ctx, cfg, g, client)
+		if err != nil {
+			return fmt.Errorf("throughput: %w", err)
+		}
+		res.Throughput = tp
+	}
+	res.Host.LoadEnd = benchkit.LoadAvg()
+	if cfg.JSON {
+		return benchkit.PrintJSON(out, res)
+	}
+	printTable(out, res)
+	return nil
+}
+
+var profile *os.File
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "gatewaybench: "+format+"\n", args...)
+}
+
+// latency times each snippet through the gateway with the pool full, and
+// the same snippet on the floor kernel right before or after (alternating),
+// so that drift in the machine's load hits both alike.
+func latency(ctx context.Context, cfg config, g *benchkit.Gateway, prov kernel.Provisioner, client *http.Client, log *slog.Logger, res *Results) error {
+	floor, err := benchkit.Launch(ctx, prov, nil, log)
+	if err != nil {
+		return fmt.Errorf("floor kernel: %w", err)
+	}
+	defer floor.Close(context.Background())
+	floorExec := func(code string) (time.Duration, error) {
+		t0 := time.Now()
+		_, err := floor.Execute(ctx, code, kernel.ExecuteOptions{StoreHistory: true}, kernel.Deadline{Timeout: 60 * time.Second})
+		return time.Since(t0), err
+	}
+	for _, s := range snippets { // untimed: imports and first-cell work on the floor kernel
+		for range 3 {
+			if _, err := floorExec(s.Code); err != nil {
+				return fmt.Errorf("floor %s: %w", s.Name, err)
+			}
+		}
+	}
+	if err := benchkit.WaitPoolFull(ctx, g.Pool, cfg.PoolSize, 3*time.Minute); err != nil {
+		return err
+	}
+	if _, err := g.Execute(ctx, client, "print(0)"); err != nil { // untimed: connection, first-use paths
+		return err
+	}
+	for si, s := range snippets {
+		n := cfg.N
+		if si > 0 {
+			n = cfg.NHeavy
+		}
+		progress("latency: %d x %s through the gateway, pool full before each...", n, s.Name)
+		var gw, fl, server []time.Duration
+		for i := range n {
+			if err := benchkit.WaitPoolFull(ctx, g.Pool, cfg.PoolSize, 3*time.Minute); err != nil {
+				return err
+			}
+			// Let the previous request's kernel teardown and the refill's
+			// last messages settle.
+			time.Sleep(100 * time.Millisecond)
+			doFloor := func() error {
+				for range cfg.FloorPer {
+					d, err := floorExec(s.Code)
+					if err != nil {
+						return fmt.Errorf("floor %s: %w", s.Name, err)
+					}
+					fl = append(fl, d)
+				}
+				return nil
+			}
+			if i%2 == 0 {
+				if err := doFloor(); err != nil {
+					return err
+				}
+			}
+			t0 := time.Now()
+			r, err := g.Execute(ctx, client, s.Code)
+			d := time.Since(t0)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.Name, err)
+			}
+			if si == 2 && (r.ImageURL == nil || *r.ImageURL == "") {
+				return fmt.Errorf("%s: no image_url in the answer", s.Name)
+			}
+			gw = append(gw, d)
+			server = append(server, time.Duration(r.ExecutionTime*float64(time.Second)))
+			if i%2 == 1 {
+				if err := doFloor(); err != nil {
+					return err
+				}
+			}
+		}
+		res.Latency = append(res.Latency, Latency{Snippet: s.Name, Gateway: benchkit.Summarize(gw), Floor: benchkit.Summarize(fl), ServerMs: benchkit.Summarize(server)})
+	}
+	p := res.Latency[0]
+	diff := p.Gateway.P50 - p.Floor.P50
+	res.Target = &Target{DiffMs: diff, Ratio: p.Gateway.P50 / p.Floor.P50, TargetMs: targetDiffMs, Met: diff <= targetDiffMs}
+	return nil
+}
+
+// throughput runs cfg.Clients clients posting print(1) back to back: a
+// warm-up that drains the pool to its steady state, then the measured window.
+// Throughput is the requests completed inside the window, whenever they
+// began; the CPU is what the gateway process and the kernels used inside the
+// window. In the steady state both are unbiased. Requests still in flight
+// when the window closes are abandoned (the gateway finishes them before
+// Close returns).
+func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *http.Client) (*Throughput, error) {
+	if err := benchkit.WaitPoolFull(ctx, g.Pool, cfg.PoolSize, 3*time.Minute); err != nil {
+		return nil, err
+	}
+	progress("throughput: %d clients, %v warm-up then %v measured...", cfg.Clients, cfg.Warmup, cfg.Duration)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		window   bool
+		lat      []time.Duration
+		errs     int
+		firstErr string
+		wg       sync.WaitGroup
+	)
+	for range cfg.Clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for cctx.Err() == nil {
+				t0 := time.Now()
+				_, err := g.Execute(cctx, client, "print(1)")
+				d := time.Since(t0)
+				mu.Lock()
+				if window && cctx.Err() == nil {
+					if err != nil {
+						errs++
+						if firstErr == "" {
+							firstErr = err.Error()
+						}
+					} else {
+						lat = append(lat, d)
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	select {
+	case <-time.After(cfg.Warmup):
+	case <-ctx.Done():
+	}
+	sampler := benchkit.StartTreeSampler(100 * time.Millisecond)
+	if profile != nil {
+		pprof.StartCPUProfile(profile)
+	}
+	mu.Lock()
+	self0 := benchkit.SelfCPU()
+	t0 := time.Now()
+	window = true
+	mu.Unlock()
+	select {
+	case <-time.After(cfg.Duration):
+	case <-ctx.Done():
+	}
+	mu.Lock()
+	window = false
+	elapsed := time.Since(t0).Seconds()
+	self := benchkit.SelfCPU() - self0
+	n, nerr, first := len(lat), errs, firstErr
+	all := lat
+	mu.Unlock()
+	kcpu, scpu, _ := sampler.Stop()
+	if profile != nil {
+		pprof.StopCPUProfile()
+	}
+	cancel()
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	tp := &Throughput{
+		Clients: cfg.Clients, Seconds: elapsed, Requests: n, Errors: nerr, FirstError: first,
+		RPS: float64(n) / elapsed, OriginalRPS: originalRPS, Latency: benchkit.Summarize(all),
+		GatewayCPU: self - scpu, KernelCPU: kcpu, SamplerCPU: scpu, CoreSeconds: float64(runtime.NumCPU()) * elapsed,
+	}
+	tp.Ratio = tp.RPS / originalRPS
+	if n > 0 {
+		tp.GatewayCPUPerR = tp.GatewayCPU * 1e3 / float64(n)
+		tp.KernelCPUPerR = tp.KernelCPU * 1e3 / float64(n)
+		tp.TotalCPUPerR = tp.GatewayCPUPerR + tp.KernelCPUPerR
+	}
+	return tp, nil
+}
+
+func printTable(out io.Writer, r *Results) {
+	fmt.Fprintf(out, "gatewaybench %s  %d CPUs, %s, load %s -> %s\n%s\n", r.Date.Format("2006-01-02 15:04"),
+		r.Host.CPUs, r.Host.GoVersion, r.Host.LoadStart, r.Host.LoadEnd, r.Host.Versions)
+	fmt.Fprintf(out, "config: local provisioner (sandbox %s), default preload, POOL_SIZE=%s POOL_MAX_STARTING=%s MAX_WORKERS=%s, memory store\n\n",
+		r.Config["sandbox"], r.Config["POOL_SIZE"], r.Config["POOL_MAX_STARTING"], r.Config["MAX_WORKERS"])
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	if len(r.Latency) > 0 {
+		fmt.Fprintln(out, "stateless POST /api/v1/execute, pool full before each sample, vs the same code on a warm kernel of its own (ms):")
+		fmt.Fprintln(tw, "snippet\tn\tgateway p50\tp90\tp99\tfloor p50\tp99\tserver exec p50\tp50 diff\tp50 ratio\t")
+		for _, l := range r.Latency {
+			fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%+.2f\t%.2f\t\n", l.Snippet, l.Gateway.N, l.Gateway.P50, l.Gateway.P90, l.Gateway.P99,
+				l.Floor.P50, l.Floor.P99, l.ServerMs.P50, l.Gateway.P50-l.Floor.P50, l.Gateway.P50/l.Floor.P50)
+		}
+		tw.Flush()
+		if t := r.Target; t != nil {
+			fmt.Fprintf(out, "print(1): gateway p50 - floor p50 = %.2f ms (target <= %.0f ms: %s)\n\n", t.DiffMs, t.TargetMs, benchkit.Verdict(t.Met))
+		}
+	}
+	if t := r.Throughput; t != nil {
+		fmt.Fprintf(out, "sustained stateless print(1), fresh kernel each, %d clients, %.1f s window:\n", t.Clients, t.Seconds)
+		fmt.Fprintln(tw, "requests\terrors\treq/s\tvs original 4.7/s\tlatency p50 ms\tp99 ms\tgateway CPU ms/req\tkernels CPU ms/req\ttotal CPU ms/req\tCPU used / available\t")
+		fmt.Fprintf(tw, "%d\t%d\t%.2f\t%.2fx\t%.0f\t%.0f\t%.2f\t%.0f\t%.0f\t%.0f%%\t\n", t.Requests, t.Errors, t.RPS, t.Ratio, t.Latency.P50, t.Latency.P99,
+			t.GatewayCPUPerR, t.KernelCPUPerR, t.TotalCPUPerR, 100*(t.GatewayCPU+t.KernelCPU)/t.CoreSeconds)
+		tw.Flush()
+		if t.FirstError != "" {
+			fmt.Fprintf(out, "first error: %s\n", t.FirstError)
+		}
+		fmt.Fprintf(out, "(/proc sampler's own CPU, taken off the gateway's: %.2f s)\n", t.SamplerCPU)
+	}
+}

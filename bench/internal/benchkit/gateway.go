@@ -1,0 +1,224 @@
+package benchkit
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/gateway"
+	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/session"
+	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/store/memory"
+)
+
+// GatewayConfig is what a bench varies in an in-process gateway; the rest is
+// cmd/codegw's defaults.
+type GatewayConfig struct {
+	Prov        kernel.Provisioner
+	PoolSize    int // POOL_SIZE
+	MaxStarting int // POOL_MAX_STARTING
+	Workers     int // MAX_WORKERS
+	MaxQueue    int // MAX_QUEUE
+	MaxSessions int // MAX_SESSIONS and MAX_SESSIONS_PER_KEY
+	Labels      map[string]string
+	Logger      *slog.Logger
+}
+
+// Gateway is a whole gateway on a loopback port: pool, session manager,
+// memory store, image and file stores and the Fiber app, wired as
+// cmd/codegw wires them (and as gateway/harness_test.go does).
+type Gateway struct {
+	Base string // http://127.0.0.1:port
+	Pool *kernel.Pool
+	Mgr  *session.Manager
+	Srv  *gateway.Server
+	dir  string
+}
+
+var kernelSeq atomic.Int64
+
+// KernelID returns a kernel id unique among this process's kernels and
+// other processes sharing the provisioner's state directory.
+func KernelID(prefix string) string {
+	return fmt.Sprintf("%s%d-%d", prefix, os.Getpid(), kernelSeq.Add(1))
+}
+
+// Launch starts one ready kernel as the gateway's pool does (WarmUp
+// "pass": the first-cell cost is paid before the kernel is handed out).
+func Launch(ctx context.Context, prov kernel.Provisioner, labels map[string]string, log *slog.Logger) (*kernel.Kernel, error) {
+	return kernel.Launch(ctx, prov, kernel.Spec{ID: KernelID("b"), Labels: labels}, kernel.LaunchOptions{Logger: log, WarmUp: "pass"})
+}
+
+// StartGateway starts a gateway on 127.0.0.1:0. Close it.
+func StartGateway(cfg GatewayConfig) (*Gateway, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	dir, err := os.MkdirTemp("", "codegw-bench")
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{dir: dir}
+	g.Pool = kernel.NewPool(kernel.PoolConfig{
+		Size: cfg.PoolSize, MaxStarting: cfg.MaxStarting, Logger: cfg.Logger,
+		Launch: func(ctx context.Context) (*kernel.Kernel, error) {
+			return Launch(ctx, cfg.Prov, cfg.Labels, cfg.Logger)
+		},
+	})
+	images := &files.Store{Dir: dir + "/images", URLPrefix: "/images", Retention: time.Hour, Logger: cfg.Logger}
+	outs := &files.Store{Dir: dir + "/files", URLPrefix: "/files", Retention: time.Hour, Logger: cfg.Logger}
+	for _, s := range []*files.Store{images, outs} {
+		if err := s.Init(); err != nil {
+			g.Close()
+			return nil, err
+		}
+	}
+	fetcher, err := files.NewFetcher(files.FetchLimits{})
+	if err != nil {
+		g.Close()
+		return nil, err
+	}
+	sc := session.DefaultConfig()
+	sc.Kernels, sc.Images, sc.Files, sc.Fetcher = g.Pool, images, outs, fetcher
+	sc.Store, sc.Instance, sc.Logger = memory.New(), "bench", cfg.Logger
+	if cfg.Workers > 0 {
+		sc.MaxWorkers = cfg.Workers
+	}
+	if cfg.MaxQueue > 0 {
+		sc.MaxQueue = cfg.MaxQueue
+	}
+	if cfg.MaxSessions > 0 {
+		sc.MaxSessions, sc.MaxSessionsPerKey = cfg.MaxSessions, cfg.MaxSessions
+	}
+	g.Mgr, err = session.New(sc)
+	if err != nil {
+		g.Close()
+		return nil, err
+	}
+	g.Srv = gateway.New(gateway.Config{
+		Manager: g.Mgr, Images: images, Files: outs, Logger: cfg.Logger,
+		Capabilities: func() any { return map[string]any{} },
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		g.Close()
+		return nil, err
+	}
+	go g.Srv.App().Listener(ln)
+	g.Base = "http://" + ln.Addr().String()
+	return g, nil
+}
+
+// Close shuts the server, ends every session and closes every kernel.
+func (g *Gateway) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if g.Srv != nil {
+		g.Srv.Shutdown(ctx)
+	}
+	if g.Mgr != nil {
+		g.Mgr.Close()
+	}
+	if g.Pool != nil {
+		g.Pool.Close(ctx)
+	}
+	os.RemoveAll(g.dir)
+}
+
+// WaitPoolFull polls until p holds n ready kernels and none is starting.
+func WaitPoolFull(ctx context.Context, p *kernel.Pool, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		s := p.Stats()
+		if s.Ready >= n && s.Starting == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pool not full after %v: %+v", timeout, s)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// HTTPClient is a keep-alive client for loopback benchmarks.
+func HTTPClient(conns int) *http.Client {
+	return &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{
+		MaxIdleConns: conns, MaxIdleConnsPerHost: conns, IdleConnTimeout: time.Minute,
+	}}
+}
+
+// PostJSON posts body to base+path and decodes the answer into out, failing
+// on a status other than want.
+func PostJSON(ctx context.Context, c *http.Client, url string, body, out any, want int) error {
+	j, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(j))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != want {
+		return fmt.Errorf("POST %s: status %d: %.300s", url, resp.StatusCode, data)
+	}
+	if out != nil {
+		return json.Unmarshal(data, out)
+	}
+	return nil
+}
+
+// Execute runs code statelessly through POST /api/v1/execute and checks
+// that it succeeded.
+func (g *Gateway) Execute(ctx context.Context, c *http.Client, code string) (*codegw.ExecuteResult, error) {
+	var res codegw.ExecuteResult
+	if err := PostJSON(ctx, c, g.Base+"/api/v1/execute", map[string]any{"code": code}, &res, 200); err != nil {
+		return nil, err
+	}
+	if res.Status != codegw.StatusOK {
+		e := ""
+		if res.Error != nil {
+			e = *res.Error
+		}
+		return &res, fmt.Errorf("execute: status %s: %.300s", res.Status, e)
+	}
+	return &res, nil
+}
+
+// Verdict says whether a target was met.
+func Verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+// PrintJSON prints v indented.
+func PrintJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
