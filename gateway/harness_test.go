@@ -138,7 +138,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	srv := gateway.New(gateway.Config{
 		Manager: mgr, Images: images, Files: outs, APIKeys: o.keys, BodyLimit: 1 << 20, UploadLimit: 1 << 20,
 		Capabilities: func() any { return map[string]any{"python_version": "3", "packages": []string{"pandas"}} },
-		PingInterval: 500 * time.Millisecond,
+		PingInterval: time.Second,
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -243,8 +243,11 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 				return
 			}
 			conn.SetReadDeadline(time.Now().Add(3 * s.cfg.PingInterval))
-			if err := s.handleClientMessage(sess, data); err != nil {
+			fail := func(err error) {
 				write(fiber.Map{"type": "error_response", "error": codegw.ErrorMessage(err), "code": codegw.ErrorCode(err)})
+			}
+			if err := s.handleClientMessage(sess, data, fail); err != nil {
+				fail(err)
 			}
 		}
 	}()
@@ -284,7 +287,7 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-func (s *Server) handleClientMessage(sess *session.Session, data []byte) error {
+func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail func(error)) error {
 	var m clientMessage
 	if err := json.Unmarshal(data, &m); err != nil {
 		return codegw.Errorf(codegw.EINVALID, "message is not JSON: %v", err)
@@ -307,14 +310,25 @@ func (s *Server) handleClientMessage(sess *session.Session, data []byte) error {
 			}
 		}()
 		return nil
-	case "interrupt":
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return sess.Interrupt(ctx)
-	case "restart":
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		return sess.Restart(ctx)
+	case "interrupt", "restart":
+		// These take a while (a restart starts a kernel): run them aside so
+		// the read loop keeps answering pings; failures reach the client.
+		go func() {
+			var err error
+			if m.Type == "interrupt" {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err = sess.Interrupt(ctx)
+				cancel()
+			} else {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				err = sess.Restart(ctx)
+				cancel()
+			}
+			if err != nil {
+				fail(err)
+			}
+		}()
+		return nil
 	case "input_reply":
 		return sess.Reply(m.Value)
 	case "ping":
