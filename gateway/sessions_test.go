@@ -308,7 +308,9 @@ func TestSessionWebsocket(t *testing.T) {
 			t.Fatalf("stream = %q (%s)", lines, eventTypes(evs))
 		}
 		for i := 1; i < 3; i++ {
-			if gap := at[i].Sub(at[i-1]); gap < 700*time.Millisecond || gap > 1600*time.Millisecond {
+			// About 1s apart: not batched at the end (a loaded CI machine
+			// may stretch the gap, never shrink it to nothing).
+			if gap := at[i].Sub(at[i-1]); gap < 500*time.Millisecond || gap > 3*time.Second {
 				t.Errorf("line %d came %v after the previous one, want about 1s", i, gap)
 			}
 		}
