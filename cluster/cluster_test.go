@@ -565,7 +565,8 @@ func TestCluster(t *testing.T) {
 		eventually(t, 20*time.Second, "a's two kernels running", func() string {
 			n := 0
 			for _, p := range processesUnder(a.state) {
-				if strings.Contains(p, "python3 ") && strings.Contains(p, "launch.py") {
+				// bwrap's own command lines name launch.py too: count the kernels.
+				if _, cmd, _ := strings.Cut(p, ": "); strings.Contains(cmd, "launch.py") && !strings.Contains(cmd, "bwrap") {
 					n++
 				}
 			}
