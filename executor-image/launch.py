@@ -24,6 +24,10 @@ same way wherever it runs:
 - The working directory is EXECUTOR_WORKDIR, default /code.
 - ipykernel's debugger (debugpy) is not loaded: it costs a third of the
   kernel's start. EXECUTOR_DEBUGGER=1 loads it.
+- EXECUTOR_LIFELINE_FD names a descriptor whose other end only the process
+  that started the kernel holds (the local provisioner sets it; Docker does
+  not). When reading it gives end-of-file, that process is gone, however it
+  died, and the kernel kills its process group and exits at once.
 
 The second form builds that font cache into DIR, once, at image build time
 (Docker) or when the local provisioner starts.
@@ -36,8 +40,10 @@ import glob
 import importlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 
 DEFAULT_PRELOAD = "numpy,pandas,matplotlib,matplotlib.pyplot"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
@@ -98,6 +104,50 @@ def seed_mpl_cache(configdir):
                 shutil.copyfile(path, dst)
             except OSError as e:
                 log("font cache not copied: %s" % e)
+
+
+def watch_lifeline():
+    """Exit when the lifeline named by EXECUTOR_LIFELINE_FD reaches EOF.
+
+    The local provisioner keeps the write end of a pipe for as long as it
+    wants the kernel; this daemon thread blocks reading the read end. A
+    gateway killed with SIGKILL while bwrap is still setting up the sandbox
+    (before --die-with-parent is in force) would otherwise leave the kernel
+    running. The end-of-file stays, so a kernel whose gateway died before
+    this thread started exits as soon as it does start. (The provisioner's
+    watcher process, outside the sandbox, does the same: each backs up the
+    other.)
+
+    The kill takes the whole process group: the kernel's own, made by the
+    provisioner (setsid), with the children of user code in it. Without the
+    variable (Docker) nothing happens.
+    """
+    value = os.environ.pop("EXECUTOR_LIFELINE_FD", None)
+    if value is None:
+        return
+    try:
+        fd = int(value)
+        os.set_blocking(fd, True)
+        # User code's subprocesses need not hold it.
+        os.set_inheritable(fd, False)
+    except (ValueError, OSError) as e:
+        # Fail closed: a kernel that cannot see its gateway must not run.
+        log("lifeline %r unusable: %s" % (value, e))
+        os._exit(70)
+
+    # Bound now, so that user code rebinding os.* cannot defuse the thread.
+    def watch(fd=fd, read=os.read, killpg=os.killpg, _exit=os._exit):
+        try:
+            while read(fd, 64):
+                pass  # the provisioner never writes; ignore it if it does
+        except OSError:
+            pass  # closed under us (by user code): treat as lost
+        try:
+            killpg(0, signal.SIGKILL)
+        finally:
+            _exit(137)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
 def setup_environment():
@@ -188,6 +238,8 @@ def build_mpl_cache(directory):
 
 
 def main(argv):
+    # First: a kernel whose gateway is gone must not go on starting.
+    watch_lifeline()
     if len(argv) == 2 and argv[0] == "--build-mpl-cache":
         return build_mpl_cache(argv[1])
 

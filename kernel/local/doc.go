@@ -38,7 +38,13 @@
 //     sandbox and the code could read root-only files under /etc. The kernel's
 //     code and socket directories are handed to that user.
 //   - --die-with-parent, and bwrap is started from one long-lived OS thread
-//     with Pdeathsig, so kernels do not outlive the gateway.
+//     with Pdeathsig, so kernels do not outlive the gateway. Both leave a
+//     window of some milliseconds while bwrap sets up the sandbox, so every
+//     kernel, sandboxed or not, also gets a lifeline: the read end of a pipe
+//     as fd 3 (EXECUTOR_LIFELINE_FD) whose write end only the gateway holds.
+//     When the gateway dies, however, a watcher process in the kernel's
+//     process group (forked by /bin/sh before it execs bwrap) and the
+//     launcher read end-of-file and kill the group.
 //
 // The process is started in a new session (setsid, so it has its own process
 // group and no controlling terminal, which also rules out TIOCSTI input

@@ -364,7 +364,7 @@ func (p *Provisioner) Close() error {
 // Reap removes the directories of kernels whose owner is gone: an instance
 // that crashed. A live owner holds the flock on the kernel's lock file; its
 // kernels are left alone, whichever instance it is. The kernels of a dead
-// owner died with it (Pdeathsig, --die-with-parent).
+// owner died with it (Pdeathsig, --die-with-parent, the lifeline).
 func (p *Provisioner) Reap(ctx context.Context) (int, error) {
 	root := filepath.Join(p.cfg.StateDir, "k")
 	entries, err := os.ReadDir(root)

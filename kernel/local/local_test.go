@@ -703,6 +703,9 @@ func TestTailBuffer(t *testing.T) {
 // TestMain fails early with a clear message when the interpreter the tests
 // need is missing.
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(m.Run()) // TestHelperProcess: no checks, no state dir of its own
+	}
 	if err := exec.Command("/usr/bin/python3", "-c", "import ipykernel").Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "kernel/local tests need /usr/bin/python3 with ipykernel: run scripts/deps.sh")
 		os.Exit(1)

@@ -41,8 +41,11 @@ type run struct {
 	exited chan struct{} // closed once the process ended and exit is set
 	output chan struct{} // closed once its stdout/stderr pipe is drained
 	pipe   *os.File      // read end of that pipe
-	exit   kernel.Exit
-	tail   *tailBuffer
+	// lifeline is the write end of the kernel's lifeline pipe, held until
+	// the process has ended: see lifelineFD.
+	lifeline *os.File
+	exit     kernel.Exit
+	tail     *tailBuffer
 }
 
 // outputTail bounds the kernel output kept for diagnostics.
@@ -69,13 +72,15 @@ func (k *Process) start() error {
 	}
 
 	launcher := filepath.Join(p.execDir, executorimage.Launcher)
-	var cmd *exec.Cmd
+	argv := []string{"/bin/sh", "-c", watchScript, "codegw-kernel"}
 	if p.sandbox {
-		args := p.bwrapArgs(k.kdir, k.Dir(), k.info.Transport == "tcp")
-		args = append(args, "--", p.cfg.Python, launcher, "-f", connFile)
-		cmd = exec.Command(p.bwrap, args...)
-	} else {
-		cmd = exec.Command(p.cfg.Python, launcher, "-f", connFile)
+		argv = append(argv, p.bwrap)
+		argv = append(argv, p.bwrapArgs(k.kdir, k.Dir(), k.info.Transport == "tcp")...)
+		argv = append(argv, "--")
+	}
+	argv = append(argv, p.cfg.Python, launcher, "-f", connFile)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if !p.sandbox {
 		cmd.Dir = k.Dir()
 	}
 	cmd.Env = k.env
@@ -92,19 +97,31 @@ func (k *Process) start() error {
 		return fmt.Errorf("local: %w", err)
 	}
 	cmd.Stdout, cmd.Stderr = pw, pw
+	lr, lw, err := os.Pipe()
+	if err != nil {
+		pr.Close()
+		pw.Close()
+		return fmt.Errorf("local: %w", err)
+	}
+	// The read end becomes lifelineFD in the child, for the watcher and
+	// the launcher; the write end is close-on-exec, so no other kernel
+	// inherits it.
+	cmd.ExtraFiles = []*os.File{lr}
 
 	t0 := time.Now()
 	err = p.spawn.start(cmd)
 	pw.Close()
+	lr.Close()
 	if err != nil {
 		pr.Close()
+		lw.Close()
 		if errors.Is(err, errClosed) {
 			return err
 		}
 		return fmt.Errorf("%w: local: start kernel: %v", kernel.ErrProvisioner, err)
 	}
 	r := &run{cmd: cmd, pgid: cmd.Process.Pid, exited: make(chan struct{}),
-		output: make(chan struct{}), pipe: pr, tail: newTailBuffer(outputTail)}
+		output: make(chan struct{}), pipe: pr, lifeline: lw, tail: newTailBuffer(outputTail)}
 	go func() {
 		defer close(r.output)
 		io.Copy(r.tail, pr)
@@ -124,6 +141,7 @@ func (k *Process) start() error {
 func (k *Process) wait(r *run, t0 time.Time) {
 	r.cmd.Wait()
 	syscall.Kill(-r.pgid, syscall.SIGKILL)
+	r.lifeline.Close()
 	r.exit = exitOf(r.cmd.ProcessState, k.p.sandbox)
 	close(r.exited)
 

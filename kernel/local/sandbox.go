@@ -4,11 +4,39 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 )
 
 // inlineBackend is matplotlib's inline backend, as the launcher also sets it.
 const inlineBackend = "module://matplotlib_inline.backend_inline"
+
+// lifelineFD is the descriptor on which a kernel's processes find the read
+// end of its lifeline: a pipe whose write end only the gateway holds, for as
+// long as the kernel's process runs. It reads end-of-file once the gateway
+// is gone, however it died. It is the first of exec.Cmd.ExtraFiles, which
+// bwrap passes on to the sandboxed command.
+//
+// Pdeathsig and bwrap's --die-with-parent leave a window of some
+// milliseconds, while bwrap sets up the sandbox, in which a gateway killed
+// with SIGKILL leaves the sandbox behind: either running the kernel (the
+// sandbox's init had not yet asked for --die-with-parent), or blocked
+// forever in bwrap's set-up handshake (the outer bwrap died before it let
+// the sandbox go on). Two readers close it:
+//
+//   - watchScript's watcher, outside the sandbox in the kernel's process
+//     group, kills the group at end-of-file, whatever state bwrap is in;
+//   - the launcher (EXECUTOR_LIFELINE_FD) does the same from inside.
+const lifelineFD = 3
+
+// watchScript is run by /bin/sh with the kernel's command as arguments. It
+// forks the watcher, then becomes the command: bwrap or the plain kernel,
+// the process group leader (setsid) with Pdeathsig. The watcher does not
+// inherit Pdeathsig, so it outlives the gateway until it reads end-of-file
+// on the lifeline; then it kills the process group, itself included. While
+// the gateway lives it sleeps in read(2), and dies with the group when the
+// kernel ends.
+const watchScript = `(while read -r x <&3; do :; done; kill -KILL 0) </dev/null >/dev/null 2>&1 & exec "$@"`
 
 // bwrapArgs returns bubblewrap's options for a kernel whose directory is
 // kdir (empty for the probe, which binds no kernel directory). shareNet keeps
@@ -102,6 +130,8 @@ func (p *Provisioner) env(kdir string, spec map[string]string) []string {
 	for k, v := range spec {
 		m[k] = v
 	}
+	// Last, so that no configured environment can turn it off.
+	m["EXECUTOR_LIFELINE_FD"] = strconv.Itoa(lifelineFD)
 	env := make([]string, 0, len(m))
 	for k, v := range m {
 		env = append(env, k+"="+v)
