@@ -53,69 +53,118 @@ func (g guardTransport) Dial(ctx context.Context, d transport.Dialer, addr strin
 	if err != nil {
 		return nil, err
 	}
-	return &frameGuard{Conn: c, br: bufio.NewReaderSize(c, 64<<10), max: uint64(maxFrameBytes.Load()), greeting: 64}, nil
+	return &frameGuard{Conn: c, br: bufio.NewReaderSize(c, 64<<10), max: uint64(maxFrameBytes.Load())}, nil
 }
 
 // frameGuard checks the ZMTP 3 framing of the bytes it reads: a 64-byte
 // greeting, then frames of a flags byte, a 1- or 8-byte size and a body.
-// It also buffers reads: zmq4 reads each frame header and body with its own
-// read(2), about 70 system calls per execution without the buffer.
+// It also saves system calls: reads are buffered (zmq4 reads each frame
+// header and body with its own read(2)), and writes are gathered until a
+// message's last frame is complete, then sent with one write(2) (zmq4 writes
+// each header and body apart, 12 writes for an execute_request).
 type frameGuard struct {
 	net.Conn
-	br       *bufio.Reader
-	max      uint64
-	greeting int    // greeting bytes still to pass
-	sizeLeft int    // size bytes still to read (0: at a flags byte or in a body)
-	size     uint64 // size being assembled
-	body     uint64 // body bytes still to pass
-	inSize   bool
+	br   *bufio.Reader
+	max  uint64
+	in   zmtpScanner
+	out  zmtpScanner
+	wbuf []byte
 }
 
 func (g *frameGuard) Read(p []byte) (int, error) {
 	n, err := g.br.Read(p)
-	if n > 0 {
-		if gerr := g.scan(p[:n]); gerr != nil {
+	for b := p[:n]; len(b) > 0; {
+		k, _, serr := g.in.advance(b, g.max)
+		if serr != nil {
 			g.Conn.Close()
-			return 0, gerr
+			return 0, serr
 		}
+		b = b[k:]
 	}
 	return n, err
 }
 
-func (g *frameGuard) scan(b []byte) error {
-	for len(b) > 0 {
-		switch {
-		case g.greeting > 0:
-			k := min(g.greeting, len(b))
-			g.greeting -= k
-			b = b[k:]
-		case g.body > 0:
-			k := uint64(len(b))
-			if k > g.body {
-				k = g.body
+func (g *frameGuard) Write(p []byte) (int, error) {
+	for b := p; len(b) > 0; {
+		k, boundary, err := g.out.advance(b, 1<<62)
+		if err != nil {
+			return 0, err
+		}
+		g.wbuf = append(g.wbuf, b[:k]...)
+		b = b[k:]
+		if boundary {
+			_, err := g.Conn.Write(g.wbuf)
+			g.wbuf = g.wbuf[:0]
+			if cap(g.wbuf) > 1<<20 {
+				g.wbuf = nil // do not keep a big message's buffer
 			}
-			g.body -= k
-			b = b[k:]
-		case g.inSize:
-			g.size = g.size<<8 | uint64(b[0])
-			b = b[1:]
-			g.sizeLeft--
-			if g.sizeLeft == 0 {
-				g.inSize = false
-				if g.size > g.max {
-					return fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, g.size, g.max)
-				}
-				g.body = g.size
-			}
-		default: // flags byte
-			flags := b[0]
-			b = b[1:]
-			g.inSize, g.size = true, 0
-			g.sizeLeft = 1
-			if flags&0x02 != 0 { // long frame: 8-byte size
-				g.sizeLeft = 8
+			if err != nil {
+				return 0, err
 			}
 		}
 	}
-	return nil
+	return len(p), nil
+}
+
+// zmtpScanner follows ZMTP 3 framing through a byte stream.
+type zmtpScanner struct {
+	started  bool
+	greeting int    // greeting bytes still to pass
+	sizeLeft int    // size bytes still to read
+	size     uint64 // size being assembled
+	body     uint64 // body bytes still to pass
+	more     bool   // the current frame is not its message's last
+}
+
+// advance consumes b up to the end of the greeting or of a message,
+// returning how many bytes it took and whether it stopped at such a
+// boundary. A frame announced larger than max is an error.
+func (s *zmtpScanner) advance(b []byte, max uint64) (int, bool, error) {
+	if !s.started {
+		s.started, s.greeting = true, 64
+	}
+	n := 0
+	for n < len(b) {
+		switch {
+		case s.greeting > 0:
+			k := min(s.greeting, len(b)-n)
+			s.greeting -= k
+			n += k
+			if s.greeting == 0 {
+				return n, true, nil
+			}
+		case s.body > 0:
+			k := uint64(len(b) - n)
+			if k > s.body {
+				k = s.body
+			}
+			s.body -= k
+			n += int(k)
+			if s.body == 0 && !s.more {
+				return n, true, nil
+			}
+		case s.sizeLeft > 0:
+			s.size = s.size<<8 | uint64(b[n])
+			n++
+			s.sizeLeft--
+			if s.sizeLeft == 0 {
+				if s.size > max {
+					return n, false, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, s.size, max)
+				}
+				s.body = s.size
+				if s.body == 0 && !s.more {
+					return n, true, nil
+				}
+			}
+		default: // flags byte
+			flags := b[n]
+			n++
+			s.more = flags&0x01 != 0
+			s.size, s.sizeLeft = 0, 1
+			if flags&0x02 != 0 { // long frame: 8-byte size
+				s.sizeLeft = 8
+			}
+		}
+	}
+	return n, false, nil
 }
