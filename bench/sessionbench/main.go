@@ -46,6 +46,7 @@ type config struct {
 	MemStarting  int
 	Busy         int
 	BusyDuration time.Duration
+	HBTimeout    time.Duration
 	Phases       string
 	JSON         bool
 	CPUProfile   string
@@ -67,6 +68,7 @@ func parseFlags() config {
 	flag.IntVar(&c.MemStarting, "mem-starting", 2, "POOL_MAX_STARTING in the memory phase")
 	flag.IntVar(&c.Busy, "busy", 8, "busy sessions (and floor kernels) in the busy phase")
 	flag.DurationVar(&c.BusyDuration, "busy-duration", 20*time.Second, "measured time per side in the busy phase")
+	flag.DurationVar(&c.HBTimeout, "hb-timeout", 0, "kernel heartbeat timeout, gateway and floor kernels alike (0: the kernel package's default, 1s, as the gateway runs)")
 	flag.StringVar(&c.Phases, "phases", "rt,busy,memory", "comma-separated phases: rt, busy, memory")
 	flag.BoolVar(&c.JSON, "json", false, "print the results as JSON instead of a table")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the websocket rounds of the rt phase to this file")
@@ -102,6 +104,7 @@ type Results struct {
 	RoundTrip *RoundTrip        `json:"round_trip,omitempty"`
 	Busy      *Busy             `json:"busy,omitempty"`
 	Memory    *Memory           `json:"memory,omitempty"`
+	Errors    map[string]string `json:"errors,omitempty"` // phases that failed
 }
 
 // Host describes where the figures were taken.
@@ -141,6 +144,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		Date: time.Now(),
 		Host: Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadStart: benchkit.LoadAvg(),
 			Versions: benchkit.PythonVersions(cfg.Python), MemGiB: benchkit.MemGiB()},
+		Errors: map[string]string{},
 		Config: map[string]string{
 			"sandbox": cfg.Sandbox, "code": cfg.Code, "n": fmt.Sprint(cfg.N), "rounds": fmt.Sprint(cfg.Rounds),
 			"warmup": fmt.Sprint(cfg.Warmup), "sessions": fmt.Sprint(cfg.Sessions), "busy": fmt.Sprint(cfg.Busy),
@@ -157,7 +161,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		}
 		defer prov.Close()
 		g, err := benchkit.StartGateway(benchkit.GatewayConfig{
-			Prov: prov, PoolSize: 2, MaxStarting: 1, Workers: max(8, cfg.Busy), MaxSessions: 20 + cfg.Busy, Logger: log,
+			Prov: prov, PoolSize: 2, MaxStarting: 1, Workers: max(8, cfg.Busy), MaxSessions: 20 + cfg.Busy, Logger: log, HeartbeatTimeout: cfg.HBTimeout,
 		})
 		if err != nil {
 			return err
@@ -178,7 +182,8 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			progress("round trip: %d x %s per side, %d interleaved rounds...", cfg.N, cfg.Code, cfg.Rounds)
 			rt, err := roundTrip(ctx, cfg, g, prov, log)
 			if err != nil {
-				return fmt.Errorf("round trip: %w", err)
+				progress("round trip: %v", err)
+				res.Errors["rt"] = err.Error()
 			}
 			res.RoundTrip = rt
 		}
@@ -186,7 +191,9 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			progress("busy: %d sessions vs %d kernels, %v per side...", cfg.Busy, cfg.Busy, cfg.BusyDuration)
 			b, err := busy(ctx, cfg, g, prov, log)
 			if err != nil {
-				return fmt.Errorf("busy: %w", err)
+				// Reported, and the memory phase still runs.
+				progress("busy: %v", err)
+				res.Errors["busy"] = err.Error()
 			}
 			res.Busy = b
 		}

@@ -52,7 +52,7 @@ func execFloor(ctx context.Context, k *kernel.Kernel, code string) (time.Duratio
 }
 
 func roundTrip(ctx context.Context, cfg config, g *benchkit.Gateway, prov *local.Provisioner, log *slog.Logger) (*RoundTrip, error) {
-	floor, err := benchkit.Launch(ctx, prov, nil, log)
+	floor, err := benchkit.LaunchHB(ctx, prov, nil, log, cfg.HBTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("floor kernel: %w", err)
 	}
@@ -168,7 +168,7 @@ func busy(ctx context.Context, cfg config, g *benchkit.Gateway, prov *local.Prov
 		}
 	}()
 	for range n {
-		k, err := benchkit.Launch(ctx, prov, nil, log)
+		k, err := benchkit.LaunchHB(ctx, prov, nil, log, cfg.HBTimeout)
 		if err != nil {
 			return nil, err
 		}
@@ -227,7 +227,11 @@ func busy(ctx context.Context, cfg config, g *benchkit.Gateway, prov *local.Prov
 						dd, err = execFloor(ctx, kernels[i], cfg.Code)
 					}
 					if err != nil {
-						fail.CompareAndSwap(nil, err.Error())
+						side := "floor kernel"
+						if isWS {
+							side = "session"
+						}
+						fail.CompareAndSwap(nil, fmt.Sprintf("%s %d: %v", side, i, err))
 						return
 					}
 					mine = append(mine, dd)
@@ -322,7 +326,7 @@ func memory(ctx context.Context, cfg config, log *slog.Logger) (*Memory, error) 
 	}
 	defer prov.Close()
 	g, err := benchkit.StartGateway(benchkit.GatewayConfig{
-		Prov: prov, PoolSize: cfg.MemPool, MaxStarting: cfg.MemStarting, Workers: 4, MaxSessions: cfg.Sessions + 10, Logger: log,
+		Prov: prov, PoolSize: cfg.MemPool, MaxStarting: cfg.MemStarting, Workers: 4, MaxSessions: cfg.Sessions + 10, Logger: log, HeartbeatTimeout: cfg.HBTimeout,
 	})
 	if err != nil {
 		return nil, err
@@ -488,6 +492,9 @@ func printTable(out io.Writer, r *Results) {
 		}
 		tw.Flush()
 		fmt.Fprintf(out, "rate ratio sessions/floor: %.3f; gateway+websocket client CPU over the floor: %.3f ms/exec\n\n", b.Ratio, b.ExtraCPU)
+	}
+	for phase, e := range r.Errors {
+		fmt.Fprintf(out, "phase %s FAILED: %s\n\n", phase, e)
 	}
 	if m := r.Memory; m != nil {
 		fmt.Fprintf(out, "%d idle sessions, a websocket connected to each (held by a child process), created in %.0f s (%s):\n", m.Sessions, m.CreateSeconds, r.Config["memory_gateway"])

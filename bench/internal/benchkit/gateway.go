@@ -32,6 +32,12 @@ type GatewayConfig struct {
 	MaxSessions int // MAX_SESSIONS and MAX_SESSIONS_PER_KEY
 	Labels      map[string]string
 	Logger      *slog.Logger
+	// HeartbeatTimeout is the kernel clients' (0: the kernel package's
+	// default, which the gateway uses).
+	HeartbeatTimeout time.Duration
+	// WarmUp is the pool kernels' warm-up cell (default "pass", as
+	// cmd/codegw launches them).
+	WarmUp string
 }
 
 // Gateway is a whole gateway on a loopback port: pool, session manager,
@@ -56,13 +62,26 @@ func KernelID(prefix string) string {
 // Launch starts one ready kernel as the gateway's pool does (WarmUp
 // "pass": the first-cell cost is paid before the kernel is handed out).
 func Launch(ctx context.Context, prov kernel.Provisioner, labels map[string]string, log *slog.Logger) (*kernel.Kernel, error) {
-	return kernel.Launch(ctx, prov, kernel.Spec{ID: KernelID("b"), Labels: labels}, kernel.LaunchOptions{Logger: log, WarmUp: "pass"})
+	return LaunchHB(ctx, prov, labels, log, 0)
+}
+
+// LaunchHB is Launch with the client's heartbeat timeout set (0: default).
+func LaunchHB(ctx context.Context, prov kernel.Provisioner, labels map[string]string, log *slog.Logger, hb time.Duration) (*kernel.Kernel, error) {
+	return launch(ctx, prov, labels, log, hb, "pass")
+}
+
+func launch(ctx context.Context, prov kernel.Provisioner, labels map[string]string, log *slog.Logger, hb time.Duration, warmUp string) (*kernel.Kernel, error) {
+	return kernel.Launch(ctx, prov, kernel.Spec{ID: KernelID("b"), Labels: labels},
+		kernel.LaunchOptions{Logger: log, WarmUp: warmUp, Client: kernel.ClientOptions{HeartbeatTimeout: hb}})
 }
 
 // StartGateway starts a gateway on 127.0.0.1:0. Close it.
 func StartGateway(cfg GatewayConfig) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.WarmUp == "" {
+		cfg.WarmUp = "pass"
 	}
 	dir, err := os.MkdirTemp("", "codegw-bench")
 	if err != nil {
@@ -72,7 +91,7 @@ func StartGateway(cfg GatewayConfig) (*Gateway, error) {
 	g.Pool = kernel.NewPool(kernel.PoolConfig{
 		Size: cfg.PoolSize, MaxStarting: cfg.MaxStarting, Logger: cfg.Logger,
 		Launch: func(ctx context.Context) (*kernel.Kernel, error) {
-			return Launch(ctx, cfg.Prov, cfg.Labels, cfg.Logger)
+			return launch(ctx, cfg.Prov, cfg.Labels, cfg.Logger, cfg.HeartbeatTimeout, cfg.WarmUp)
 		},
 	})
 	images := &files.Store{Dir: dir + "/images", URLPrefix: "/images", Retention: time.Hour, Logger: cfg.Logger}
