@@ -98,7 +98,7 @@ func newProxy(cfg Config) *proxy {
 	return &proxy{
 		st: cfg.Store, self: cfg.Instance, token: ProxyToken(cfg.ClusterSecret),
 		client: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		dialer: &gws.Dialer{NetDialContext: dial, HandshakeTimeout: 5 * time.Second, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10},
+		dialer: &gws.Dialer{NetDialContext: dial, HandshakeTimeout: 5 * time.Second, ReadBufferSize: 16 << 10, WriteBufferSize: 4 << 10},
 	}
 }
 
@@ -297,7 +297,7 @@ func (s *Server) proxySocket(c *fiber.Ctx, inst store.Instance) error {
 	}
 	err = websocket.New(func(conn *websocket.Conn) {
 		s.pumpSocket(conn, up)
-	}, websocket.Config{EnableCompression: false, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10})(c)
+	}, websocket.Config{EnableCompression: false, ReadBufferSize: 4 << 10, WriteBufferSize: 16 << 10})(c)
 	if err != nil { // not upgraded: the pump never runs
 		up.Close()
 	}

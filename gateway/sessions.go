@@ -205,7 +205,7 @@ func (s *Server) websocket(c *fiber.Ctx) error {
 	}
 	return websocket.New(func(conn *websocket.Conn) {
 		s.serveSocket(conn, sess, after, replay)
-	}, websocket.Config{EnableCompression: false, ReadBufferSize: 64 << 10, WriteBufferSize: 64 << 10})(c)
+	}, websocket.Config{EnableCompression: false, ReadBufferSize: 4 << 10, WriteBufferSize: 16 << 10})(c)
 }
 
 func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after uint64, replay bool) {

@@ -389,7 +389,9 @@ func TestSessionWebsocket(t *testing.T) {
 	t.Run("interrupt and restart over the socket", func(t *testing.T) {
 		w.t = t
 		w.send(map[string]any{"type": "execute", "id": "slow", "code": "keep = 1\nimport time; time.sleep(100)"})
-		w.until(func(ev codegw.Event) bool { return ev.Type == codegw.EventStatus && ev.State == "busy" && ev.ExecutionID == "slow" }, 30*time.Second)
+		w.until(func(ev codegw.Event) bool {
+			return ev.Type == codegw.EventStatus && ev.State == "busy" && ev.ExecutionID == "slow"
+		}, 30*time.Second)
 		time.Sleep(300 * time.Millisecond)
 		w.send(map[string]any{"type": "interrupt"})
 		evs := w.until(doneFor("slow"), 30*time.Second)

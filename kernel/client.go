@@ -29,7 +29,10 @@ type ClientOptions struct {
 	// HeartbeatInterval is how often the heartbeat is pinged (default 250ms).
 	HeartbeatInterval time.Duration
 	// HeartbeatTimeout is how long without a pong before the kernel is
-	// declared dead (default 1s). Negative disables heartbeat monitoring.
+	// declared dead and killed (default 2s: a kernel that exits is noticed
+	// at once through its process; this catches a frozen one, and must not
+	// fire for a live kernel starved of CPU on a busy machine). Negative
+	// disables heartbeat monitoring.
 	HeartbeatTimeout time.Duration
 	// Logger receives decode errors and other oddities (default slog.Default()).
 	Logger *slog.Logger
@@ -40,7 +43,7 @@ func (o *ClientOptions) defaults() {
 		o.HeartbeatInterval = 250 * time.Millisecond
 	}
 	if o.HeartbeatTimeout == 0 {
-		o.HeartbeatTimeout = time.Second
+		o.HeartbeatTimeout = 2 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -104,7 +107,9 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 
 	id := zmq4.SocketIdentity(NewID())
 	sockOpts := []zmq4.Option{
-		zmq4.WithDialerRetry(10 * time.Millisecond),
+		// The kernel binds its sockets ~0.5 s after it starts; retrying
+		// every 25 ms costs a few ms of CPU per kernel, not tens.
+		zmq4.WithDialerRetry(25 * time.Millisecond),
 		zmq4.WithDialerMaxRetries(-1),
 		zmq4.WithLogger(slogLogger(opts.Logger)),
 	}

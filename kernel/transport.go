@@ -53,7 +53,7 @@ func (g guardTransport) Dial(ctx context.Context, d transport.Dialer, addr strin
 	if err != nil {
 		return nil, err
 	}
-	return &frameGuard{Conn: c, br: bufio.NewReaderSize(c, 64<<10), max: uint64(maxFrameBytes.Load())}, nil
+	return &frameGuard{Conn: c, br: bufio.NewReaderSize(c, 16<<10), max: uint64(maxFrameBytes.Load())}, nil
 }
 
 // frameGuard checks the ZMTP 3 framing of the bytes it reads: a 64-byte

@@ -11,8 +11,9 @@ import (
 type hub struct {
 	mu     sync.Mutex
 	seq    uint64
-	buf    []codegw.Event // ring of the last cap(buf) events
-	start  int            // index of the oldest event in buf
+	buf    []codegw.Event // ring of the last keep events, grown as they come
+	keep   int
+	start  int // index of the oldest event in buf
 	subs   map[*Subscriber]struct{}
 	closed *codegw.Event
 }
@@ -28,10 +29,10 @@ type Subscriber struct {
 
 // subscriberBuffer is how many events a subscriber may lag behind before
 // it is dropped; it can reconnect and replay from its last seq.
-const subscriberBuffer = 1024
+const subscriberBuffer = 256
 
 func newHub(keep int) *hub {
-	return &hub{buf: make([]codegw.Event, 0, keep), subs: make(map[*Subscriber]struct{})}
+	return &hub{keep: keep, subs: make(map[*Subscriber]struct{})}
 }
 
 // publish numbers ev and delivers it. It never blocks.
@@ -43,11 +44,11 @@ func (h *hub) publish(ev codegw.Event) codegw.Event {
 	}
 	h.seq++
 	ev.Seq = h.seq
-	if len(h.buf) < cap(h.buf) {
+	if len(h.buf) < h.keep {
 		h.buf = append(h.buf, ev)
-	} else if cap(h.buf) > 0 {
+	} else if h.keep > 0 {
 		h.buf[h.start] = ev
-		h.start = (h.start + 1) % cap(h.buf)
+		h.start = (h.start + 1) % h.keep
 	}
 	for s := range h.subs {
 		select {
@@ -83,7 +84,7 @@ func (h *hub) subscribe(after uint64, replay bool) (s *Subscriber, missed []code
 	if replay {
 		n := len(h.buf)
 		for i := 0; i < n; i++ {
-			ev := h.buf[(h.start+i)%max(cap(h.buf), 1)]
+			ev := h.buf[(h.start+i)%n]
 			if ev.Seq > after {
 				missed = append(missed, ev)
 			}

@@ -74,7 +74,7 @@ func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
 		Host: "127.0.0.1", Port: 14564,
-		Executor: "local", PoolSize: 2, PoolStarts: 1,
+		Executor: "local", PoolSize: 2, PoolStarts: 2,
 		Python: "/usr/bin/python3", Sandbox: "auto",
 		DockerImage: "codegw/executor:latest", NetworkMode: "none", PidsLimit: 256,
 		MemoryBytes: 1 << 30, CPUs: 1, InstanceID: host,
