@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/codegw/codegw/bench/internal/benchkit"
 	"io"
 	"log/slog"
 	"os"
@@ -125,8 +126,8 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	res := &Results{
 		Date: time.Now(),
 		Host: Host{
-			CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvg: loadAvg(),
-			Python: cfg.Python, Versions: pythonVersions(cfg.Python), MemGiB: memGiB(),
+			CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvg: benchkit.LoadAvg(),
+			Python: cfg.Python, Versions: benchkit.PythonVersions(cfg.Python), MemGiB: benchkit.MemGiB(),
 		},
 		Config: map[string]string{
 			"n": fmt.Sprint(cfg.N), "rounds": fmt.Sprint(cfg.Rounds), "warmup": fmt.Sprint(cfg.Warmup),

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/codegw/codegw/bench/internal/benchkit"
 	"time"
 
 	"github.com/codegw/codegw/kernel"
@@ -10,12 +11,12 @@ import (
 
 // PoolResult is the warm pool's Acquire latency.
 type PoolResult struct {
-	Size    int   `json:"size"`
-	Acquire Stats `json:"acquire"` // ms
+	Size    int            `json:"size"`
+	Acquire benchkit.Stats `json:"acquire"` // ms
 	// FirstExec is the first execution on each acquired kernel, which pays
 	// for whatever IPython does lazily on its first cell.
-	FirstExec Stats   `json:"first_exec"` // ms
-	TargetMs  float64 `json:"acquire_p50_target_ms"`
+	FirstExec benchkit.Stats `json:"first_exec"` // ms
+	TargetMs  float64        `json:"acquire_p50_target_ms"`
 }
 
 const acquireTargetMs = 1.0
@@ -51,7 +52,7 @@ func (b *bench) pool(ctx context.Context) (*PoolResult, error) {
 			return nil, err
 		}
 	}
-	return &PoolResult{Size: size, Acquire: summarize(acq), FirstExec: summarize(first), TargetMs: acquireTargetMs}, nil
+	return &PoolResult{Size: size, Acquire: benchkit.Summarize(acq), FirstExec: benchkit.Summarize(first), TargetMs: acquireTargetMs}, nil
 }
 
 // waitFull polls until the pool holds size ready kernels.
@@ -75,14 +76,14 @@ func waitFull(ctx context.Context, p *kernel.Pool, size int) error {
 
 // StartResult is the cost of starting one kernel to ready.
 type StartResult struct {
-	Preload string `json:"preload"` // "default" or "none"
-	Ready   Stats  `json:"ready"`   // ms from Provisioner.Start to ready
+	Preload string         `json:"preload"` // "default" or "none"
+	Ready   benchkit.Stats `json:"ready"`   // ms from Provisioner.Start to ready
 	// CPUToReady is the CPU seconds of the kernel's process tree (bwrap
 	// included) from start until ready, read from /proc just after ready.
 	// getrusage(RUSAGE_CHILDREN) cannot measure it under bwrap: the outer
 	// bwrap exits on its child's exit status without reaping the sandbox's
 	// init, so that tree's CPU is never accounted to us.
-	CPUToReady Stats `json:"cpu_to_ready_s"`
+	CPUToReady benchkit.Stats `json:"cpu_to_ready_s"`
 }
 
 // starts starts one untimed kernel, then cfg.Starts timed ones, one at a
@@ -98,7 +99,7 @@ func (b *bench) starts(ctx context.Context, prov kernel.Provisioner, preload str
 		if err != nil {
 			return nil, err
 		}
-		cpu := treeCPU()
+		cpu := benchkit.TreeCPU()
 		if err := k.Close(ctx); err != nil {
 			return nil, err
 		}
@@ -108,6 +109,6 @@ func (b *bench) starts(ctx context.Context, prov kernel.Provisioner, preload str
 		ready = append(ready, d)
 		cpuReady = append(cpuReady, cpu)
 	}
-	return &StartResult{Preload: preload, Ready: summarize(ready),
-		CPUToReady: summarizeFloat(cpuReady)}, nil
+	return &StartResult{Preload: preload, Ready: benchkit.Summarize(ready),
+		CPUToReady: benchkit.SummarizeFloat(cpuReady)}, nil
 }

@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"github.com/codegw/codegw/bench/internal/benchkit"
 	"io"
 	"os"
 	"os/exec"
@@ -33,7 +34,7 @@ type RoundTripResult struct {
 // Series is the latency distribution of one client, in milliseconds, and the
 // client process's CPU time per execution.
 type Series struct {
-	Stats
+	benchkit.Stats
 	CPUPerExecMs float64 `json:"client_cpu_per_exec_ms"`
 	// SyscallsPerExec is the client process's read and write system calls
 	// per execution (/proc/self/io): a proxy for its per-frame I/O cost.
@@ -55,7 +56,7 @@ func (s *sample) add(o sample) {
 
 func (s sample) series() Series {
 	n := float64(len(s.lat))
-	return Series{Stats: summarize(s.lat), CPUPerExecMs: s.cpu * 1e3 / n, SyscallsPerExec: float64(s.syscalls) / n}
+	return Series{Stats: benchkit.Summarize(s.lat), CPUPerExecMs: s.cpu * 1e3 / n, SyscallsPerExec: float64(s.syscalls) / n}
 }
 
 const ratioTarget = 1.05
@@ -115,14 +116,14 @@ func (b *bench) roundTrip(ctx context.Context) (*RoundTripResult, error) {
 					return nil, fmt.Errorf("go round %d: %w%s", r+1, err, kernelOutput(proc))
 				}
 				goAll.add(s)
-				res.GoRoundP50 = append(res.GoRoundP50, summarize(s.lat).P50)
+				res.GoRoundP50 = append(res.GoRoundP50, benchkit.Summarize(s.lat).P50)
 			} else {
 				s, err := py.round(n, cfg.Warmup, cfg.Code)
 				if err != nil {
 					return nil, fmt.Errorf("python round %d: %w%s", r+1, err, kernelOutput(proc))
 				}
 				pyAll.add(s)
-				res.PythonRoundP50 = append(res.PythonRoundP50, summarize(s.lat).P50)
+				res.PythonRoundP50 = append(res.PythonRoundP50, benchkit.Summarize(s.lat).P50)
 			}
 		}
 	}
@@ -161,7 +162,7 @@ func (b *bench) goRound(ctx context.Context, proc kernel.Process, n int) (sample
 		}
 	}
 	lat := make([]time.Duration, 0, n)
-	c0, s0 := selfCPU(), selfSyscalls()
+	c0, s0 := benchkit.SelfCPU(), selfSyscalls()
 	for range n {
 		d, err := exec()
 		if err != nil {
@@ -169,7 +170,7 @@ func (b *bench) goRound(ctx context.Context, proc kernel.Process, n int) (sample
 		}
 		lat = append(lat, d)
 	}
-	return sample{lat: lat, cpu: selfCPU() - c0, syscalls: selfSyscalls() - s0}, nil
+	return sample{lat: lat, cpu: benchkit.SelfCPU() - c0, syscalls: selfSyscalls() - s0}, nil
 }
 
 // pythonProc is the running jupyter_client_rt.py.
