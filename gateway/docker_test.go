@@ -53,6 +53,10 @@ func TestDockerFaults(t *testing.T) {
 
 	t.Run("docker kill from outside", func(t *testing.T) {
 		s := e.createSession(t, nil)
+		// The session's container is named after it.
+		if out, err := exec.Command("docker", "ps", "-q", "--filter", "name="+s.ID).Output(); err != nil || len(strings.Fields(string(out))) != 1 {
+			t.Errorf("containers named after the session: %q %v", out, err)
+		}
 		// The container's id, from its own cgroup path.
 		host := e.sexec(t, s.ID, map[string]any{"code": "import re; print(re.search(r'[0-9a-f]{64}', open('/proc/self/cgroup').read()).group(0))"}).Result
 		resc := make(chan codegw.ExecuteResult, 1)

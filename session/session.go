@@ -96,6 +96,11 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 		m.forget(id)
 		return nil, codegw.WrapError(codegw.EUNAVAILABLE, err, "no kernel available")
 	}
+	if a, ok := k.Process().(assigner); ok {
+		if err := a.Assign(ctx, id); err != nil {
+			m.log.Warn("could not name the kernel after its session", "session", id, "kernel", k.ID(), "err", err)
+		}
+	}
 	s := &Session{
 		m: m, id: id, k: k, hub: newHub(m.cfg.ReplayEvents),
 		jobs: make(chan *job, m.cfg.SessionQueue), done: make(chan struct{}),
@@ -123,6 +128,12 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 	go s.loop()
 	m.log.Info("session created", "session", id, "kernel", k.ID(), "idle_timeout", idle)
 	return s, nil
+}
+
+// assigner is implemented by processes that can show which session they
+// serve (Docker containers are renamed after it).
+type assigner interface {
+	Assign(ctx context.Context, session string) error
 }
 
 func validEnvName(k string) bool {

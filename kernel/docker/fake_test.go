@@ -143,6 +143,7 @@ func (f *fakeEngine) ContainerKill(context.Context, string, string) error {
 	f.exit(137)
 	return nil
 }
+func (f *fakeEngine) ContainerRename(context.Context, string, string) error { return nil }
 func (f *fakeEngine) ContainerRemove(context.Context, string, container.RemoveOptions) error {
 	if f.removeErr != nil {
 		return f.removeErr

@@ -60,6 +60,17 @@ func (r *run) setPidsLimited() {
 	r.mu.Unlock()
 }
 
+// Assign names the session a pooled container now serves: the container is
+// renamed codegw-<instance>-<kernel>-<session>, so `docker ps --filter
+// name=<session>` finds it. (Labels cannot change after creation, and
+// pooled containers are created before their session exists.)
+func (c *process) Assign(ctx context.Context, session string) error {
+	if err := c.p.api.ContainerRename(ctx, c.cid, c.name+"-"+session); err != nil {
+		return fmt.Errorf("docker: name container %s for session %s: %w", c.name, session, err)
+	}
+	return nil
+}
+
 // ConnectionInfo returns the endpoints as the gateway dials them: host paths.
 func (c *process) ConnectionInfo() kernel.ConnectionInfo { return c.info }
 
