@@ -515,6 +515,15 @@ func (c *Client) Execute(ctx context.Context, code string, opts ExecuteOptions) 
 		idle   bool
 		linger <-chan time.Time
 	)
+	// input() is answered aside, so that the loop keeps reading: when the
+	// code is interrupted (or killed) while it waits for input, the reply
+	// arrives and the pending answer is abandoned.
+	inputCtx, cancelInput := context.WithCancel(ctx)
+	var inputs sync.WaitGroup
+	defer func() {
+		cancelInput()
+		inputs.Wait()
+	}()
 	for reply == nil || !idle {
 		var m *Message
 		select {
@@ -542,11 +551,16 @@ func (c *Client) Execute(ctx context.Context, code string, opts ExecuteOptions) 
 			if err := json.Unmarshal(m.Content, reply); err != nil {
 				return nil, fmt.Errorf("kernel: execute_reply: %w", err)
 			}
+			cancelInput() // the code no longer waits for input
 			linger = time.After(idleGrace)
 		case "input_request":
-			if err := c.answerInput(ctx, m, opts.OnInput); err != nil {
-				return nil, err
-			}
+			inputs.Add(1)
+			go func(req *Message) {
+				defer inputs.Done()
+				if err := c.answerInput(inputCtx, req, opts.OnInput); err != nil && inputCtx.Err() == nil {
+					c.opts.Logger.Warn("kernel: input request not answered", "err", err)
+				}
+			}(m)
 		default:
 			if opts.OnMessage != nil {
 				opts.OnMessage(m)

@@ -314,3 +314,42 @@ func TestShutdown(t *testing.T) {
 		t.Fatal("kernel still running after shutdown_request")
 	}
 }
+
+// An execution waiting in input() can still be interrupted: the pending
+// answer is abandoned and the reply arrives.
+func TestInterruptDuringInput(t *testing.T) {
+	k := launch(t, false)
+	asked := make(chan struct{})
+	done := make(chan *kernel.ExecuteReply, 1)
+	go func() {
+		r, _ := k.Execute(context.Background(), "input('never answered? ')", kernel.ExecuteOptions{
+			OnInput: func(ctx context.Context, req kernel.InputRequest) (string, error) {
+				close(asked)
+				<-ctx.Done()
+				return "", ctx.Err()
+			},
+		}, kernel.Deadline{})
+		done <- r
+	}()
+	select {
+	case <-asked:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no input_request")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := k.Interrupt(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r == nil || r.EName != "KeyboardInterrupt" {
+			t.Errorf("reply = %+v", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("interrupt during input() did not end the execution")
+	}
+	if r, _ := run(t, k, "print('still here')"); r.Status != "ok" {
+		t.Errorf("after: %+v", r)
+	}
+}
