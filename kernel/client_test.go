@@ -310,7 +310,7 @@ func TestShutdown(t *testing.T) {
 		if e := k.Process().Exit(); e.Code != 0 || e.Signal != "" {
 			t.Errorf("exit after shutdown_request: %+v", e)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(20 * time.Second):
 		t.Fatal("kernel still running after shutdown_request")
 	}
 }

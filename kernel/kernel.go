@@ -107,7 +107,7 @@ func (k *Kernel) watch(c *Client) {
 		}
 		grace := 300 * time.Millisecond // a socket error usually means the process is exiting
 		if c.quitting.Load() {
-			grace = 5 * time.Second // ipykernel takes its time to shut down
+			grace = 10 * time.Second // ipykernel takes its time to shut down
 		}
 		select {
 		case <-proc.Exited():
