@@ -59,7 +59,7 @@ else
 		die "DOCKER_HOST=$DOCKER_HOST does not answer; not starting a local dockerd for it"
 	[[ $(id -u) == 0 ]] || die "no Docker engine answers and starting dockerd needs root"
 	mkdir -p "$STATE"
-	if [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+	if [[ -f $PIDFILE ]] && ours; then # a stale pidfile's pid may belong to another process now
 		dpid=$(cat "$PIDFILE")
 		log "dockerd $dpid is already starting"
 	else
