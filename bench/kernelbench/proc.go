@@ -6,7 +6,6 @@ import (
 	"strings"
 )
 
-
 // selfSyscalls is the number of read and write system calls this process has
 // made (syscr + syscw in /proc/self/io), all threads.
 func selfSyscalls() int64 {
