@@ -23,7 +23,6 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
-	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -164,20 +163,11 @@ const (
 )
 
 func run(ctx context.Context, cfg config, out io.Writer) error {
-	level := slog.LevelWarn
-	if cfg.Verbose {
-		level = slog.LevelInfo
-	}
+	level := benchkit.LogLevel(cfg.Verbose)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	phases := map[string]bool{}
-	for _, p := range strings.Split(cfg.Phases, ",") {
-		switch p = strings.TrimSpace(p); p {
-		case "latency", "throughput":
-			phases[p] = true
-		case "":
-		default:
-			return fmt.Errorf("unknown phase %q (want latency, throughput)", p)
-		}
+	phases, err := benchkit.ParsePhases(cfg.Phases, "latency", "throughput")
+	if err != nil {
+		return err
 	}
 	res := &Results{
 		Date: time.Now(),

@@ -102,22 +102,13 @@ type Host struct {
 }
 
 func run(ctx context.Context, cfg config, out io.Writer) error {
-	level := slog.LevelWarn
-	if cfg.Verbose {
-		level = slog.LevelInfo
-	}
+	level := benchkit.LogLevel(cfg.Verbose)
 	watch := &sandboxWatch{Handler: slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})}
 	log := slog.New(watch)
 
-	phases := map[string]bool{}
-	for _, p := range strings.Split(cfg.Phases, ",") {
-		switch p = strings.TrimSpace(p); p {
-		case "rt", "pool", "start":
-			phases[p] = true
-		case "":
-		default:
-			return fmt.Errorf("unknown phase %q (want rt, pool, start)", p)
-		}
+	phases, err := benchkit.ParsePhases(cfg.Phases, "rt", "pool", "start")
+	if err != nil {
+		return err
 	}
 	if cfg.Rounds < 1 || cfg.N < cfg.Rounds {
 		return fmt.Errorf("-n must be at least -rounds, and -rounds at least 1")

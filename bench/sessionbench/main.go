@@ -27,7 +27,6 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
-	"strings"
 	"time"
 
 	"github.com/codegw/codegw/bench/internal/benchkit"
@@ -122,20 +121,11 @@ func progress(format string, args ...any) {
 }
 
 func run(ctx context.Context, cfg config, out io.Writer) error {
-	level := slog.LevelWarn
-	if cfg.Verbose {
-		level = slog.LevelInfo
-	}
+	level := benchkit.LogLevel(cfg.Verbose)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	phases := map[string]bool{}
-	for _, p := range strings.Split(cfg.Phases, ",") {
-		switch p = strings.TrimSpace(p); p {
-		case "rt", "busy", "memory":
-			phases[p] = true
-		case "":
-		default:
-			return fmt.Errorf("unknown phase %q (want rt, busy, memory)", p)
-		}
+	phases, err := benchkit.ParsePhases(cfg.Phases, "rt", "busy", "memory")
+	if err != nil {
+		return err
 	}
 	if cfg.Rounds < 1 || cfg.N < cfg.Rounds {
 		return fmt.Errorf("-n must be at least -rounds, and -rounds at least 1")
