@@ -158,19 +158,7 @@ func TestInterrupt(t *testing.T) {
 	}()
 	time.Sleep(500 * time.Millisecond) // let the sleep begin; interrupting earlier is also fine
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := k.Interrupt(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case r := <-done:
-		if r == nil || r.EName != "KeyboardInterrupt" {
-			t.Fatalf("reply = %+v", r)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("interrupt did not end time.sleep(100)")
-	}
+	interruptAndWait(t, k, done, "time.sleep(100)")
 	t.Logf("interrupted in %v", time.Since(start))
 	if r, _ := run(t, k, "1"); r.Status != "ok" {
 		t.Errorf("after interrupt: %+v", r)
@@ -336,6 +324,16 @@ func TestInterruptDuringInput(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("no input_request")
 	}
+	interruptAndWait(t, k, done, "input()")
+	if r, _ := run(t, k, "print('still here')"); r.Status != "ok" {
+		t.Errorf("after: %+v", r)
+	}
+}
+
+// interruptAndWait interrupts k and expects the execution whose reply
+// arrives on done to end with KeyboardInterrupt within 10s.
+func interruptAndWait(t *testing.T, k *kernel.Kernel, done <-chan *kernel.ExecuteReply, what string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := k.Interrupt(ctx); err != nil {
@@ -344,12 +342,9 @@ func TestInterruptDuringInput(t *testing.T) {
 	select {
 	case r := <-done:
 		if r == nil || r.EName != "KeyboardInterrupt" {
-			t.Errorf("reply = %+v", r)
+			t.Fatalf("reply = %+v", r)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("interrupt during input() did not end the execution")
-	}
-	if r, _ := run(t, k, "print('still here')"); r.Status != "ok" {
-		t.Errorf("after: %+v", r)
+		t.Fatalf("interrupt did not end %s", what)
 	}
 }
