@@ -276,20 +276,28 @@ func (s *Server) decodeExecute(c *fiber.Ctx) (codegw.ExecuteRequest, error) {
 	if len(body) == 0 {
 		return req, codegw.Errorf(codegw.EINVALID, "request body is empty; send JSON like {\"code\": \"print(1)\"}")
 	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(body, &raw); err != nil {
+	// One decode: Code is shadowed by a pointer so that a missing "code"
+	// is told apart from an empty one.
+	var in struct {
+		codegw.ExecuteRequest
+		Code *string `json:"code"`
+	}
+	if err := json.Unmarshal(body, &in); err != nil {
+		var te *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &te) && te.Field != "":
+			field := te.Field[strings.LastIndexByte(te.Field, '.')+1:] // "ExecuteRequest.files" -> "files"
+			return req, codegw.Errorf(codegw.EINVALID, "field %q must be %s", field, jsonKind(te.Type.Kind().String()))
+		case errors.As(err, &te):
+			return req, codegw.Errorf(codegw.EINVALID, "request body is not a JSON object")
+		}
 		return req, codegw.Errorf(codegw.EINVALID, "request body is not a JSON object: %v", err)
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			return req, codegw.Errorf(codegw.EINVALID, "field %q must be %s", te.Field, jsonKind(te.Type.Kind().String()))
-		}
-		return req, codegw.Errorf(codegw.EINVALID, "invalid request: %v", err)
-	}
-	if _, ok := raw["code"]; !ok {
+	if in.Code == nil {
 		return req, codegw.Errorf(codegw.EINVALID, "code is required")
 	}
+	req = in.ExecuteRequest
+	req.Code = *in.Code
 	for _, u := range req.Files {
 		if strings.TrimSpace(u) == "" {
 			return req, codegw.Errorf(codegw.EINVALID, "files must be non-empty URLs")
