@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync/atomic"
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/go-zeromq/zmq4/transport"
@@ -26,15 +25,11 @@ const (
 // ErrFrameTooLarge is the cause when a kernel sends a frame over the limit.
 var ErrFrameTooLarge = errors.New("kernel sent a message frame over the size limit")
 
-// maxFrameBytes is the largest frame accepted from a kernel. A 20 MB plot is
+// MaxFrameBytes is the largest frame accepted from a kernel. A 20 MB plot is
 // 27 MB of base64; stdout arrives in chunks of about 1 MB (see launch.py).
-var maxFrameBytes atomic.Int64
-
-// DefaultMaxFrameBytes is the default frame size limit.
-const DefaultMaxFrameBytes = 64 << 20
+const MaxFrameBytes = 64 << 20
 
 func init() {
-	maxFrameBytes.Store(DefaultMaxFrameBytes)
 	if err := zmq4.RegisterTransport(guardedIPC, guardTransport{transport.New("unix")}); err != nil {
 		panic(err)
 	}
@@ -43,9 +38,6 @@ func init() {
 	}
 }
 
-// SetMaxFrameBytes changes the frame size limit for new connections.
-func SetMaxFrameBytes(n int64) { maxFrameBytes.Store(n) }
-
 type guardTransport struct{ transport.Transport }
 
 func (g guardTransport) Dial(ctx context.Context, d transport.Dialer, addr string) (net.Conn, error) {
@@ -53,7 +45,7 @@ func (g guardTransport) Dial(ctx context.Context, d transport.Dialer, addr strin
 	if err != nil {
 		return nil, err
 	}
-	return &frameGuard{Conn: c, br: bufio.NewReaderSize(c, 16<<10), max: uint64(maxFrameBytes.Load())}, nil
+	return &frameGuard{Conn: c, br: bufio.NewReaderSize(c, 16<<10), max: MaxFrameBytes}, nil
 }
 
 // frameGuard checks the ZMTP 3 framing of the bytes it reads: a 64-byte

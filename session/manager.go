@@ -9,6 +9,7 @@ import (
 	"errors"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,7 +175,7 @@ func (m *Manager) prepare(req *codegw.ExecuteRequest) (string, error) {
 	switch {
 	case len(req.Code) > m.cfg.MaxCodeBytes:
 		return "", codegw.Errorf(codegw.ETOOLARGE, "code is %d bytes; the limit is %d", len(req.Code), m.cfg.MaxCodeBytes)
-	case isBlank(code):
+	case strings.TrimSpace(code) == "":
 		return "", codegw.Errorf(codegw.EINVALID, "code is required")
 	case req.Timeout < 0:
 		return "", codegw.Errorf(codegw.EINVALID, "timeout must be positive")
@@ -182,15 +183,6 @@ func (m *Manager) prepare(req *codegw.ExecuteRequest) (string, error) {
 		return "", codegw.Errorf(codegw.ETOOLARGE, "%d input files; the limit is %d", len(req.Files), m.cfg.Fetcher.Limits().MaxFiles)
 	}
 	return code, nil
-}
-
-func isBlank(s string) bool {
-	for _, r := range s {
-		if r != ' ' && r != '\n' && r != '\t' && r != '\r' {
-			return false
-		}
-	}
-	return true
 }
 
 // chdirInput makes /code/input the working directory, as the original did
