@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +27,8 @@ func TestDockerFaults(t *testing.T) {
 	if image == "" {
 		image = "codegw/executor:latest"
 	}
-	prov, err := docker.New(ctx, docker.Config{Image: image, InstanceID: "gwfaults", StateDir: shortDir(t, "cgwf"), Memory: 256 << 20, PidsLimit: 64, Preload: []string{}})
+	dir := shortDir(t, "cgwf") // its name makes the instance id unique to this run (see currentProvisioner)
+	prov, err := docker.New(ctx, docker.Config{Image: image, InstanceID: "gwfaults-" + filepath.Base(dir), StateDir: dir, Memory: 256 << 20, PidsLimit: 64, Preload: []string{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -28,7 +29,10 @@ func currentProvisioner(t testing.TB) kernel.Provisioner {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, err := docker.New(ctx, docker.Config{Image: image, InstanceID: "gwtest", StateDir: shortDir(t, "cgwd"), Memory: 1 << 30, PidsLimit: 256})
+	// The instance id is unique to this run: a provisioner reaps containers
+	// of its instance id, and other runs may share the engine.
+	dir := shortDir(t, "cgwd")
+	p, err := docker.New(ctx, docker.Config{Image: image, InstanceID: "gwtest-" + filepath.Base(dir), StateDir: dir, Memory: 1 << 30, PidsLimit: 256})
 	if err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("docker provisioner unavailable under CI: %v", err)
