@@ -2,20 +2,25 @@
 # base-image.sh builds the local Debian bookworm base image that
 # Dockerfile.executor starts FROM, without any container registry:
 # debootstrap a minbase rootfs from the machine's own Debian mirror and
-# `docker import` it. It does nothing when the tag already exists.
+# `docker import` it. It does nothing when the image carries the hash of
+# this script (its inputs) and runs; otherwise it rebuilds it (scripts/lib.sh).
 #
 # Environment: BASE_IMAGE (default codegw/debian:bookworm), DEBIAN_MIRROR and
 # DEBIAN_SECURITY_MIRROR (default: read from /etc/apt/sources.list{,.d/*}),
-# FORCE=1 to rebuild.
+# FRESH=1 (or FORCE=1) to rebuild.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. scripts/lib.sh
 
 BASE_IMAGE=${BASE_IMAGE:-codegw/debian:bookworm}
 SUITE=bookworm
 
 log() { printf 'base-image: %s\n' "$*" >&2; }
 
-if [[ ${FORCE:-0} != 1 ]] && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-	log "$BASE_IMAGE exists"
+hash=$(echo "$SUITE" | inputs_hash scripts/base-image.sh)
+if image_current "$BASE_IMAGE" "$hash" /bin/true; then
+	log "$BASE_IMAGE is up to date ($hash)"
 	exit 0
 fi
 
@@ -58,9 +63,11 @@ mirror_for() {
 }
 
 MIRROR=${DEBIAN_MIRROR:-$(mirror_for "$SUITE")}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
+[[ -n $MIRROR ]] || {
+	log "no apt source for $SUITE in /etc/apt/sources.list{,.d/*}: set DEBIAN_MIRROR to a Debian mirror's URL"
+	exit 1
+}
 SECURITY=${DEBIAN_SECURITY_MIRROR:-$(mirror_for "$SUITE-security")}
-SECURITY=${SECURITY:-http://deb.debian.org/debian-security}
 MIRROR=${MIRROR%/}
 SECURITY=${SECURITY%/}
 
@@ -84,11 +91,11 @@ rm -f "$root.log"
 
 # The same mirrors the host uses, plus updates and security, so that apt-get
 # inside `docker build` gets current packages.
-cat >"$root/etc/apt/sources.list" <<SRC
-deb $MIRROR $SUITE main
-deb $MIRROR $SUITE-updates main
-deb $SECURITY $SUITE-security main
-SRC
+{
+	echo "deb $MIRROR $SUITE main"
+	echo "deb $MIRROR $SUITE-updates main"
+	if [[ -n $SECURITY ]]; then echo "deb $SECURITY $SUITE-security main"; fi
+} >"$root/etc/apt/sources.list"
 # Image hygiene: no package caches or recommends, no docs.
 cat >"$root/etc/apt/apt.conf.d/90codegw" <<'CONF'
 APT::Install-Recommends "false";
@@ -107,9 +114,6 @@ rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/
 : >"$root/etc/hostname"
 
 log "importing as $BASE_IMAGE"
-tar --numeric-owner -C "$root" -c . | docker import \
-	--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-	--change 'ENV LANG=C.UTF-8' \
-	--change 'CMD ["/bin/bash"]' \
-	- "$BASE_IMAGE" >/dev/null
+IMPORT_CHANGES=('ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' 'ENV LANG=C.UTF-8' 'CMD ["/bin/bash"]')
+import_image "$BASE_IMAGE" "$hash" tar --numeric-owner -C "$root" -c . || exit 1
 log "built $BASE_IMAGE in $((SECONDS - start))s"

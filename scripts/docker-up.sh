@@ -9,28 +9,39 @@
 # starts) the engine docker-up.sh started counts one user in $STATE/users,
 # and docker-down.sh stops it only when the last user leaves.
 #
+# Every image it builds carries the hash of its inputs and is rebuilt when
+# they change or the image is not valid (scripts/lib.sh).
+#
 # Environment: DOCKER_IMAGE (default codegw/executor:latest), DOCKER_HOST
 # (default unix:///var/run/docker.sock), DOCKERD_DATA_ROOT (default: the
-# engine's own, /var/lib/docker), FORCE=1 to rebuild the image.
+# engine's own, /var/lib/docker), FRESH=1 to ignore every cache: all codegw/*
+# images are removed first and rebuilt without docker's layer cache.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. scripts/lib.sh
 DOCKER_IMAGE=${DOCKER_IMAGE:-codegw/executor:latest}
 STATE=/tmp/codegw-dockerd
 PIDFILE=$STATE/dockerd.pid
 LOG=$STATE/dockerd.log
 USERS=$STATE/users
-HASH_LABEL=codegw.build-hash
 
 log() { printf 'docker-up: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
-	log "installing docker.io"
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >&2 ||
-		{ as_root apt-get update -q >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io >&2; }
+# The engine, and Compose to validate docker-compose.yml
+# (scripts/compose-check.sh): Debian's docker-compose when no `docker
+# compose` plugin answers.
+pkgs=()
+if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then pkgs+=(docker.io); fi
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then pkgs+=(docker-compose); fi
+if ((${#pkgs[@]})); then
+	log "installing ${pkgs[*]}"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2 ||
+		{ as_root apt-get update -q >&2 && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >&2; }
 fi
 
 # ours tells whether the engine is the dockerd docker-up.sh started.
@@ -84,36 +95,35 @@ else
 	add_user 0
 fi
 
+if fresh; then
+	mapfile -t old < <(docker image ls --format '{{.Repository}}:{{.Tag}}' | grep '^codegw/' || true)
+	if ((${#old[@]})); then
+		log "FRESH=1: removing ${old[*]}"
+		docker image rm -f "${old[@]}" >/dev/null
+	fi
+fi
+
 scripts/base-image.sh
 
 [[ -f executor-image/packages.txt && -f executor-image/launch.py ]] ||
 	die "executor-image/packages.txt or launch.py is missing"
 
-# The build inputs' hash: the base image's id, Dockerfile.executor, .dockerignore and every file
-# under executor-image/ (names and contents), in a stable order.
-hash=$({
-	docker image inspect -f '{{.Id}}' "${BASE_IMAGE:-codegw/debian:bookworm}"
-	sha256sum Dockerfile.executor
-	[[ -f .dockerignore ]] && sha256sum .dockerignore
-	find executor-image -type f -not -name '*.go' -not -name '*.pyc' -not -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
-} | sha256sum | cut -c1-32)
-have=$(docker image inspect -f "{{ index .Config.Labels \"$HASH_LABEL\" }}" "$DOCKER_IMAGE" 2>/dev/null || true)
-if [[ ${FORCE:-0} != 1 && $have == "$hash" ]]; then
+# The build inputs' hash: the base image's id, this script, Dockerfile.executor,
+# .dockerignore and every file under executor-image/ (names and contents), in
+# a stable order.
+mapfile -d '' inputs < <(find executor-image -type f -not -name '*.go' -not -name '*.pyc' -not -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z)
+hash=$(docker image inspect -f '{{.Id}}' "${BASE_IMAGE:-codegw/debian:bookworm}" |
+	inputs_hash scripts/docker-up.sh scripts/lib.sh Dockerfile.executor .dockerignore "${inputs[@]}")
+valid=(python3 -c 'import ipykernel, pandas, matplotlib')
+if image_current "$DOCKER_IMAGE" "$hash" "${valid[@]}"; then
 	log "$DOCKER_IMAGE is up to date ($hash)"
 	exit 0
 fi
 
 log "building $DOCKER_IMAGE"
 start=$SECONDS
-buildlog=$(mktemp /tmp/codegw-build.XXXXXX.log)
-# The legacy builder: the docker CLI may come without the buildx plugin, and
-# no registry is reachable for BuildKit's frontend image anyway.
-if ! DOCKER_BUILDKIT=0 docker build --network host \
-	--label "$HASH_LABEL=$hash" -t "$DOCKER_IMAGE" -f Dockerfile.executor . >"$buildlog" 2>&1; then
-	tail -n 40 "$buildlog" >&2
-	die "docker build failed; full log: $buildlog"
-fi
-rm -f "$buildlog"
+mapfile -t proxy < <(proxy_build_args)
+build_image "$DOCKER_IMAGE" "$hash" --network host "${proxy[@]}" -f Dockerfile.executor . || exit 1
 log "built $DOCKER_IMAGE in $((SECONDS - start))s"
 # Drop the previous build's layers that no tag names any more.
 docker image prune -f --filter "label=$HASH_LABEL" >/dev/null 2>&1 || true

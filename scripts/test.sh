@@ -6,11 +6,24 @@
 # executor image built locally. What it started, it stops.
 #
 #   scripts/test.sh            # everything
+#   scripts/test.sh --fresh    # the same, ignoring every cache: as on a machine that never ran it
 #   SKIP_DOCKER=1 scripts/test.sh   # no Docker engine here: skip those suites (never under CI)
+#
+# --fresh (or FRESH=1) removes every codegw/* image before anything is built,
+# builds them again without docker's layer cache, and empties Go's test
+# cache; cached images are otherwise reused only when they carry the hash of
+# their inputs and are valid (scripts/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
 export GOFLAGS=${GOFLAGS:--buildvcs=false}
+
+for arg in "$@"; do
+	case $arg in
+	--fresh) FRESH=1 ;;
+	*) echo "usage: scripts/test.sh [--fresh]" >&2; exit 2 ;;
+	esac
+done
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -29,9 +42,13 @@ if [[ ${SKIP_DOCKER:-} == 1 && ${CI:-} != true ]]; then
 	step "Docker suites skipped (SKIP_DOCKER=1)"
 else
 	step "Docker engine and executor image"
-	scripts/docker-up.sh
+	FRESH=${FRESH:-0} scripts/docker-up.sh
 	DOCKER_STARTED=1
 fi
+# The images docker-up.sh removed are rebuilt once, when the tests that use
+# them first ask (scripts/compose-check.sh), not again by each script.
+if [[ ${FRESH:-0} == 1 ]]; then go clean -testcache; fi
+unset FRESH FORCE
 
 step "go vet"
 go vet ./...
