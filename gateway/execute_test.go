@@ -307,6 +307,9 @@ func TestAnswerBound(t *testing.T) {
 				}
 				last = sc.Text()
 			}
+			if err := sc.Err(); err != nil {
+				t.Fatalf("streamed: %v", err)
+			}
 			if !strings.HasPrefix(last, `{"type":"response"`) || len(last) > limit+frame || events > limit+frame {
 				t.Errorf("streamed: events %d bytes, answer line %d bytes (%q...)", events, len(last), truncate(last, 40))
 			}

@@ -79,12 +79,6 @@ type Skipped struct {
 	Reason string `json:"reason"`
 }
 
-// CollectOutputs copies the files the code left directly in dir into store
-// and describes them, in name order. See Collect.
-func CollectOutputs(dir string, lim OutputLimits, store *Store) ([]codegw.OutputFile, []Skipped, error) {
-	return Collect(dir, nil, lim, store)
-}
-
 // Collect copies files from dir into store: only regular files directly in
 // dir (no recursion, no dot files), whose extension is allowed, never
 // through a symlink, within the count and size limits. Files over a limit are
