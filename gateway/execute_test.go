@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bufio"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -250,6 +251,69 @@ func TestStdoutFlood(t *testing.T) {
 		if next := e.exec(map[string]any{"code": "print('next')"}); next.Result != "next" {
 			t.Errorf("next request after the flood: %+v", next)
 		}
+	}
+}
+
+// TestAnswerBound floods the output past a small MAX_OUTPUT_BYTES in every
+// way text reaches an answer and checks that the whole JSON answer, and the
+// streamed events, stay within the limit plus a fixed frame.
+func TestAnswerBound(t *testing.T) {
+	const limit, frame = 64 << 10, 2 << 10
+	e := newEnv(t, envOptions{poolSize: 1, maxOutput: limit})
+	bigFrame := "import pandas as pd\npd.set_option('display.max_rows', None)\ndf = pd.DataFrame({'n': range(20000), 's': ['<b>&</b>'] * 20000})\n"
+	cases := []struct {
+		name   string
+		code   string
+		status codegw.Status
+	}{
+		{"stdout flood, then a huge html DataFrame", "import sys\nfor _ in range(8): sys.stdout.write('x' * (1 << 20))\n" + bigFrame + "display(df)\ndf", codegw.StatusOK},
+		{"a huge html DataFrame, then stderr", bigFrame + "display(df)\nimport sys\nsys.stderr.write('y' * (1 << 20))\ndf", codegw.StatusOK},
+		{"a huge exception", "raise ValueError('v' * (4 << 20))", codegw.StatusError},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var raw json.RawMessage
+			if st := e.do("POST", "/api/v1/execute", map[string]any{"code": tc.code, "timeout": 60}, &raw); st != 200 {
+				t.Fatalf("status %d", st)
+			}
+			var res codegw.ExecuteResult
+			json.Unmarshal(raw, &res)
+			t.Logf("answer: %d bytes; stdout %d, stderr %d, result %d, outputs %d", len(raw), len(res.Stdout), len(res.Stderr), len(res.Result), len(res.Outputs))
+			if len(raw) > limit+frame {
+				t.Errorf("the answer is %d bytes; the limit is %d (+%d of frame)", len(raw), limit, frame)
+			}
+			if res.Status != tc.status || !res.Truncated || res.Result == "" || (res.Status != codegw.StatusOK) != (res.Error != nil) {
+				t.Errorf("status %s truncated %v result %q error %v", res.Status, res.Truncated, truncate(res.Result, 80), strOr(res.Error))
+			}
+			for _, o := range res.Outputs {
+				if o.MIME == "text/html" && !strings.HasSuffix(strings.TrimSpace(o.Data), "</div>") {
+					t.Errorf("an html output was cut: ...%q", o.Data[max(0, len(o.Data)-40):])
+				}
+			}
+
+			// The same code streamed: the events stay within the budget too.
+			body, _ := json.Marshal(map[string]any{"code": tc.code, "timeout": 60})
+			resp, err := http.Post(e.base+"/api/v1/execute?stream=1", "application/json", strings.NewReader(string(body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 4<<20), 4<<20)
+			events, last := 0, ""
+			for sc.Scan() {
+				if last != "" {
+					events += len(last)
+				}
+				last = sc.Text()
+			}
+			if err := sc.Err(); err != nil {
+				t.Fatalf("streamed: %v", err)
+			}
+			if !strings.HasPrefix(last, `{"type":"response"`) || len(last) > limit+frame || events > limit+frame {
+				t.Errorf("streamed: events %d bytes, answer line %d bytes (%q...)", events, len(last), truncate(last, 40))
+			}
+		})
 	}
 }
 

@@ -297,19 +297,10 @@ func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail fu
 		if m.ID != "" && len(m.ID) > 64 {
 			return codegw.Errorf(codegw.EINVALID, "id is longer than 64 characters")
 		}
-		res, errc, err := sess.Submit(m.ExecuteRequest, m.ID, nil, true)
-		if err != nil {
-			return err
-		}
-		go func() { // errors before the run starts (input download, queue) reach the client
-			select {
-			case <-res:
-			case err := <-errc:
-				sess.Fail(m.ID, err)
-			case <-sess.Done():
-			}
-		}()
-		return nil
+		// The answer reaches the client as events; a refusal after the
+		// queue (input download, no worker) as a "rejected" done event.
+		_, _, err := sess.Submit(m.ExecuteRequest, m.ID, nil, true)
+		return err
 	case "interrupt", "restart":
 		// These take a while (a restart starts a kernel): run them aside so
 		// the read loop keeps answering pings; failures reach the client.

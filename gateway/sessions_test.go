@@ -410,6 +410,16 @@ func TestSessionWebsocket(t *testing.T) {
 		}
 	})
 
+	t.Run("refused inputs end with a rejected done", func(t *testing.T) {
+		w.t = t
+		w.send(map[string]any{"type": "execute", "id": "refused", "code": "print(1)", "files": []string{"http://10.1.2.3/x.csv"}})
+		evs := w.until(doneFor("refused"), 30*time.Second)
+		done := evs[len(evs)-1]
+		if done.Status != codegw.StatusRejected || done.Reason != codegw.EFORBIDDEN || !strings.Contains(done.Error, "10.1.2.3") {
+			t.Errorf("done = %+v", done)
+		}
+	})
+
 	t.Run("bad messages", func(t *testing.T) {
 		w.t = t
 		for _, msg := range []string{`not json`, `{"type":"fly"}`, `{}`, `{"type":"execute","code":""}`} {

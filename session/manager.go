@@ -8,7 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,7 +40,7 @@ type Config struct {
 	ExecTimeout    time.Duration // the most any execution may run (EXECUTION_TIMEOUT)
 	InterruptGrace time.Duration // after the interrupt, before the kill
 	MaxCodeBytes   int
-	MaxOutputBytes int // stdout+stderr kept and streamed per execution
+	MaxOutputBytes int // the text of one answer and of its events (see budget)
 	MaxImages      int
 	MaxImageBytes  int
 
@@ -185,10 +185,6 @@ func (m *Manager) prepare(req *codegw.ExecuteRequest) (string, error) {
 	return code, nil
 }
 
-// chdirInput makes /code/input the working directory, as the original did
-// when inputs exist, so pd.read_csv('data.csv') works.
-const chdirInput = "import os as _cg_os; _cg_os.chdir('/code/input'); del _cg_os"
-
 // Execute runs req on a fresh kernel from the pool, which is destroyed
 // afterwards. emit, when not nil, receives events as they happen. Errors
 // are the caller's fault or a capacity problem; a failed execution is an
@@ -198,75 +194,18 @@ func (m *Manager) Execute(ctx context.Context, req codegw.ExecuteRequest, emit f
 	if err != nil {
 		return nil, err
 	}
-	release, err := m.acquireWorker(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
-	actx, cancel := context.WithTimeout(ctx, m.cfg.QueueTimeout+kernel.DefaultStartTimeout)
-	k, err := m.cfg.Kernels.Acquire(actx)
-	cancel()
+	return m.newExecution(newExecutionID(), req, code, emit).run(ctx)
+}
+
+// freshKernel takes a kernel nobody used from the pool.
+func (m *Manager) freshKernel(ctx context.Context) (*kernel.Kernel, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.QueueTimeout+kernel.DefaultStartTimeout)
+	defer cancel()
+	k, err := m.cfg.Kernels.Acquire(ctx)
 	if err != nil {
 		return nil, codegw.WrapError(codegw.EUNAVAILABLE, err, "no kernel available")
 	}
-	defer m.destroy(k)
-	execID := kernel.NewID()[:16]
-	var inputs []codegw.InputFile
-	if len(req.Files) > 0 {
-		code, inputs, err = m.cfg.Fetcher.Fetch(ctx, req.Files, code, filepath.Join(k.Process().Dir(), "input"))
-		if err != nil {
-			return nil, err
-		}
-		if _, err := k.Execute(ctx, chdirInput, kernel.ExecuteOptions{Silent: true}, kernel.Deadline{Timeout: 10 * time.Second}); err != nil {
-			return nil, codegw.WrapError(codegw.EUNAVAILABLE, err, "prepare kernel")
-		}
-	}
-	res := m.execute(ctx, k, execID, req, code, emit, nil, nil)
-	res.Inputs = inputs
-	if res.Inputs == nil {
-		res.Inputs = []codegw.InputFile{}
-	}
-	res.Files = m.collect(k, nil, execID)
-	if emit != nil {
-		for i := range res.Files {
-			emit(codegw.Event{Type: codegw.EventFile, ExecutionID: execID, File: &res.Files[i]})
-		}
-		emit(doneEvent(execID, res))
-	}
-	return res, nil
-}
-
-func doneEvent(execID string, res *codegw.ExecuteResult) codegw.Event {
-	ev := codegw.Event{Type: codegw.EventDone, ExecutionID: execID, Status: res.Status, Duration: res.ExecutionTime, ExecutionCount: res.ExecutionCount, Truncated: res.Truncated}
-	if res.Error != nil {
-		ev.Error = *res.Error
-	}
-	return ev
-}
-
-// collect stores the output files named (all when names is nil).
-func (m *Manager) collect(k *kernel.Kernel, names []string, execID string) []codegw.OutputFile {
-	dir := filepath.Join(k.Process().Dir(), "output")
-	var (
-		out     []codegw.OutputFile
-		skipped []files.Skipped
-		err     error
-	)
-	if names == nil {
-		out, skipped, err = files.CollectOutputs(dir, m.cfg.Outputs, m.cfg.Files)
-	} else {
-		out, skipped, err = files.Collect(dir, names, m.cfg.Outputs, m.cfg.Files)
-	}
-	if err != nil {
-		m.log.Error("collect output files", "execution", execID, "err", err)
-	}
-	for _, s := range skipped {
-		m.log.Info("output file skipped", "execution", execID, "file", s.Name, "reason", s.Reason)
-	}
-	if out == nil {
-		out = []codegw.OutputFile{}
-	}
-	return out
+	return k, nil
 }
 
 // destroy closes k in the background so the answer is not delayed by the
@@ -315,4 +254,197 @@ func (m *Manager) Stats() Stats {
 	n := len(m.sessions)
 	m.mu.Unlock()
 	return Stats{Sessions: n, Busy: len(m.workers), Waiting: int(m.waiting.Load()), Workers: cap(m.workers)}
+}
+
+// CreateOptions are the optional settings of a new session.
+type CreateOptions struct {
+	IdleTimeout time.Duration
+	Env         map[string]string
+}
+
+// Create starts a session for owner on a warm kernel.
+func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) (*Session, error) {
+	idle := m.cfg.SessionIdle
+	if opts.IdleTimeout < 0 {
+		return nil, codegw.Errorf(codegw.EINVALID, "idle_timeout must be positive")
+	} else if opts.IdleTimeout > 0 {
+		idle = min(opts.IdleTimeout, m.cfg.MaxSessionIdle)
+	}
+	if len(opts.Env) > 100 {
+		return nil, codegw.Errorf(codegw.EINVALID, "at most 100 environment variables")
+	}
+	for k, v := range opts.Env {
+		if k == "" || len(k) > 256 || len(v) > 32<<10 || !validEnvName(k) {
+			return nil, codegw.Errorf(codegw.EINVALID, "invalid environment variable %q", k)
+		}
+	}
+	id := "s_" + kernel.NewID()[:24]
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, codegw.Errorf(codegw.EUNAVAILABLE, "server is shutting down")
+	}
+	m.mu.Unlock()
+	now := time.Now()
+	if m.cfg.Store != nil {
+		rec := store.SessionRecord{ID: id, Owner: owner, Instance: m.cfg.Instance, CreatedAt: now}
+		if err := m.cfg.Store.CreateSession(ctx, rec, m.cfg.MaxSessionsPerKey, m.cfg.MaxSessions); err != nil {
+			return nil, err
+		}
+	}
+	k, err := m.freshKernel(ctx)
+	if err != nil {
+		m.forget(id)
+		return nil, err
+	}
+	if a, ok := k.Process().(assigner); ok {
+		if err := a.Assign(ctx, id); err != nil {
+			m.log.Warn("could not name the kernel after its session", "session", id, "kernel", k.ID(), "err", err)
+		}
+	}
+	s := &Session{
+		m: m, id: id, k: k, hub: newHub(m.cfg.ReplayEvents),
+		jobs:  make(chan *job, m.cfg.SessionQueue),
+		owner: owner, created: now, idle: idle, env: opts.Env,
+		input: make(chan string), lastActive: now,
+		outputs: map[string]files.FileState{},
+	}
+	if len(opts.Env) > 0 {
+		if err := s.setEnv(ctx); err != nil {
+			m.destroy(k)
+			m.forget(id)
+			return nil, err
+		}
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		m.destroy(k)
+		m.forget(id)
+		return nil, codegw.Errorf(codegw.EUNAVAILABLE, "server is shutting down")
+	}
+	s.ctx, s.cancel = context.WithCancel(m.ctx)
+	m.sessions[id] = s
+	m.mu.Unlock()
+	m.bg.Add(1)
+	go s.loop()
+	m.log.Info("session created", "session", id, "kernel", k.ID(), "idle_timeout", idle)
+	return s, nil
+}
+
+// assigner is implemented by processes that can show which session they
+// serve (Docker containers are renamed after it).
+type assigner interface {
+	Assign(ctx context.Context, session string) error
+}
+
+func validEnvName(k string) bool {
+	for i, r := range k {
+		if !(r == '_' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *Manager) forget(id string) {
+	if m.cfg.Store == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.cfg.Store.DeleteSession(ctx, id); err != nil {
+		m.log.Error("forget session", "session", id, "err", err)
+	}
+}
+
+// Get returns owner's live session on this instance. Sessions of other
+// owners are reported as not found.
+func (m *Manager) Get(id, owner string) (*Session, error) {
+	m.mu.Lock()
+	s := m.sessions[id]
+	m.mu.Unlock()
+	if s == nil || s.owner != owner {
+		return nil, codegw.Errorf(codegw.ENOTFOUND, "session %q not found", id)
+	}
+	return s, nil
+}
+
+// Local reports whether the session lives on this instance.
+func (m *Manager) Local(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.sessions[id] != nil
+}
+
+// List returns owner's sessions on this instance, oldest first.
+func (m *Manager) List(owner string) []codegw.Session {
+	m.mu.Lock()
+	var out []codegw.Session
+	for _, s := range m.sessions {
+		if s.owner == owner {
+			out = append(out, s.Info())
+		}
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	if out == nil {
+		out = []codegw.Session{}
+	}
+	return out
+}
+
+// Delete ends owner's session.
+func (m *Manager) Delete(id, owner string) error {
+	s, err := m.Get(id, owner)
+	if err != nil {
+		return err
+	}
+	m.remove(s, "session deleted")
+	return nil
+}
+
+// remove ends s: clients are told why, its kernel is destroyed and its
+// record forgotten.
+func (m *Manager) remove(s *Session, reason string) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.closing = true
+	s.mu.Unlock()
+	m.mu.Lock()
+	delete(m.sessions, s.id)
+	m.mu.Unlock()
+	s.hub.publish(codegw.Event{Type: codegw.EventClosed, Reason: reason})
+	s.cancel()
+	m.destroy(s.k)
+	m.forget(s.id)
+	m.log.Info("session closed", "session", s.id, "reason", reason)
+}
+
+// cull ends sessions idle past their timeout.
+func (m *Manager) cull() {
+	defer m.bg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case now := <-t.C:
+			m.mu.Lock()
+			var idle []*Session
+			for _, s := range m.sessions {
+				if s.idleSince(now) > s.idle {
+					idle = append(idle, s)
+				}
+			}
+			m.mu.Unlock()
+			for _, s := range idle {
+				m.remove(s, "idle timeout: no activity for "+s.idle.String())
+			}
+		}
+	}
 }

@@ -79,12 +79,6 @@ type Skipped struct {
 	Reason string `json:"reason"`
 }
 
-// CollectOutputs copies the files the code left directly in dir into store
-// and describes them, in name order. See Collect.
-func CollectOutputs(dir string, lim OutputLimits, store *Store) ([]codegw.OutputFile, []Skipped, error) {
-	return Collect(dir, nil, lim, store)
-}
-
 // Collect copies files from dir into store: only regular files directly in
 // dir (no recursion, no dot files), whose extension is allowed, never
 // through a symlink, within the count and size limits. Files over a limit are
@@ -205,10 +199,23 @@ func readDirNames(root *os.Root) ([]string, error) {
 // special file, or a file swapped while being opened.
 var errNotRegular = errors.New("not a regular file")
 
+// OpenRegular opens name in dir for reading only if it is a regular file,
+// reached through no symlink (see openRegular); dir itself must not be a
+// symlink either.
+func OpenRegular(dir, name string) (*os.File, fs.FileInfo, error) {
+	root, err := openDirRoot(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer root.Close()
+	return openRegular(root, name)
+}
+
 // openRegular opens name in root for reading only if it is a regular file
 // and not a symlink. Lstat rules out symlinks and special files; the opened
 // file must then be the very file Lstat saw, which defeats a swap between
-// the two calls. O_NONBLOCK keeps a FIFO swapped in from blocking the open.
+// the two calls. O_NONBLOCK keeps a FIFO swapped in from blocking the open;
+// O_NOFOLLOW refuses a symlink swapped in.
 func openRegular(root *os.Root, name string) (*os.File, fs.FileInfo, error) {
 	li, err := root.Lstat(name)
 	if err != nil {
@@ -217,7 +224,7 @@ func openRegular(root *os.Root, name string) (*os.File, fs.FileInfo, error) {
 	if !li.Mode().IsRegular() {
 		return nil, nil, fmt.Errorf("%s: %w", name, errNotRegular)
 	}
-	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -22,7 +22,7 @@ func writeFiles(t *testing.T, dir string, files map[string]string) {
 	}
 }
 
-func TestCollectOutputs(t *testing.T) {
+func TestCollectAll(t *testing.T) {
 	out := t.TempDir()
 	store := newTestStore(t)
 	secretDir := t.TempDir()
@@ -49,7 +49,7 @@ func TestCollectOutputs(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	files, skipped, err := CollectOutputs(out, OutputLimits{MaxFileBytes: 100}, store)
+	files, skipped, err := Collect(out, nil, OutputLimits{MaxFileBytes: 100}, store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestCollectLimits(t *testing.T) {
 		"e.txt": "e",                     // over the count
 	})
 	store := newTestStore(t)
-	files, skipped, err := CollectOutputs(out, OutputLimits{AllowedExt: []string{".TXT"}, MaxFiles: 3, MaxFileBytes: 50, MaxTotalBytes: 100}, store)
+	files, skipped, err := Collect(out, nil, OutputLimits{AllowedExt: []string{".TXT"}, MaxFiles: 3, MaxFileBytes: 50, MaxTotalBytes: 100}, store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestCollectLimits(t *testing.T) {
 
 func TestCollectNamesAndMissingDir(t *testing.T) {
 	store := newTestStore(t)
-	files, skipped, err := CollectOutputs(filepath.Join(t.TempDir(), "none"), OutputLimits{}, store)
+	files, skipped, err := Collect(filepath.Join(t.TempDir(), "none"), nil, OutputLimits{}, store)
 	if err != nil || files == nil || len(files) != 0 || skipped != nil {
 		t.Errorf("missing dir: %v %v %v", files, skipped, err)
 	}
@@ -141,7 +141,7 @@ func TestCollectRefusesSymlinkedDir(t *testing.T) {
 	writeFiles(t, target, map[string]string{"secret.txt": "s"})
 	base := t.TempDir()
 	os.Symlink(target, filepath.Join(base, "output"))
-	_, _, err := CollectOutputs(filepath.Join(base, "output"), OutputLimits{}, newTestStore(t))
+	_, _, err := Collect(filepath.Join(base, "output"), nil, OutputLimits{}, newTestStore(t))
 	if err == nil {
 		t.Error("collected through a symlinked output dir")
 	}
@@ -153,7 +153,7 @@ func TestCollectStoreFailure(t *testing.T) {
 	// A store whose directory cannot be created.
 	blocker := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(blocker, nil, 0o644)
-	_, _, err := CollectOutputs(out, OutputLimits{}, &Store{Dir: filepath.Join(blocker, "store")})
+	_, _, err := Collect(out, nil, OutputLimits{}, &Store{Dir: filepath.Join(blocker, "store")})
 	if err == nil || codegw.ErrorCode(err) != codegw.EINTERNAL {
 		t.Errorf("err = %v, want an internal error", err)
 	}
