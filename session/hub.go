@@ -74,9 +74,9 @@ func (h *hub) drop(s *Subscriber, reason string) {
 	close(s.C)
 }
 
-// subscribe returns a subscriber and the buffered events after seq `after`
-// (none when after is 0 and fromStart is false). gap is true when events
-// after `after` were already dropped from the buffer.
+// subscribe returns a subscriber and, with replay, the buffered events
+// after seq `after` (none without replay). gap is true when events after
+// `after` were already dropped from the buffer.
 func (h *hub) subscribe(after uint64, replay bool) (s *Subscriber, missed []codegw.Event, gap bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

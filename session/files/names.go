@@ -41,14 +41,14 @@ func SanitizeName(name string) string {
 		if len(ext) > 16 || len(ext) >= maxNameBytes {
 			ext = ""
 		}
-		name = truncateUTF8(name[:len(name)-len(ext)], maxNameBytes-len(ext)) + ext
+		name = TruncateUTF8(name[:len(name)-len(ext)], maxNameBytes-len(ext)) + ext
 	}
 	return name
 }
 
-// truncateUTF8 returns the longest prefix of s of at most n bytes that does
+// TruncateUTF8 returns the longest prefix of s of at most n bytes that does
 // not split a rune.
-func truncateUTF8(s string, n int) string {
+func TruncateUTF8(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
