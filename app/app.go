@@ -29,18 +29,17 @@ import (
 	"github.com/codegw/codegw/store/redis"
 )
 
-// App is the running service. Its parts are exported for tests and
-// benchmarks that look inside; the gateway is not listening until Listen or
-// Serve.
+// App is the running service. The parts tests and benchmarks look inside
+// are exported; the gateway is not listening until Listen or Serve.
 type App struct {
-	Provisioner kernel.Provisioner
-	Pool        *kernel.Pool
-	Store       store.Store
-	Images      *files.Store
-	Files       *files.Store
-	Manager     *session.Manager
-	Gateway     *gateway.Server
+	Pool    *kernel.Pool
+	Images  *files.Store
+	Files   *files.Store
+	Manager *session.Manager
 
+	prov       kernel.Provisioner
+	store      store.Store
+	gateway    *gateway.Server
 	cfg        Config
 	log        *slog.Logger
 	ownProv    bool
@@ -73,13 +72,13 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		}
 	}()
 
-	if a.Provisioner = cfg.Provisioner; a.Provisioner == nil {
-		if a.Provisioner, err = openProvisioner(ctx, cfg); err != nil {
+	if a.prov = cfg.Provisioner; a.prov == nil {
+		if a.prov, err = openProvisioner(ctx, cfg); err != nil {
 			return nil, err
 		}
 		a.ownProv = true
 	}
-	if r, ok := a.Provisioner.(kernel.Reaper); ok && a.ownProv {
+	if r, ok := a.prov.(kernel.Reaper); ok && a.ownProv {
 		a.reap(ctx, r, "reaped kernels left by an earlier run")
 		a.every(bgCtx, 5*time.Minute, func() { // crash leftovers, e.g. of a replica that shared STATE_DIR
 			a.reap(bgCtx, r, "reaped leftover kernels")
@@ -90,17 +89,21 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	runID := kernel.NewID()[:6] // replicas of a compose service share STATE_DIR: kernel ids must not collide
 	launch := func(ctx context.Context) (*kernel.Kernel, error) {
 		id := fmt.Sprintf("k%s-%d", runID, seq.Add(1))
-		return kernel.Launch(ctx, a.Provisioner, kernel.Spec{ID: id, Labels: map[string]string{"instance": cfg.InstanceID}},
+		return kernel.Launch(ctx, a.prov, kernel.Spec{ID: id, Labels: map[string]string{"instance": cfg.InstanceID}},
 			kernel.LaunchOptions{Logger: log, WarmUp: cfg.WarmUp, Client: kernel.ClientOptions{HeartbeatTimeout: cfg.HeartbeatTimeout}})
 	}
 	a.Pool = kernel.NewPool(kernel.PoolConfig{Size: cfg.PoolSize, MaxStarting: cfg.PoolStarts, Launch: launch, Logger: log})
 
 	if cfg.RedisURL == "" {
-		a.Store = memory.New()
-	} else if a.Store, err = redis.New(ctx, cfg.RedisURL); err != nil {
-		return nil, err
+		a.store = memory.New()
+	} else {
+		rs, err := redis.New(ctx, cfg.RedisURL)
+		if err != nil {
+			return nil, err
+		}
+		a.store = rs
 	}
-	sessionStore := a.Store
+	sessionStore := a.store
 	var router gateway.Router
 	if cfg.RedisURL != "" {
 		addr, err := cluster.InternalAddr(cfg.InternalAddr, cfg.Host, cfg.Port)
@@ -110,9 +113,9 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		if cfg.ClusterSecret == "" {
 			log.Warn("CLUSTER_SECRET is not set: requests forwarded between instances are not authenticated; set the same secret on every instance")
 		}
-		a.membership = cluster.NewMembership(a.Store, store.Instance{ID: cfg.InstanceID, Addr: addr}, cfg.InstanceTTL, log)
-		sessionStore = a.membership.Wrap(a.Store)
-		router = cluster.NewRouter(a.Store, cluster.RouterConfig{
+		a.membership = cluster.NewMembership(a.store, store.Instance{ID: cfg.InstanceID, Addr: addr}, cfg.InstanceTTL, log)
+		sessionStore = a.membership.Wrap(a.store)
+		router = cluster.NewRouter(a.store, cluster.RouterConfig{
 			Instance: cfg.InstanceID, Secret: cfg.ClusterSecret, PingInterval: cfg.PingInterval, Logger: log,
 		})
 	}
@@ -153,7 +156,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		go func() { defer a.bg.Done(); c.probe(bgCtx) }()
 		caps = c.get
 	}
-	a.Gateway = gateway.New(gateway.Config{
+	a.gateway = gateway.New(gateway.Config{
 		Manager: a.Manager, Images: a.Images, Files: a.Files, APIKeys: cfg.APIKeys,
 		BodyLimit: cfg.BodyLimit, UploadLimit: cfg.UploadLimit, PingInterval: cfg.PingInterval,
 		Capabilities: caps, Ready: a.ready, Logger: log, Router: router,
@@ -164,11 +167,14 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	return a, nil
 }
 
-// Addr is the address the configuration says to listen on.
+// Addr is the address the configuration says to listen on (HOST, PORT).
 func (a *App) Addr() string { return net.JoinHostPort(a.cfg.Host, strconv.Itoa(a.cfg.Port)) }
 
+// Listen serves the gateway on Addr until Close.
+func (a *App) Listen() error { return a.gateway.Listen(a.Addr()) }
+
 // Serve serves the gateway on ln until Close.
-func (a *App) Serve(ln net.Listener) error { return a.Gateway.App().Listener(ln) }
+func (a *App) Serve(ln net.Listener) error { return a.gateway.App().Listener(ln) }
 
 // Close stops the service in order: the gateway (requests in flight
 // finish, up to 15 seconds), the manager (every session and execution
@@ -177,9 +183,9 @@ func (a *App) Serve(ln net.Listener) error { return a.Gateway.App().Listener(ln)
 // pool and the provisioner (every kernel stops), and the store.
 func (a *App) Close() error {
 	var errs []error
-	if a.Gateway != nil {
+	if a.gateway != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		errs = append(errs, a.Gateway.Shutdown(ctx))
+		errs = append(errs, a.gateway.Shutdown(ctx))
 		cancel()
 	}
 	if a.Manager != nil {
@@ -197,11 +203,11 @@ func (a *App) Close() error {
 		a.Pool.Close(ctx)
 		cancel()
 	}
-	if a.ownProv && a.Provisioner != nil {
-		errs = append(errs, a.Provisioner.Close())
+	if a.ownProv && a.prov != nil {
+		errs = append(errs, a.prov.Close())
 	}
-	if a.Store != nil {
-		errs = append(errs, a.Store.Close())
+	if a.store != nil {
+		errs = append(errs, a.store.Close())
 	}
 	return errors.Join(errs...)
 }

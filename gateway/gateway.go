@@ -1,7 +1,8 @@
 // Package gateway is the HTTP and websocket face of the service, built on
 // Fiber: the stateless execute of the original project, sessions over REST,
 // NDJSON and websocket, API-key auth, error mapping and the image and file
-// stores served under /images and /files.
+// stores served under /images and /files. Requests for sessions another
+// instance holds go to a Router (package cluster implements it).
 package gateway
 
 import (

@@ -42,7 +42,7 @@ func run() error {
 	}
 	addr := a.Addr()
 	errc := make(chan error, 1)
-	go func() { errc <- a.Gateway.Listen(addr) }()
+	go func() { errc <- a.Listen() }()
 	cfg.Logger.Info("codegw listening", "addr", "http://"+addr, "executor", cfg.Executor, "pool", cfg.PoolSize, "instance", cfg.InstanceID)
 	select {
 	case err = <-errc:

@@ -81,9 +81,9 @@ type Host struct {
 // interpreter, whose versions are recorded.
 func NewHost(python string) Host {
 	h := Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0),
-		LoadStart: LoadAvg(), MemGiB: MemGiB(), Python: python}
+		LoadStart: loadAvg(), MemGiB: memGiB(), Python: python}
 	if python != "" {
-		h.Versions = PythonVersions(python)
+		h.Versions = pythonVersions(python)
 	}
 	return h
 }
@@ -91,9 +91,9 @@ func NewHost(python string) Host {
 // Report ends a run: it records the load at the end in host and prints res
 // as indented JSON, or as the command's table.
 func Report(out io.Writer, asJSON bool, host *Host, res any, table func(io.Writer)) error {
-	host.LoadEnd = LoadAvg()
+	host.LoadEnd = loadAvg()
 	if asJSON {
-		return PrintJSON(out, res)
+		return printJSON(out, res)
 	}
 	table(out)
 	return nil
