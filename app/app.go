@@ -131,7 +131,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	}
 	fetcher, err := files.NewFetcher(files.FetchLimits{
 		MaxFiles: cfg.InputMaxFiles, MaxFileBytes: cfg.InputFileMaxBytes, MaxTotalBytes: cfg.InputTotalBytes,
-		Timeout: cfg.InputTimeout, MaxRedirects: cfg.FetchRedirects, AllowHosts: cfg.InputAllowHosts, AllowCIDRs: cfg.InputAllowCIDRs,
+		Timeout: cfg.InputTimeout, AllowHosts: cfg.InputAllowHosts, AllowCIDRs: cfg.InputAllowCIDRs,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("input file settings: %w", err)

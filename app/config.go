@@ -89,8 +89,6 @@ type Config struct {
 	// InterruptGrace, ReplayEvents: see session.Config.
 	InterruptGrace time.Duration `env:"-"`
 	ReplayEvents   int           `env:"-"`
-	// FetchRedirects: see files.FetchLimits.MaxRedirects.
-	FetchRedirects int `env:"-"`
 	// BodyLimit, UploadLimit, PingInterval: see gateway.Config (0: its
 	// defaults).
 	BodyLimit    int           `env:"-"`
@@ -128,7 +126,7 @@ func DefaultConfig() Config {
 		OutputAllowedExt: out.AllowedExt, OutputMaxFiles: out.MaxFiles,
 		OutputFileMaxBytes: out.MaxFileBytes, OutputTotalBytes: out.MaxTotalBytes,
 		InputMaxFiles: in.MaxFiles, InputFileMaxBytes: in.MaxFileBytes, InputTotalBytes: in.MaxTotalBytes,
-		InputTimeout: in.Timeout, FetchRedirects: in.MaxRedirects,
+		InputTimeout: in.Timeout,
 
 		LogLevel: "info", InstanceTTL: cluster.DefaultTTL,
 		WarmUp: "pass",
