@@ -1,7 +1,8 @@
 // Package gateway is the HTTP and websocket face of the service, built on
 // Fiber: the stateless execute of the original project, sessions over REST,
 // NDJSON and websocket, API-key auth, error mapping and the image and file
-// stores served under /images and /files.
+// stores served under /images and /files. Requests for sessions another
+// instance holds go to a Router (package cluster implements it).
 package gateway
 
 import (
@@ -23,7 +24,6 @@ import (
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
-	"github.com/codegw/codegw/store"
 )
 
 // Config configures the HTTP server.
@@ -44,14 +44,21 @@ type Config struct {
 	Logger *slog.Logger
 	// PingInterval keeps idle websockets open (default 20s).
 	PingInterval time.Duration
-	// Store, when set, is the session store shared by the instances of a
-	// deployment: requests for sessions another instance holds are
-	// forwarded to it (proxy.go). Instance is this instance's id;
-	// ClusterSecret, the same on every instance, authenticates forwarded
-	// requests.
-	Store         store.Store
-	Instance      string
-	ClusterSecret string
+	// Router, set in a multi-instance deployment, serves requests for
+	// sessions this instance does not hold; nil with a single instance.
+	Router Router
+}
+
+// Router forwards requests for sessions other instances hold and lists
+// sessions across instances; *cluster.Router is one.
+type Router interface {
+	// Forward answers a request for session id, which this instance does
+	// not hold, on behalf of owner: by forwarding it to the holder, or with
+	// the error to answer (404, 410, 503).
+	Forward(c *fiber.Ctx, id, owner string) error
+	// Sessions lists owner's sessions on every instance; local lists this
+	// instance's.
+	Sessions(c *fiber.Ctx, owner string, local func(owner string) []codegw.Session) ([]codegw.Session, error)
 }
 
 // Server is the Fiber app and what it needs.
@@ -60,7 +67,6 @@ type Server struct {
 	app  *fiber.App
 	log  *slog.Logger
 	keys map[string]string // sha256(key) -> owner id
-	px   *proxy            // nil with a single instance
 }
 
 // New returns a Server with every route mounted.
@@ -77,7 +83,7 @@ func New(cfg Config) *Server {
 	if cfg.PingInterval <= 0 {
 		cfg.PingInterval = 20 * time.Second
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{}, px: newProxy(cfg)}
+	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{}}
 	for _, k := range cfg.APIKeys {
 		sum := sha256.Sum256([]byte(k))
 		s.keys[hex.EncodeToString(sum[:])] = "key_" + hex.EncodeToString(sum[:8])
@@ -132,6 +138,16 @@ func (s *Server) routes() {
 	a.Use(func(c *fiber.Ctx) error {
 		return codegw.Errorf(codegw.ENOTFOUND, "no route for %s %s", c.Method(), c.Path())
 	})
+}
+
+// route runs before every /sessions/:id handler: local sessions go on to
+// the handler, others to the Router.
+func (s *Server) route(c *fiber.Ctx) error {
+	id := c.Params("id")
+	if s.cfg.Router == nil || s.cfg.Manager.Local(id) {
+		return c.Next()
+	}
+	return s.cfg.Router.Forward(c, id, owner(c))
 }
 
 // statusOf maps application error codes to HTTP statuses.

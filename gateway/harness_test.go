@@ -4,27 +4,24 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/codegw/codegw"
-	"github.com/codegw/codegw/gateway"
+	"github.com/codegw/codegw/app"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/local"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
-	"github.com/codegw/codegw/store/memory"
 )
 
-// env is one whole gateway on a loopback port with real kernels: the same
-// parts cmd/codegw wires, with test-sized limits.
+// env is one whole gateway on a loopback port with real kernels, built by
+// app.Open as cmd/codegw builds it, with test-sized limits.
 type env struct {
 	t      testing.TB
 	base   string
@@ -94,8 +91,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var kernelSeq atomic.Int64
-
 func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	if o.workers == 0 {
@@ -111,48 +106,30 @@ func newEnv(t testing.TB, o envOptions) *env {
 	if prov == nil {
 		prov = currentProvisioner(t)
 	}
-	pool := kernel.NewPool(kernel.PoolConfig{Size: o.poolSize, Launch: func(ctx context.Context) (*kernel.Kernel, error) {
-		return kernel.Launch(ctx, prov, kernel.Spec{ID: fmt.Sprintf("g%d", kernelSeq.Add(1))}, kernel.LaunchOptions{WarmUp: "pass"})
-	}})
-	images := &files.Store{Dir: t.TempDir(), URLPrefix: "/images", PublicBaseURL: o.publicBase, Retention: o.retention}
-	outs := &files.Store{Dir: t.TempDir(), URLPrefix: "/files", PublicBaseURL: o.publicBase, Retention: o.retention}
-	for _, s := range []*files.Store{images, outs} {
-		if err := s.Init(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fetcher, err := files.NewFetcher(files.FetchLimits{MaxFiles: 3, MaxFileBytes: 1 << 20, MaxTotalBytes: 2 << 20, Timeout: 10 * time.Second, AllowCIDRs: []string{"127.0.0.1/32"}})
+	cfg := app.DefaultConfig()
+	cfg.Provisioner, cfg.InstanceID, cfg.APIKeys = prov, "test", o.keys
+	cfg.PoolSize, cfg.PoolStarts = o.poolSize, 0
+	cfg.ImageStorePath, cfg.FileStorePath = t.TempDir(), t.TempDir()
+	cfg.PublicBaseURL, cfg.Retention = o.publicBase, o.retention
+	cfg.InputMaxFiles, cfg.InputFileMaxBytes, cfg.InputTotalBytes, cfg.InputTimeout = 3, 1<<20, 2<<20, 10*time.Second
+	cfg.InputAllowCIDRs = []string{"127.0.0.1/32"}
+	// Zero values below mean the session package's defaults, as before.
+	cfg.ExecutionTimeout, cfg.InterruptGrace, cfg.MaxOutputBytes = o.timeout, time.Second, o.maxOutput
+	cfg.MaxWorkers, cfg.MaxQueue, cfg.QueueTimeout = o.workers, o.queue, o.queueWait
+	cfg.SessionIdle, cfg.MaxSessions, cfg.MaxSessionsPerKey, cfg.ReplayEvents = o.sessIdle, o.maxSess, o.maxPerKey, o.replay
+	cfg.BodyLimit, cfg.UploadLimit, cfg.PingInterval = 1<<20, 1<<20, time.Second
+	cfg.Capabilities = func() any { return map[string]any{"python_version": "3", "packages": []string{"pandas"}} }
+	a, err := app.Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := session.New(session.Config{
-		Kernels: pool, Images: images, Files: outs, Fetcher: fetcher,
-		Store: memory.New(), Instance: "test",
-		ExecTimeout: o.timeout, InterruptGrace: time.Second, MaxOutputBytes: o.maxOutput,
-		MaxWorkers: o.workers, MaxQueue: o.queue, QueueTimeout: o.queueWait,
-		SessionIdle: o.sessIdle, MaxSessions: o.maxSess, MaxSessionsPerKey: o.maxPerKey, ReplayEvents: o.replay,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := gateway.New(gateway.Config{
-		Manager: mgr, Images: images, Files: outs, APIKeys: o.keys, BodyLimit: 1 << 20, UploadLimit: 1 << 20,
-		Capabilities: func() any { return map[string]any{"python_version": "3", "packages": []string{"pandas"}} },
-		PingInterval: time.Second,
-	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go srv.App().Listener(ln)
-	e := &env{t: t, base: "http://" + ln.Addr().String(), mgr: mgr, pool: pool, images: images, files: outs, keys: o.keys, prov: prov}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		mgr.Close()
-		pool.Close(ctx)
-	})
+	go a.Serve(ln)
+	e := &env{t: t, base: "http://" + ln.Addr().String(), mgr: a.Manager, pool: a.Pool, images: a.Images, files: a.Files, keys: o.keys, prov: prov}
+	t.Cleanup(func() { a.Close() })
 	return e
 }
 

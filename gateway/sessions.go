@@ -38,10 +38,14 @@ func (s *Server) createSession(c *fiber.Ctx) error {
 }
 
 func (s *Server) listSessions(c *fiber.Ctx) error {
-	if s.px != nil {
-		return s.listCluster(c)
+	if s.cfg.Router == nil {
+		return c.JSON(fiber.Map{"sessions": s.cfg.Manager.List(owner(c))})
 	}
-	return c.JSON(fiber.Map{"sessions": s.cfg.Manager.List(owner(c))})
+	list, err := s.cfg.Router.Sessions(c, owner(c), s.cfg.Manager.List)
+	if err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"sessions": list})
 }
 
 func (s *Server) session(c *fiber.Ctx) (*session.Session, error) {

@@ -115,12 +115,18 @@ type Store interface {
 	Close() error
 }
 
+// Locator is the part of the store Locate reads.
+type Locator interface {
+	GetSession(ctx context.Context, id string) (SessionRecord, error)
+	GetInstance(ctx context.Context, id string) (Instance, error)
+}
+
 // Locate returns a session and the live instance that holds it. It returns
 // a codegw.ENOTFOUND error when the session does not exist and a
 // codegw.ELOST error when the instance holding it is no longer registered
 // (it died or shut down), so callers can tell the client the session is
 // lost rather than missing. Other errors are returned as they are.
-func Locate(ctx context.Context, s Store, id string) (SessionRecord, Instance, error) {
+func Locate(ctx context.Context, s Locator, id string) (SessionRecord, Instance, error) {
 	rec, err := s.GetSession(ctx, id)
 	if err != nil {
 		return SessionRecord{}, Instance{}, err

@@ -27,8 +27,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/signal"
-	"runtime"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -83,32 +81,17 @@ func parseFlags() config {
 
 func main() {
 	cfg := parseFlags()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, cfg, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "dockerbench:", err)
-		os.Exit(1)
-	}
+	benchkit.Main("dockerbench", func(ctx context.Context, out io.Writer) error { return run(ctx, cfg, out) })
 }
 
 // Results is everything one run measured; -json prints it.
 type Results struct {
 	Date      time.Time         `json:"date"`
-	Host      Host              `json:"host"`
+	Host      benchkit.Host     `json:"host"`
 	Config    map[string]string `json:"config"`
 	RoundTrip *RoundTrip        `json:"round_trip,omitempty"`
 	Starts    []Start           `json:"starts,omitempty"`
 	Gateway   *Gateway          `json:"gateway,omitempty"`
-}
-
-// Host describes where the figures were taken.
-type Host struct {
-	CPUs      int     `json:"cpus"`
-	GoVersion string  `json:"go_version"`
-	LoadStart string  `json:"loadavg_at_start"`
-	LoadEnd   string  `json:"loadavg_at_end"`
-	Docker    string  `json:"docker"`
-	MemGiB    float64 `json:"mem_gib"`
 }
 
 // RoundTrip compares the warm round trip on the two kinds of kernel.
@@ -150,9 +133,7 @@ type Gateway struct {
 
 const ratioTarget = 1.10
 
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "dockerbench: "+format+"\n", args...)
-}
+var progress = benchkit.Progress("dockerbench")
 
 func run(ctx context.Context, cfg config, out io.Writer) error {
 	level := benchkit.LogLevel(cfg.Verbose)
@@ -175,14 +156,14 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	res := &Results{
 		Date: time.Now(),
-		Host: Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadStart: benchkit.LoadAvg(),
-			Docker: "docker " + ver.Version, MemGiB: benchkit.MemGiB()},
+		Host: benchkit.NewHost(""),
 		Config: map[string]string{
 			"image": cfg.Image, "memory": fmt.Sprint(cfg.Memory), "cpus": fmt.Sprint(cfg.CPUs), "network": "none",
 			"sandbox": cfg.Sandbox, "code": cfg.Code, "n": fmt.Sprint(cfg.N), "rounds": fmt.Sprint(cfg.Rounds),
 			"starts": fmt.Sprint(cfg.Starts), "gw_n": fmt.Sprint(cfg.GwN), "preload": "default (numpy, pandas, matplotlib, pyplot)",
 		},
 	}
+	res.Host.Docker = "docker " + ver.Version
 	instance := fmt.Sprintf("dbench%d", os.Getpid())
 	dprov, err := docker.New(ctx, docker.Config{
 		Image: cfg.Image, NetworkMode: "none", Memory: cfg.Memory, NanoCPUs: int64(cfg.CPUs * 1e9),
@@ -232,12 +213,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		}
 		res.Gateway = g
 	}
-	res.Host.LoadEnd = benchkit.LoadAvg()
-	if cfg.JSON {
-		return benchkit.PrintJSON(out, res)
-	}
-	printTable(out, res)
-	return nil
+	return benchkit.Report(out, cfg.JSON, &res.Host, res, func(w io.Writer) { printTable(w, res) })
 }
 
 type bench struct {

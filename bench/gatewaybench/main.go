@@ -20,7 +20,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/signal"
 	"runtime"
 	"runtime/pprof"
 	"sync"
@@ -78,12 +77,7 @@ func parseFlags() config {
 
 func main() {
 	cfg := parseFlags()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, cfg, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "gatewaybench:", err)
-		os.Exit(1)
-	}
+	benchkit.Main("gatewaybench", func(ctx context.Context, out io.Writer) error { return run(ctx, cfg, out) })
 }
 
 // The snippets timed through the gateway.
@@ -96,22 +90,11 @@ var snippets = []struct{ Name, Code string }{
 // Results is everything one run measured; -json prints it.
 type Results struct {
 	Date       time.Time         `json:"date"`
-	Host       Host              `json:"host"`
+	Host       benchkit.Host     `json:"host"`
 	Config     map[string]string `json:"config"`
 	Latency    []Latency         `json:"latency,omitempty"`
 	Target     *Target           `json:"print_target,omitempty"`
 	Throughput *Throughput       `json:"throughput,omitempty"`
-}
-
-// Host describes where the figures were taken.
-type Host struct {
-	CPUs       int     `json:"cpus"`
-	GoVersion  string  `json:"go_version"`
-	LoadStart  string  `json:"loadavg_at_start"`
-	LoadEnd    string  `json:"loadavg_at_end"`
-	Versions   string  `json:"versions"`
-	MemGiB     float64 `json:"mem_gib"`
-	GOMAXPROCS int     `json:"gomaxprocs"`
 }
 
 // Latency is one snippet through the gateway next to the same snippet on
@@ -171,8 +154,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	res := &Results{
 		Date: time.Now(),
-		Host: Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadStart: benchkit.LoadAvg(),
-			Versions: benchkit.PythonVersions(cfg.Python), MemGiB: benchkit.MemGiB(), GOMAXPROCS: runtime.GOMAXPROCS(0)},
+		Host: benchkit.NewHost(cfg.Python),
 		Config: map[string]string{
 			"executor": "local", "sandbox": cfg.Sandbox, "preload": "default (numpy, pandas, matplotlib, pyplot)",
 			"POOL_SIZE": fmt.Sprint(cfg.PoolSize), "POOL_MAX_STARTING": fmt.Sprint(cfg.MaxStarting),
@@ -217,19 +199,12 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		}
 		res.Throughput = tp
 	}
-	res.Host.LoadEnd = benchkit.LoadAvg()
-	if cfg.JSON {
-		return benchkit.PrintJSON(out, res)
-	}
-	printTable(out, res)
-	return nil
+	return benchkit.Report(out, cfg.JSON, &res.Host, res, func(w io.Writer) { printTable(w, res) })
 }
 
 var profile *os.File
 
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "gatewaybench: "+format+"\n", args...)
-}
+var progress = benchkit.Progress("gatewaybench")
 
 // latency times each snippet through the gateway with the pool full, and
 // the same snippet on the floor kernel right before or after (alternating),

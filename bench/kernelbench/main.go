@@ -13,15 +13,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"github.com/codegw/codegw/bench/internal/benchkit"
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"runtime"
 	"runtime/pprof"
 	"strings"
 	"sync/atomic"
@@ -71,34 +68,17 @@ func parseFlags() config {
 
 func main() {
 	cfg := parseFlags()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, cfg, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "kernelbench:", err)
-		os.Exit(1)
-	}
+	benchkit.Main("kernelbench", func(ctx context.Context, out io.Writer) error { return run(ctx, cfg, out) })
 }
 
 // Results is everything one run measured; -json prints it.
 type Results struct {
 	Date      time.Time         `json:"date"`
-	Host      Host              `json:"host"`
+	Host      benchkit.Host     `json:"host"`
 	RoundTrip *RoundTripResult  `json:"round_trip,omitempty"`
 	Pool      *PoolResult       `json:"pool,omitempty"`
 	Starts    []StartResult     `json:"starts,omitempty"`
 	Config    map[string]string `json:"config"`
-}
-
-// Host describes where the figures were taken.
-type Host struct {
-	CPUs      int     `json:"cpus"`
-	GoVersion string  `json:"go_version"`
-	Sandbox   string  `json:"sandbox"`   // what the kernels really ran in
-	Transport string  `json:"transport"` // of the round-trip kernel
-	LoadAvg   string  `json:"loadavg_at_start"`
-	Python    string  `json:"python"`
-	Versions  string  `json:"versions"` // ipykernel, jupyter_client, pyzmq, libzmq
-	MemGiB    float64 `json:"mem_gib,omitempty"`
 }
 
 func run(ctx context.Context, cfg config, out io.Writer) error {
@@ -116,10 +96,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 
 	res := &Results{
 		Date: time.Now(),
-		Host: Host{
-			CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadAvg: benchkit.LoadAvg(),
-			Python: cfg.Python, Versions: benchkit.PythonVersions(cfg.Python), MemGiB: benchkit.MemGiB(),
-		},
+		Host: benchkit.NewHost(cfg.Python),
 		Config: map[string]string{
 			"n": fmt.Sprint(cfg.N), "rounds": fmt.Sprint(cfg.Rounds), "warmup": fmt.Sprint(cfg.Warmup),
 			"code": cfg.Code, "sandbox": cfg.Sandbox, "transport": cfg.Transport,
@@ -192,13 +169,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		}
 	}
 
-	if cfg.JSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
-	}
-	printTable(out, res)
-	return nil
+	return benchkit.Report(out, cfg.JSON, &res.Host, res, func(w io.Writer) { printTable(w, res) })
 }
 
 // bench holds what the phases share.
@@ -219,9 +190,7 @@ func (b *bench) launch(ctx context.Context, prov kernel.Provisioner) (*kernel.Ke
 	return kernel.Launch(ctx, prov, kernel.Spec{ID: b.nextID()}, kernel.LaunchOptions{Logger: b.log})
 }
 
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "kernelbench: "+format+"\n", args...)
-}
+var progress = benchkit.Progress("kernelbench")
 
 // sandboxWatch notices the local provisioner's warning that it fell back to
 // plain processes, which is the only outward sign of what "auto" chose.

@@ -9,7 +9,7 @@ import (
 
 func printTable(out io.Writer, r *Results) {
 	fmt.Fprintf(out, "kernelbench %s  %d CPUs, %s, sandbox %s, load %s\n%s\n\n",
-		r.Date.Format("2006-01-02 15:04"), r.Host.CPUs, r.Host.GoVersion, r.Host.Sandbox, r.Host.LoadAvg, r.Host.Versions)
+		r.Date.Format("2006-01-02 15:04"), r.Host.CPUs, r.Host.GoVersion, r.Host.Sandbox, r.Host.LoadStart, r.Host.Versions)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if rt := r.RoundTrip; rt != nil {
 		fmt.Fprintf(out, "warm %q round trip (execute_reply + iopub idle), same kernel, %s, %d rounds interleaved:\n",

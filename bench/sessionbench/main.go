@@ -24,8 +24,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"runtime"
 	"runtime/pprof"
 	"time"
 
@@ -87,18 +85,13 @@ func main() {
 		}
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, cfg, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "sessionbench:", err)
-		os.Exit(1)
-	}
+	benchkit.Main("sessionbench", func(ctx context.Context, out io.Writer) error { return run(ctx, cfg, out) })
 }
 
 // Results is everything one run measured; -json prints it.
 type Results struct {
 	Date      time.Time         `json:"date"`
-	Host      Host              `json:"host"`
+	Host      benchkit.Host     `json:"host"`
 	Config    map[string]string `json:"config"`
 	RoundTrip *RoundTrip        `json:"round_trip,omitempty"`
 	Busy      *Busy             `json:"busy,omitempty"`
@@ -106,19 +99,7 @@ type Results struct {
 	Errors    map[string]string `json:"errors,omitempty"` // phases that failed
 }
 
-// Host describes where the figures were taken.
-type Host struct {
-	CPUs      int     `json:"cpus"`
-	GoVersion string  `json:"go_version"`
-	LoadStart string  `json:"loadavg_at_start"`
-	LoadEnd   string  `json:"loadavg_at_end"`
-	Versions  string  `json:"versions"`
-	MemGiB    float64 `json:"mem_gib"`
-}
-
-func progress(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "sessionbench: "+format+"\n", args...)
-}
+var progress = benchkit.Progress("sessionbench")
 
 func run(ctx context.Context, cfg config, out io.Writer) error {
 	level := benchkit.LogLevel(cfg.Verbose)
@@ -131,9 +112,8 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		return fmt.Errorf("-n must be at least -rounds, and -rounds at least 1")
 	}
 	res := &Results{
-		Date: time.Now(),
-		Host: Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), LoadStart: benchkit.LoadAvg(),
-			Versions: benchkit.PythonVersions(cfg.Python), MemGiB: benchkit.MemGiB()},
+		Date:   time.Now(),
+		Host:   benchkit.NewHost(cfg.Python),
 		Errors: map[string]string{},
 		Config: map[string]string{
 			"sandbox": cfg.Sandbox, "code": cfg.Code, "n": fmt.Sprint(cfg.N), "rounds": fmt.Sprint(cfg.Rounds),
@@ -197,12 +177,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		}
 		res.Memory = m
 	}
-	res.Host.LoadEnd = benchkit.LoadAvg()
-	if cfg.JSON {
-		return benchkit.PrintJSON(out, res)
-	}
-	printTable(out, res)
-	return nil
+	return benchkit.Report(out, cfg.JSON, &res.Host, res, func(w io.Writer) { printTable(w, res) })
 }
 
 var profileStart, profileStop func()

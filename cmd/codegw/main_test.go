@@ -9,10 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/codegw/codegw/app"
 )
 
 // buildBinary builds codegw once for the tests that run it as a process.
@@ -161,4 +164,68 @@ func hasPrefix(list []string, prefix string) bool {
 		}
 	}
 	return false
+}
+
+func TestParseConfig(t *testing.T) {
+	def := app.DefaultConfig()
+	cases := []struct {
+		name  string
+		env   []string
+		check func(app.Config) bool
+		errs  []string // each must appear in the error; none: no error
+	}{
+		{"defaults", nil, func(c app.Config) bool {
+			return c.Port == 14564 && c.Preload == nil && c.MemoryBytes == 1<<30 && c.ExecutionTimeout == def.ExecutionTimeout
+		}, nil},
+		{"seconds as a number", []string{"EXECUTION_TIMEOUT=1.5", "QUEUE_TIMEOUT= 30 "}, func(c app.Config) bool {
+			return c.ExecutionTimeout == 1500*time.Millisecond && c.QueueTimeout == 30*time.Second
+		}, nil},
+		{"a Go duration", []string{"SESSION_IDLE_TIMEOUT=2m", "INSTANCE_TTL=500ms"}, func(c app.Config) bool {
+			return c.SessionIdle == 2*time.Minute && c.InstanceTTL == 500*time.Millisecond
+		}, nil},
+		{"sizes with units", []string{"KERNEL_MEMORY=512m"}, func(c app.Config) bool { return c.MemoryBytes == 512<<20 }, nil},
+		{"a plain byte count", []string{"KERNEL_MEMORY=1000"}, func(c app.Config) bool { return c.MemoryBytes == 1000 }, nil},
+		{"lists drop blanks", []string{"API_KEYS= a, ,b ", "INPUT_ALLOW_CIDRS=10.0.0.0/8"}, func(c app.Config) bool {
+			return slices.Equal(c.APIKeys, []string{"a", "b"}) && slices.Equal(c.InputAllowCIDRs, []string{"10.0.0.0/8"})
+		}, nil},
+		{"empty preload means nothing", []string{"EXECUTOR_PRELOAD="}, func(c app.Config) bool {
+			return c.Preload != nil && len(c.Preload) == 0
+		}, nil},
+		{"empty value keeps the default", []string{"PORT=", "HOST=  "}, func(c app.Config) bool {
+			return c.Port == 14564 && c.Host == "127.0.0.1"
+		}, nil},
+		{"scalars", []string{"PORT=8080", "ALLOW_OPEN=true", "KERNEL_CPUS=0.5", "DOCKER_PIDS_LIMIT=64", "EXECUTOR=docker"}, func(c app.Config) bool {
+			return c.Port == 8080 && c.AllowOpen && c.CPUs == 0.5 && c.PidsLimit == 64 && c.Executor == "docker"
+		}, nil},
+		{"every bad value named at once", []string{"PORT=abc", "KERNEL_MEMORY=lots", "QUEUE_TIMEOUT=soon", "ALLOW_OPEN=maybe", "KERNEL_CPUS=x"}, nil, []string{
+			`PORT="abc" is not an integer`, `KERNEL_MEMORY="lots" is not a byte count`, `QUEUE_TIMEOUT="soon" is not a number of seconds or a duration`,
+			`ALLOW_OPEN="maybe" is not a boolean`, `KERNEL_CPUS="x" is not a number`,
+		}},
+		{"every bad setting named at once", []string{"EXECUTOR=vm", "MAX_WORKERS=0", "INSTANCE_TTL=0.1", "LOG_LEVEL=loud"}, nil, []string{
+			`EXECUTOR must be local or docker, not "vm"`, "MAX_WORKERS must be at least 1", "INSTANCE_TTL must be at least 0.3 seconds", "LOG_LEVEL",
+		}},
+		{"port out of range", []string{"PORT=70000"}, nil, []string{"PORT 70000 out of range"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseConfig(tc.env)
+			if len(tc.errs) == 0 {
+				if err != nil {
+					t.Fatalf("parseConfig(%q): %v", tc.env, err)
+				}
+				if !tc.check(c) {
+					t.Errorf("parseConfig(%q) = %+v", tc.env, c)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("parseConfig(%q) = nil error, want %q", tc.env, tc.errs)
+			}
+			for _, want := range tc.errs {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not mention %q", err, want)
+				}
+			}
+		})
+	}
 }

@@ -14,23 +14,20 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
-	"github.com/codegw/codegw/gateway"
+	"github.com/codegw/codegw/app"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/session"
-	"github.com/codegw/codegw/session/files"
-	"github.com/codegw/codegw/store/memory"
 )
 
 // GatewayConfig is what a bench varies in an in-process gateway; the rest is
-// cmd/codegw's defaults.
+// app.DefaultConfig, as cmd/codegw runs.
 type GatewayConfig struct {
 	Prov        kernel.Provisioner
 	PoolSize    int // POOL_SIZE
 	MaxStarting int // POOL_MAX_STARTING
-	Workers     int // MAX_WORKERS
-	MaxQueue    int // MAX_QUEUE
-	MaxSessions int // MAX_SESSIONS and MAX_SESSIONS_PER_KEY
-	Labels      map[string]string
+	Workers     int // MAX_WORKERS (0: the default)
+	MaxQueue    int // MAX_QUEUE (0: the default)
+	MaxSessions int // MAX_SESSIONS and MAX_SESSIONS_PER_KEY (0: the defaults)
 	Logger      *slog.Logger
 	// HeartbeatTimeout is the kernel clients' (0: the kernel package's
 	// default, which the gateway uses).
@@ -40,22 +37,21 @@ type GatewayConfig struct {
 	WarmUp string
 }
 
-// Gateway is a whole gateway on a loopback port: pool, session manager,
-// memory store, image and file stores and the Fiber app, wired as
-// cmd/codegw wires them (and as gateway/harness_test.go does).
+// Gateway is a whole gateway on a loopback port, built by app.Open as
+// cmd/codegw builds it (memory store, stores in a temporary directory).
 type Gateway struct {
 	Base string // http://127.0.0.1:port
 	Pool *kernel.Pool
 	Mgr  *session.Manager
-	Srv  *gateway.Server
+	app  *app.App
 	dir  string
 }
 
 var kernelSeq atomic.Int64
 
-// KernelID returns a kernel id unique among this process's kernels and
+// kernelID returns a kernel id unique among this process's kernels and
 // other processes sharing the provisioner's state directory.
-func KernelID(prefix string) string {
+func kernelID(prefix string) string {
 	return fmt.Sprintf("%s%d-%d", prefix, os.Getpid(), kernelSeq.Add(1))
 }
 
@@ -67,90 +63,52 @@ func Launch(ctx context.Context, prov kernel.Provisioner, labels map[string]stri
 
 // LaunchHB is Launch with the client's heartbeat timeout set (0: default).
 func LaunchHB(ctx context.Context, prov kernel.Provisioner, labels map[string]string, log *slog.Logger, hb time.Duration) (*kernel.Kernel, error) {
-	return launch(ctx, prov, labels, log, hb, "pass")
-}
-
-func launch(ctx context.Context, prov kernel.Provisioner, labels map[string]string, log *slog.Logger, hb time.Duration, warmUp string) (*kernel.Kernel, error) {
-	return kernel.Launch(ctx, prov, kernel.Spec{ID: KernelID("b"), Labels: labels},
-		kernel.LaunchOptions{Logger: log, WarmUp: warmUp, Client: kernel.ClientOptions{HeartbeatTimeout: hb}})
+	return kernel.Launch(ctx, prov, kernel.Spec{ID: kernelID("b"), Labels: labels},
+		kernel.LaunchOptions{Logger: log, WarmUp: "pass", Client: kernel.ClientOptions{HeartbeatTimeout: hb}})
 }
 
 // StartGateway starts a gateway on 127.0.0.1:0. Close it.
 func StartGateway(cfg GatewayConfig) (*Gateway, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.WarmUp == "" {
-		cfg.WarmUp = "pass"
-	}
 	dir, err := os.MkdirTemp("", "codegw-bench")
 	if err != nil {
 		return nil, err
 	}
-	g := &Gateway{dir: dir}
-	g.Pool = kernel.NewPool(kernel.PoolConfig{
-		Size: cfg.PoolSize, MaxStarting: cfg.MaxStarting, Logger: cfg.Logger,
-		Launch: func(ctx context.Context) (*kernel.Kernel, error) {
-			return launch(ctx, cfg.Prov, cfg.Labels, cfg.Logger, cfg.HeartbeatTimeout, cfg.WarmUp)
-		},
-	})
-	images := &files.Store{Dir: dir + "/images", URLPrefix: "/images", Retention: time.Hour, Logger: cfg.Logger}
-	outs := &files.Store{Dir: dir + "/files", URLPrefix: "/files", Retention: time.Hour, Logger: cfg.Logger}
-	for _, s := range []*files.Store{images, outs} {
-		if err := s.Init(); err != nil {
-			g.Close()
-			return nil, err
-		}
+	c := app.DefaultConfig()
+	c.Provisioner, c.Logger, c.InstanceID, c.HeartbeatTimeout = cfg.Prov, cfg.Logger, "bench", cfg.HeartbeatTimeout
+	c.PoolSize, c.PoolStarts = cfg.PoolSize, cfg.MaxStarting
+	if cfg.WarmUp != "" {
+		c.WarmUp = cfg.WarmUp
 	}
-	fetcher, err := files.NewFetcher(files.FetchLimits{})
-	if err != nil {
-		g.Close()
-		return nil, err
-	}
-	sc := session.DefaultConfig()
-	sc.Kernels, sc.Images, sc.Files, sc.Fetcher = g.Pool, images, outs, fetcher
-	sc.Store, sc.Instance, sc.Logger = memory.New(), "bench", cfg.Logger
 	if cfg.Workers > 0 {
-		sc.MaxWorkers = cfg.Workers
+		c.MaxWorkers = cfg.Workers
 	}
 	if cfg.MaxQueue > 0 {
-		sc.MaxQueue = cfg.MaxQueue
+		c.MaxQueue = cfg.MaxQueue
 	}
 	if cfg.MaxSessions > 0 {
-		sc.MaxSessions, sc.MaxSessionsPerKey = cfg.MaxSessions, cfg.MaxSessions
+		c.MaxSessions, c.MaxSessionsPerKey = cfg.MaxSessions, cfg.MaxSessions
 	}
-	g.Mgr, err = session.New(sc)
-	if err != nil {
-		g.Close()
+	c.ImageStorePath, c.FileStorePath, c.Retention = dir+"/images", dir+"/files", time.Hour
+	c.Capabilities = func() any { return map[string]any{} }
+	g := &Gateway{dir: dir}
+	if g.app, err = app.Open(context.Background(), c); err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
-	g.Srv = gateway.New(gateway.Config{
-		Manager: g.Mgr, Images: images, Files: outs, Logger: cfg.Logger,
-		Capabilities: func() any { return map[string]any{} },
-	})
+	g.Pool, g.Mgr = g.app.Pool, g.app.Manager
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		g.Close()
 		return nil, err
 	}
-	go g.Srv.App().Listener(ln)
+	go g.app.Serve(ln)
 	g.Base = "http://" + ln.Addr().String()
 	return g, nil
 }
 
 // Close shuts the server, ends every session and closes every kernel.
 func (g *Gateway) Close() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if g.Srv != nil {
-		g.Srv.Shutdown(ctx)
-	}
-	if g.Mgr != nil {
-		g.Mgr.Close()
-	}
-	if g.Pool != nil {
-		g.Pool.Close(ctx)
-	}
+	g.app.Close()
 	os.RemoveAll(g.dir)
 }
 
@@ -235,8 +193,8 @@ func Verdict(ok bool) string {
 	return "MISSED"
 }
 
-// PrintJSON prints v indented.
-func PrintJSON(w io.Writer, v any) error {
+// printJSON prints v indented.
+func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)

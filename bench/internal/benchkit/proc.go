@@ -266,8 +266,8 @@ func (s *TreeSampler) Stop() (kernels, sampler float64, samples int) {
 	return float64(ticks) / userHZ, s.ownCPU, s.samples
 }
 
-// LoadAvg is the first three fields of /proc/loadavg.
-func LoadAvg() string {
+// loadAvg is the first three fields of /proc/loadavg.
+func loadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return ""
@@ -279,8 +279,8 @@ func LoadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// MemGiB is the machine's RAM.
-func MemGiB() float64 {
+// memGiB is the machine's RAM.
+func memGiB() float64 {
 	var si syscall.Sysinfo_t
 	if err := syscall.Sysinfo(&si); err != nil {
 		return 0
@@ -288,8 +288,8 @@ func MemGiB() float64 {
 	return float64(si.Totalram) * float64(si.Unit) / (1 << 30)
 }
 
-// PythonVersions reports the kernel side's versions.
-func PythonVersions(python string) string {
+// pythonVersions reports the kernel side's versions.
+func pythonVersions(python string) string {
 	out, err := exec.Command(python, "-c",
 		"import ipykernel, zmq, sys; "+
 			"print('python %d.%d.%d' % sys.version_info[:3], 'ipykernel', ipykernel.__version__, "+

@@ -1,6 +1,7 @@
-// Package benchkit holds what the bench commands share: percentile
-// summaries, CPU and memory accounting from getrusage and /proc, and an
-// in-process gateway wired as cmd/codegw wires it.
+// Package benchkit holds what the bench commands share: their main, flags
+// and report (host description, JSON or table), percentile summaries, CPU
+// and memory accounting from getrusage and /proc, and an in-process
+// gateway built by app.Open as cmd/codegw builds it.
 package benchkit
 
 import (

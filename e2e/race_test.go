@@ -1,6 +1,6 @@
 //go:build race
 
-package cluster_test
+package e2e_test
 
 // The instances are built with the race detector when the tests are.
 func init() { buildFlags = append(buildFlags, "-race") }

@@ -1,4 +1,4 @@
-package gateway
+package cluster
 
 // Routing between the instances of a multi-instance deployment.
 //
@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -73,18 +74,48 @@ var hopHeaders = map[string]bool{
 	"Host": true, "Content-Length": true, ProxyHeader: true,
 }
 
-// proxy forwards requests to the instance holding a session.
-type proxy struct {
-	st     store.Store
+// RouteStore is the part of the store contract routing reads: where a
+// session is, which instances are alive, whose sessions exist.
+type RouteStore interface {
+	store.Locator
+	ListSessions(ctx context.Context, owner string) ([]store.SessionRecord, error)
+	ListInstances(ctx context.Context) ([]store.Instance, error)
+}
+
+// RouterConfig configures a Router.
+type RouterConfig struct {
+	// Instance is this instance's id (EXECUTOR_INSTANCE_ID).
+	Instance string
+	// Secret, the same on every instance (CLUSTER_SECRET), authenticates
+	// forwarded requests.
+	Secret string
+	// PingInterval is the holder's websocket keep-alive interval (default
+	// 20s): a forwarded websocket whose holder sends nothing for three
+	// intervals is cut.
+	PingInterval time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Router forwards requests for sessions held by other instances and lists
+// sessions across instances. It is safe for concurrent use.
+type Router struct {
+	st     RouteStore
 	self   string
 	token  string
+	ping   time.Duration
+	log    *slog.Logger
 	client *http.Client
 	dialer *gws.Dialer
 }
 
-func newProxy(cfg Config) *proxy {
-	if cfg.Store == nil {
-		return nil
+// NewRouter returns a Router that locates sessions in st.
+func NewRouter(st RouteStore, cfg RouterConfig) *Router {
+	if cfg.PingInterval <= 0 {
+		cfg.PingInterval = 20 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
 	dial := (&net.Dialer{Timeout: proxyDialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	tr := &http.Transport{
@@ -95,49 +126,47 @@ func newProxy(cfg Config) *proxy {
 		DisableCompression:  true, // pass the holder's encoding through untouched
 		ForceAttemptHTTP2:   false,
 	}
-	return &proxy{
-		st: cfg.Store, self: cfg.Instance, token: ProxyToken(cfg.ClusterSecret),
+	return &Router{
+		st: st, self: cfg.Instance, token: ProxyToken(cfg.Secret), ping: cfg.PingInterval, log: cfg.Logger,
 		client: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		dialer: &gws.Dialer{NetDialContext: dial, HandshakeTimeout: 5 * time.Second, ReadBufferSize: 16 << 10, WriteBufferSize: 4 << 10},
 	}
 }
 
 // forwarded reports whether c was forwarded by another instance.
-func (p *proxy) forwarded(c *fiber.Ctx) bool {
+func (r *Router) forwarded(c *fiber.Ctx) bool {
 	v := c.Get(ProxyHeader)
-	return v != "" && hmac.Equal([]byte(v), []byte(p.token))
+	return v != "" && hmac.Equal([]byte(v), []byte(r.token))
 }
 
-// route runs before every /sessions/:id handler: local sessions go on to
-// the handler, others are located in the store and forwarded, or answered
-// with 404, 410 or 503.
-func (s *Server) route(c *fiber.Ctx) error {
-	id := c.Params("id")
-	if s.px == nil || s.cfg.Manager.Local(id) {
-		return c.Next()
-	}
+// Forward serves a request for session id, which this instance does not
+// hold, on behalf of owner: it locates the session in the store and
+// forwards the request to the holder, or returns the error to answer
+// with: 404 for a missing session or another owner's, 410 for a lost one,
+// 503 when the store or the holder cannot be reached.
+func (r *Router) Forward(c *fiber.Ctx, id, owner string) error {
 	notFound := codegw.Errorf(codegw.ENOTFOUND, "session %q not found", id)
 	ctx, cancel := context.WithTimeout(context.Background(), storeCallTimeout)
-	rec, inst, err := store.Locate(ctx, s.px.st, id)
+	rec, inst, err := store.Locate(ctx, r.st, id)
 	cancel()
 	switch code := codegw.ErrorCode(err); {
 	case code == codegw.ENOTFOUND:
 		return notFound
 	case rec.ID == "" && err != nil: // the store failed before finding the record
 		return err
-	case rec.Owner != owner(c):
+	case rec.Owner != owner:
 		return notFound // never reveal another key's session
 	case err != nil: // ELOST names the session and its instance
 		return err
-	case inst.ID == s.px.self:
+	case inst.ID == r.self:
 		return codegw.Errorf(codegw.ELOST, "session %s lost: instance %s no longer holds it (it restarted)", id, inst.ID)
-	case s.px.forwarded(c):
-		return codegw.Errorf(codegw.EUNAVAILABLE, "session %s: instance %s at %s forwarded it here, but this is instance %s", id, inst.ID, inst.Addr, s.px.self)
+	case r.forwarded(c):
+		return codegw.Errorf(codegw.EUNAVAILABLE, "session %s: instance %s at %s forwarded it here, but this is instance %s", id, inst.ID, inst.Addr, r.self)
 	}
 	if websocket.IsWebSocketUpgrade(c) {
-		return s.proxySocket(c, inst)
+		return r.proxySocket(c, id, inst)
 	}
-	return s.proxyHTTP(c, inst)
+	return r.proxyHTTP(c, id, inst)
 }
 
 // unreachable is the answer when a live holder does not answer.
@@ -160,7 +189,7 @@ func secure(addr string) bool { return strings.HasPrefix(addr, "https://") }
 // proxyHTTP forwards a REST call and streams the answer back as it
 // arrives: each read from the holder is flushed to the client at once, so
 // NDJSON events are not held back.
-func (s *Server) proxyHTTP(c *fiber.Ctx, inst store.Instance) error {
+func (r *Router) proxyHTTP(c *fiber.Ctx, id string, inst store.Instance) error {
 	scheme := "http"
 	if secure(inst.Addr) {
 		scheme = "https"
@@ -181,12 +210,12 @@ func (s *Server) proxyHTTP(c *fiber.Ctx, inst store.Instance) error {
 			req.Header.Add(name, string(v))
 		}
 	})
-	req.Header.Set(ProxyHeader, s.px.token)
+	req.Header.Set(ProxyHeader, r.token)
 	req.Header.Set("X-Forwarded-For", forwardedFor(c))
-	resp, err := s.px.client.Do(req)
+	resp, err := r.client.Do(req)
 	if err != nil {
 		cancel()
-		return unreachable(c.Params("id"), inst, err)
+		return unreachable(id, inst, err)
 	}
 	c.Status(resp.StatusCode)
 	for k, vs := range resp.Header {
@@ -207,7 +236,7 @@ func (s *Server) proxyHTTP(c *fiber.Ctx, inst store.Instance) error {
 		defer resp.Body.Close()
 		b, err := io.ReadAll(io.LimitReader(resp.Body, resp.ContentLength))
 		if err != nil {
-			return unreachable(c.Params("id"), inst, err)
+			return unreachable(id, inst, err)
 		}
 		return c.Send(b)
 	}
@@ -216,7 +245,6 @@ func (s *Server) proxyHTTP(c *fiber.Ctx, inst store.Instance) error {
 		c.Context().SetBodyStream(&cancelCloser{resp.Body, cancel}, int(resp.ContentLength))
 		return nil
 	}
-	sessID := c.Params("id")
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer cancel()
 		defer resp.Body.Close()
@@ -234,7 +262,7 @@ func (s *Server) proxyHTTP(c *fiber.Ctx, inst store.Instance) error {
 			} else if err != nil {
 				if ndjson { // the holder died mid-stream: say so on the last line
 					line, _ := json.Marshal(fiber.Map{"type": "error_response", "code": codegw.EUNAVAILABLE,
-						"error": fmt.Sprintf("session %s: the connection to instance %s holding it broke", sessID, inst.ID)})
+						"error": fmt.Sprintf("session %s: the connection to instance %s holding it broke", id, inst.ID)})
 					w.Write(append([]byte("\n"), append(line, '\n')...))
 					w.Flush()
 				}
@@ -267,7 +295,7 @@ func forwardedFor(c *fiber.Ctx) string {
 // proxySocket dials the holder's websocket first, so that its refusal
 // (404, 410, 401) reaches the client as an HTTP answer, then upgrades the
 // client and pumps frames both ways.
-func (s *Server) proxySocket(c *fiber.Ctx, inst store.Instance) error {
+func (r *Router) proxySocket(c *fiber.Ctx, id string, inst store.Instance) error {
 	scheme := "ws"
 	if secure(inst.Addr) {
 		scheme = "wss"
@@ -279,10 +307,10 @@ func (s *Server) proxySocket(c *fiber.Ctx, inst store.Instance) error {
 			hdr.Set(k, v)
 		}
 	}
-	hdr.Set(ProxyHeader, s.px.token)
+	hdr.Set(ProxyHeader, r.token)
 	hdr.Set("X-Forwarded-For", forwardedFor(c))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	up, resp, err := s.px.dialer.DialContext(ctx, target, hdr)
+	up, resp, err := r.dialer.DialContext(ctx, target, hdr)
 	cancel()
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
@@ -293,10 +321,10 @@ func (s *Server) proxySocket(c *fiber.Ctx, inst store.Instance) error {
 			}
 			return c.Status(resp.StatusCode).Send(b)
 		}
-		return unreachable(c.Params("id"), inst, err)
+		return unreachable(id, inst, err)
 	}
 	err = websocket.New(func(conn *websocket.Conn) {
-		s.pumpSocket(conn, up)
+		r.pumpSocket(conn, up)
 	}, websocket.Config{EnableCompression: false, ReadBufferSize: 4 << 10, WriteBufferSize: 16 << 10})(c)
 	if err != nil { // not upgraded: the pump never runs
 		up.Close()
@@ -307,8 +335,8 @@ func (s *Server) proxySocket(c *fiber.Ctx, inst store.Instance) error {
 // pumpSocket copies frames between the client and the holder until either
 // side ends, forwarding close codes and reasons, pings and pongs, so the
 // holder's keep-alive covers the whole path.
-func (s *Server) pumpSocket(client *websocket.Conn, up *gws.Conn) {
-	liveFor := 3 * s.cfg.PingInterval
+func (r *Router) pumpSocket(client *websocket.Conn, up *gws.Conn) {
+	liveFor := 3 * r.ping
 	ctl := func(conn interface {
 		WriteControl(int, []byte, time.Time) error
 	}, kind int) func(string) error {
@@ -348,7 +376,7 @@ func (s *Server) pumpSocket(client *websocket.Conn, up *gws.Conn) {
 					}
 				}
 				wmu.Lock()
-				client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, truncate(text, 120)), time.Now().Add(5*time.Second))
+				client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(5*time.Second))
 				wmu.Unlock()
 				client.SetReadDeadline(time.Now().Add(5 * time.Second)) // wait briefly for the client's close
 				return
@@ -388,36 +416,37 @@ func (s *Server) pumpSocket(client *websocket.Conn, up *gws.Conn) {
 	<-done
 }
 
-// listCluster lists the caller's sessions on every instance: the store
-// says which exist and where; each holder is asked once for the details of
-// its own. A session whose instance is gone is listed with state "lost".
-func (s *Server) listCluster(c *fiber.Ctx) error {
-	who := owner(c)
-	if s.px.forwarded(c) {
-		return c.JSON(fiber.Map{"sessions": s.cfg.Manager.List(who)})
+// Sessions lists owner's sessions on every instance: the store says which
+// exist and where; each holder is asked once for the details of its own
+// (local lists this instance's). A session whose instance is gone is listed
+// with state "lost". A listing forwarded by another instance gets the local
+// sessions only.
+func (r *Router) Sessions(c *fiber.Ctx, owner string, local func(owner string) []codegw.Session) ([]codegw.Session, error) {
+	if r.forwarded(c) {
+		return local(owner), nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeCallTimeout)
-	recs, err := s.px.st.ListSessions(ctx, who)
+	recs, err := r.st.ListSessions(ctx, owner)
 	var insts []store.Instance
 	if err == nil {
-		insts, err = s.px.st.ListInstances(ctx)
+		insts, err = r.st.ListInstances(ctx)
 	}
 	cancel()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	live := map[string]store.Instance{}
 	for _, in := range insts {
 		live[in.ID] = in
 	}
 	known := map[string]codegw.Session{}
-	for _, info := range s.cfg.Manager.List(who) {
+	for _, info := range local(owner) {
 		known[info.ID] = info
 	}
 	ask := map[string]store.Instance{}
-	for _, r := range recs {
-		if _, ok := known[r.ID]; !ok && r.Instance != s.px.self {
-			if in, ok := live[r.Instance]; ok {
+	for _, rec := range recs {
+		if _, ok := known[rec.ID]; !ok && rec.Instance != r.self {
+			if in, ok := live[rec.Instance]; ok {
 				ask[in.ID] = in
 			}
 		}
@@ -430,9 +459,9 @@ func (s *Server) listCluster(c *fiber.Ctx) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			list, err := s.peerSessions(c, in)
+			list, err := r.peerSessions(c, in)
 			if err != nil {
-				s.log.Warn("list sessions of a peer", "instance", in.ID, "err", err)
+				r.log.Warn("list sessions of a peer", "instance", in.ID, "err", err)
 				return
 			}
 			mu.Lock()
@@ -444,21 +473,21 @@ func (s *Server) listCluster(c *fiber.Ctx) error {
 	}
 	wg.Wait()
 	out := make([]codegw.Session, 0, len(recs))
-	for _, r := range recs {
-		info, ok := known[r.ID]
+	for _, rec := range recs {
+		info, ok := known[rec.ID]
 		if !ok {
-			info = codegw.Session{ID: r.ID, Instance: r.Instance, CreatedAt: r.CreatedAt, LastActive: r.CreatedAt, State: "unknown"}
-			if _, alive := live[r.Instance]; !alive || r.Instance == s.px.self {
+			info = codegw.Session{ID: rec.ID, Instance: rec.Instance, CreatedAt: rec.CreatedAt, LastActive: rec.CreatedAt, State: "unknown"}
+			if _, alive := live[rec.Instance]; !alive || rec.Instance == r.self {
 				info.State = "lost"
 			}
 		}
 		out = append(out, info)
 	}
-	return c.JSON(fiber.Map{"sessions": out})
+	return out, nil
 }
 
 // peerSessions asks one instance for the caller's sessions it holds.
-func (s *Server) peerSessions(c *fiber.Ctx, in store.Instance) ([]codegw.Session, error) {
+func (r *Router) peerSessions(c *fiber.Ctx, in store.Instance) ([]codegw.Session, error) {
 	scheme := "http"
 	if secure(in.Addr) {
 		scheme = "https"
@@ -476,8 +505,8 @@ func (s *Server) peerSessions(c *fiber.Ctx, in store.Instance) ([]codegw.Session
 	if a := c.Get(fiber.HeaderAuthorization); a != "" {
 		req.Header.Set(fiber.HeaderAuthorization, a)
 	}
-	req.Header.Set(ProxyHeader, s.px.token)
-	resp, err := s.px.client.Do(req)
+	req.Header.Set(ProxyHeader, r.token)
+	resp, err := r.client.Do(req)
 	if err != nil {
 		return nil, err
 	}

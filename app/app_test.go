@@ -1,0 +1,175 @@
+package app_test
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/store"
+	"github.com/codegw/codegw/store/redis"
+	"github.com/codegw/codegw/store/redis/redistest"
+)
+
+// testConfig is a small local service: stores under t's temp dir, kernel
+// state under a short directory (ipc socket paths), nothing preloaded.
+func testConfig(t *testing.T) app.Config {
+	t.Helper()
+	state, err := os.MkdirTemp("", "cgapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	c := app.DefaultConfig()
+	c.StateDir, c.Preload, c.PoolSize = state, []string{}, 1
+	c.ImageStorePath, c.FileStorePath = filepath.Join(t.TempDir(), "img"), filepath.Join(t.TempDir(), "files")
+	return c
+}
+
+// serve opens the app on a loopback port and returns it with its base URL.
+func serve(t *testing.T, c app.Config) (*app.App, string) {
+	t.Helper()
+	a, err := app.Open(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	go a.Serve(ln)
+	return a, "http://" + ln.Addr().String()
+}
+
+func getJSON(t *testing.T, url string, out any) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode
+}
+
+func TestOpenServesAndCloses(t *testing.T) {
+	c := testConfig(t)
+	a, base := serve(t, c)
+	resp, err := http.Post(base+"/api/v1/execute", "application/json", strings.NewReader(`{"code": "print(6*7)"}`))
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	var res codegw.ExecuteResult
+	json.NewDecoder(resp.Body).Decode(&res)
+	resp.Body.Close()
+	if res.Status != codegw.StatusOK || res.Result != "42" {
+		a.Close()
+		t.Fatalf("execute through the app: %+v", res)
+	}
+	// The capabilities are probed in a kernel of the kind that serves.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var caps struct {
+			Executor string  `json:"executor"`
+			Python   *string `json:"python_version"`
+		}
+		getJSON(t, base+"/capabilities", &caps)
+		if caps.Executor == "local" && caps.Python != nil && strings.HasPrefix(*caps.Python, "3.") {
+			break
+		}
+		if time.Now().After(deadline) {
+			a.Close()
+			t.Fatalf("capabilities never probed: %+v", caps)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := a.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	// Every kernel stopped: none of their directories is left.
+	if left, _ := os.ReadDir(filepath.Join(c.StateDir, "k")); len(left) != 0 {
+		t.Errorf("%d kernel directories left after Close", len(left))
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Error("the gateway still answers after Close")
+	}
+}
+
+func TestOpenRefuses(t *testing.T) {
+	redisURL := redistest.URL(t)
+	cases := []struct {
+		name string
+		edit func(*app.Config)
+		want string
+	}{
+		{"open on a public address", func(c *app.Config) { c.Host = "0.0.0.0" }, "API_KEYS"},
+		{"a setting out of range", func(c *app.Config) { c.MaxWorkers = 0 }, "MAX_WORKERS"},
+		{"several instances without a reachable address", func(c *app.Config) {
+			c.Host, c.APIKeys, c.RedisURL = "0.0.0.0", []string{"k"}, redisURL
+		}, "INTERNAL_ADDR"},
+		{"an unreachable Redis", func(c *app.Config) { c.RedisURL = "redis://127.0.0.1:1/0" }, "unavailable"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testConfig(t)
+			c.PoolSize = 0
+			tc.edit(&c)
+			a, err := app.Open(context.Background(), c)
+			if err == nil {
+				a.Close()
+				t.Fatalf("Open succeeded, want an error mentioning %s", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Open: %v; want it to mention %s", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestOpenJoinsTheCluster: with REDIS_URL the app registers itself, routes
+// through the cluster (listing goes to the store) and leaves on Close.
+func TestOpenJoinsTheCluster(t *testing.T) {
+	redisURL := redistest.URL(t)
+	c := testConfig(t)
+	c.PoolSize, c.RedisURL, c.InstanceID, c.ClusterSecret = 0, redisURL, "app-test-"+t.Name(), "s"
+	c.Capabilities = func() any { return map[string]any{} }
+	a, base := serve(t, c)
+	st, err := redis.New(context.Background(), redisURL)
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if _, err := st.GetInstance(ctx, c.InstanceID); err != nil {
+		a.Close()
+		t.Fatalf("not registered after Open: %v", err)
+	}
+	// A record of a session held by a dead instance is listed as lost:
+	// the listing came from the store, through the cluster router.
+	if err := st.CreateSession(ctx, store.SessionRecord{ID: "gone-" + c.InstanceID, Owner: "anonymous", Instance: c.InstanceID + "-dead"}, 0, 0); err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	defer st.DeleteSession(ctx, "gone-"+c.InstanceID)
+	var list struct{ Sessions []codegw.Session }
+	if status := getJSON(t, base+"/api/v1/sessions", &list); status != 200 || len(list.Sessions) != 1 || list.Sessions[0].State != "lost" {
+		a.Close()
+		t.Fatalf("list: %d %+v; want the dead instance's session, lost", status, list)
+	}
+	a.Close()
+	if _, err := st.GetInstance(ctx, c.InstanceID); codegw.ErrorCode(err) != codegw.ENOTFOUND {
+		t.Errorf("registry entry after Close: %v; want not found", err)
+	}
+}
