@@ -26,8 +26,11 @@ const Prefix = "/playground/"
 // CSP lets the page load only its own scripts, styles and images (images of
 // executions come from the gateway's /images; inline ones are data: URLs)
 // and talk only to its own origin, websockets included. HTML outputs are
-// rendered in sandboxed srcdoc iframes, which inherit this policy.
-const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+// rendered in sandboxed srcdoc iframes without allow-scripts, which inherit
+// this policy: inline styles are allowed for them, since pandas tables and
+// Styler output carry <style> blocks and style attributes; with images and
+// connections limited to this origin, a style cannot send anything away.
+const CSP = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; " +
 	"connect-src 'self'; frame-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 // Mount serves the page at / and its assets under Prefix. Neither needs an

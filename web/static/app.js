@@ -203,6 +203,7 @@
 
     finish(status, count, duration, error) {
       this.done = true;
+      this.el.dataset.done = "1";
       this.status(status || "done", status === "ok" ? "ok" : "bad");
       if (count) this.count.textContent = `In [${count}]`;
       if (duration !== undefined) this.dur.textContent = `${Number(duration).toFixed(3)} s`;
@@ -217,6 +218,7 @@
 
     fail(message) {
       this.done = true;
+      this.el.dataset.done = "1";
       this.status("failed", "bad");
       this.note(message);
       updateButtons();
@@ -234,7 +236,8 @@
       '<link rel="stylesheet" href="/playground/frame.css"></head><body>' + html + "</body></html>";
     f.addEventListener("load", () => {
       try {
-        f.style.height = (f.contentDocument.documentElement.scrollHeight + 4) + "px";
+        const body = f.contentDocument.body;
+        f.style.height = Math.ceil(body.getBoundingClientRect().height + 8) + "px";
       } catch (e) { f.style.height = "20em"; }
     });
     return f;
@@ -305,6 +308,7 @@
     waiting: null, // the cell whose execute was sent last and has no event yet
     reconnects: 0,
   };
+  const sent = []; // types of the messages sent, for tests
   if (sess.id) sess.replayAll = true; // a reload: replay what is buffered
 
   function conn(text, cls) {
@@ -409,6 +413,7 @@
   }
 
   function send(msg) {
+    sent.push(msg.type);
     sess.want = true;
     if (sess.open) sess.ws.send(JSON.stringify(msg));
     else { sess.pending.push(msg); connect(); }
@@ -642,7 +647,7 @@
   // The page's state, for the end-to-end test and for curious developers.
   window.playground = {
     get editor() { return editor; },
-    get session() { return { id: sess.id, lastSeq: sess.lastSeq, open: sess.open, reconnects: sess.reconnects }; },
+    get session() { return { id: sess.id, lastSeq: sess.lastSeq, open: sess.open, reconnects: sess.reconnects, sent: sent.slice() }; },
     run,
   };
 
