@@ -273,6 +273,17 @@ func (p *page) done(id string, timeout time.Duration) string {
 	return eval[string](p, cellJS(id)+`.dataset.status`)
 }
 
+// runOK runs code, fails unless it ends with status ok, and returns the
+// cell's id and stdout.
+func (p *page) runOK(code string, timeout time.Duration) (id, stdout string) {
+	p.t.Helper()
+	id = p.submit(code)
+	if st := p.done(id, timeout); st != "ok" {
+		p.t.Fatalf("status %q, want ok; output: %s", st, eval[string](p, cellJS(id)+`.querySelector('.out').innerText`))
+	}
+	return id, p.stdout(id)
+}
+
 func (p *page) stdout(id string) string {
 	p.t.Helper()
 	return eval[string](p, `Array.from(`+cellJS(id)+`.querySelectorAll('pre.stdout')).map(e => e.textContent).join('')`)
@@ -432,10 +443,7 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 
 	t.Run("a matplotlib plot shows inline", func(t *testing.T) {
 		p := p.with(t)
-		id := p.submit("import matplotlib.pyplot as plt\nplt.plot([1, 3, 2, 4])\nplt.title('codegw')\nplt.show()\n")
-		if st := p.done(id, 60*time.Second); st != "ok" {
-			t.Fatalf("status %q", st)
-		}
+		id, _ := p.runOK("import matplotlib.pyplot as plt\nplt.plot([1, 3, 2, 4])\nplt.title('codegw')\nplt.show()\n", 60*time.Second)
 		img := cellJS(id) + `.querySelector('img')`
 		p.wait(img+` && `+img+`.complete`, 20*time.Second)
 		if w := eval[int](p, img+`.naturalWidth`); w == 0 {
@@ -445,10 +453,7 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 
 	t.Run("a DataFrame renders as a table", func(t *testing.T) {
 		p := p.with(t)
-		id := p.submit("import pandas as pd\npd.DataFrame({'city': ['Oslo', 'Lima', 'Pune'], 'pop_m': [0.7, 10.1, 7.4]})\n")
-		if st := p.done(id, 60*time.Second); st != "ok" {
-			t.Fatalf("status %q", st)
-		}
+		id, _ := p.runOK("import pandas as pd\npd.DataFrame({'city': ['Oslo', 'Lima', 'Pune'], 'pop_m': [0.7, 10.1, 7.4]})\n", 60*time.Second)
 		frame := cellJS(id) + `.querySelector('iframe.html-output')`
 		p.wait(frame+` && `+frame+`.contentDocument && `+frame+`.contentDocument.querySelectorAll('table tbody tr').length === 3`, 20*time.Second)
 		if text := eval[string](p, frame+`.contentDocument.querySelector('table').innerText`); !strings.Contains(text, "Lima") || !strings.Contains(text, "10.1") {
@@ -503,6 +508,39 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("Restart loses the variables", func(t *testing.T) {
+		p := p.with(t)
+		p.runOK("kept = 1\n", 30*time.Second)
+		p.do(chromedp.Click(chromedp.ID("restart")))
+		p.wait(`document.getElementById('banner').textContent.includes('Kernel restarted')`, 90*time.Second)
+		_, out := p.runOK("print('kept' in globals())\n", 30*time.Second)
+		if out != "False\n" {
+			t.Fatalf("after a restart: stdout %q", out)
+		}
+	})
+
+	t.Run("error messages name the cause", func(t *testing.T) {
+		p := p.with(t)
+		for _, tc := range []struct {
+			status int
+			code   string
+			want   string
+		}{
+			{401, "unauthorized", "Unauthorized"},
+			{404, "not_found", "Not found"},
+			{410, "session_lost", "Session lost"},
+			{0, "session_lost", "Session lost"},
+			{429, "limit", "Too many requests"},
+			{503, "busy", "Service unavailable"},
+			{0, "unavailable", "Service unavailable"},
+		} {
+			msg := eval[string](p, fmt.Sprintf(`playground.describe(%d, %q, "the server's words")`, tc.status, tc.code))
+			if !strings.HasPrefix(msg, tc.want) || !strings.Contains(msg, "the server's words") {
+				t.Errorf("%d %s: %q", tc.status, tc.code, msg)
+			}
+		}
+	})
+
 	t.Run("a dropped file is uploaded into /code/input", func(t *testing.T) {
 		p := p.with(t)
 		src := filepath.Join(t.TempDir(), "data.txt")
@@ -518,11 +556,8 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 			}
 		}
 		p.wait(`document.getElementById('inputs').textContent.includes('/code/input/data.txt')`, 30*time.Second)
-		id := p.submit("print(open('/code/input/data.txt').read())\n")
-		if st := p.done(id, 30*time.Second); st != "ok" {
-			t.Fatalf("status %q", st)
-		}
-		if out := p.stdout(id); out != "dropped bytes 123\n" {
+		_, out := p.runOK("print(open('/code/input/data.txt').read())\n", 30*time.Second)
+		if out != "dropped bytes 123\n" {
 			t.Fatalf("stdout %q", out)
 		}
 	})
@@ -534,10 +569,7 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		content := "city,pop_m\nOslo,0.7\nLima,10.1\n"
-		id := p.submit(fmt.Sprintf("with open('/code/output/report.csv', 'w') as f:\n    f.write(%q)\n", content))
-		if st := p.done(id, 30*time.Second); st != "ok" {
-			t.Fatalf("status %q", st)
-		}
+		p.runOK(fmt.Sprintf("with open('/code/output/report.csv', 'w') as f:\n    f.write(%q)\n", content), 30*time.Second)
 		p.wait(`Array.from(document.querySelectorAll('#files a.file-link')).some(a => a.textContent === 'report.csv')`, 10*time.Second)
 		p.do(chromedp.Click(chromedp.Search(`//ul[@id="files"]//a[text()="report.csv"]`)))
 		var got []byte
@@ -583,10 +615,7 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 		p := p.with(t)
 		p.do(setMode("stateless"))
 		defer p.do(setMode("session"))
-		id := p.submit("import matplotlib.pyplot as plt\nprint('stateless', flush=True)\nplt.bar(['a', 'b'], [3, 5])\nplt.show()\n")
-		if st := p.done(id, 90*time.Second); st != "ok" {
-			t.Fatalf("status %q", st)
-		}
+		id, _ := p.runOK("import matplotlib.pyplot as plt\nprint('stateless', flush=True)\nplt.bar(['a', 'b'], [3, 5])\nplt.show()\n", 90*time.Second)
 		if mode := eval[string](p, cellJS(id)+`.dataset.mode`); mode != "stateless" {
 			t.Errorf("cell mode %q", mode)
 		}
@@ -603,10 +632,7 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 	t.Run("the sample runs", func(t *testing.T) {
 		p := p.with(t)
 		p.do(chromedp.Click(chromedp.ID("clear")), js(`window.scrollTo(0, 0)`))
-		id := p.submit(sampleCode)
-		if st := p.done(id, 60*time.Second); st != "ok" {
-			t.Fatalf("status %q", st)
-		}
+		id, _ := p.runOK(sampleCode, 60*time.Second)
 		p.wait(cellJS(id)+`.querySelector('img') && `+cellJS(id)+`.querySelector('img').naturalWidth > 0 && `+cellJS(id)+`.querySelector('iframe')`, 20*time.Second)
 		time.Sleep(300 * time.Millisecond) // the frame sizes itself on load
 		buf, err := chromedp.Run(p.ctx, chromedp.CaptureScreenshot())

@@ -649,6 +649,7 @@
     get editor() { return editor; },
     get session() { return { id: sess.id, lastSeq: sess.lastSeq, open: sess.open, reconnects: sess.reconnects, sent: sent.slice() }; },
     run,
+    describe,
   };
 
   init();
