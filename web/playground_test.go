@@ -28,6 +28,7 @@ import (
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
 	"github.com/codegw/codegw/store/memory"
+	"github.com/codegw/codegw/web"
 )
 
 const testKey = "pk-playground-test"
@@ -314,6 +315,21 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 	shots := artifactsDir(t)
 	base := startGateway(t)
 	px := newDropProxy(t, strings.TrimPrefix(base, "http://"))
+
+	// The page is static and needs no key; the API it calls does.
+	for path, want := range map[string]int{"/": 200, "/playground/app.js": 200, "/api/v1/sessions": 401} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s without a key: %s, want %d", path, resp.Status, want)
+		}
+		if want == 200 && resp.Header.Get("Content-Security-Policy") != web.CSP {
+			t.Errorf("GET %s: Content-Security-Policy %q", path, resp.Header.Get("Content-Security-Policy"))
+		}
+	}
 
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromium),
