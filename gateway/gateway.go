@@ -24,6 +24,7 @@ import (
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/web"
 )
 
 // Config configures the HTTP server.
@@ -120,6 +121,7 @@ func (s *Server) routes() {
 	a.Get("/capabilities", s.capabilities)
 	a.Get("/images/:name", s.serveStore(s.cfg.Images, false))
 	a.Get("/files/:name", s.serveStore(s.cfg.Files, true))
+	web.Mount(a)
 
 	api := a.Group("/api/v1", s.auth)
 	api.Post("/execute", s.execute)

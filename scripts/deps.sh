@@ -20,7 +20,7 @@ fi
 
 # Tools beyond the kernel side: the sandbox of local kernels, and what the
 # tests and scripts use.
-extra=(bubblewrap iproute2 ca-certificates git curl)
+extra=(bubblewrap iproute2 ca-certificates git curl chromium)
 
 mapfile -t listed < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' executor-image/packages.txt | grep -v '^$')
 wanted=("${listed[@]}" "${extra[@]}")
