@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -271,9 +272,12 @@ func TestDeath(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("death not detected within 5s")
 			}
-			// Later calls fail at once.
+			// Later calls fail at once, and the kernel tells the same cause.
 			if _, err := k.Execute(context.Background(), "1", kernel.ExecuteOptions{}, kernel.Deadline{}); !errors.Is(err, kernel.ErrDied) {
 				t.Errorf("call after death: %v", err)
+			}
+			if err := k.Err(); !strings.Contains(fmt.Sprint(err), tc.want) {
+				t.Errorf("Err() = %v, want it mentioning %q", err, tc.want)
 			}
 		})
 	}
