@@ -279,6 +279,10 @@ func TestDeath(t *testing.T) {
 			if err := k.Err(); !strings.Contains(fmt.Sprint(err), tc.want) {
 				t.Errorf("Err() = %v, want it mentioning %q", err, tc.want)
 			}
+			// Closing what is left of a dead kernel is no error.
+			if err := k.Close(context.Background()); err != nil {
+				t.Errorf("close after death: %v", err)
+			}
 		})
 	}
 }

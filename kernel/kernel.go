@@ -87,7 +87,7 @@ func (k *Kernel) connect(ctx context.Context) error {
 	go k.watch(c)
 	info, err := c.WaitReady(ctx)
 	if err != nil {
-		c.Close()
+		k.closeClient(c)
 		return err
 	}
 	k.mu.Lock()
@@ -359,7 +359,7 @@ func (k *Kernel) Restart(ctx context.Context) error {
 		return ErrClosed
 	}
 	if old != nil {
-		old.Close()
+		k.closeClient(old)
 	}
 	if err := k.proc.Restart(ctx); err != nil {
 		return fmt.Errorf("kernel: restart %s: %w", k.id, err)
@@ -380,11 +380,20 @@ func (k *Kernel) Close(ctx context.Context) error {
 	if closed {
 		return nil
 	}
+	var errs []error
 	if c != nil {
-		c.Close()
+		errs = append(errs, c.Close())
 	}
 	if err := k.proc.Close(ctx); err != nil {
-		return fmt.Errorf("kernel: close %s: %w", k.id, err)
+		errs = append(errs, fmt.Errorf("kernel: close %s: %w", k.id, err))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// closeClient closes a client the kernel no longer uses, logging what goes
+// wrong: the caller's own error is the one it reports.
+func (k *Kernel) closeClient(c *Client) {
+	if err := c.Close(); err != nil {
+		k.opts.Logger.Warn("kernel: close client", "kernel", k.id, "err", err)
+	}
 }
