@@ -181,7 +181,7 @@ func (c *Client) Close() error {
 // it when the kernel process exits. Only the first failure is kept.
 func (c *Client) Fail(err error) {
 	if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrDied) {
-		err = fmt.Errorf("%w: %v", ErrDied, err)
+		err = fmt.Errorf("%w: %w", ErrDied, err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -212,7 +212,7 @@ func (c *Client) read(sock zmq4.Socket, channel string) {
 		zm, err := sock.Recv()
 		if err != nil {
 			if c.ctx.Err() == nil {
-				c.Fail(fmt.Errorf("%s channel: %v", channel, err))
+				c.Fail(fmt.Errorf("%s channel: %w", channel, err))
 			}
 			return
 		}

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"syscall"
@@ -117,9 +118,14 @@ func (k *Kernel) watch(c *Client) {
 			return
 		case <-time.After(grace):
 		}
-		k.mu.Lock()
-		k.killedFor = c.Err()
-		k.mu.Unlock()
+		// A kernel that hung up is on its way out (a container's exit
+		// takes the engine about a second to report): its exit, not the
+		// hang-up, will say why it died. Anything else is why we kill it.
+		if err := c.Err(); !errors.Is(err, io.EOF) {
+			k.mu.Lock()
+			k.killedFor = err
+			k.mu.Unlock()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		proc.Kill(ctx)

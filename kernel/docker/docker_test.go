@@ -391,6 +391,10 @@ func TestKilledFromOutside(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("client not told of the death")
 	}
+	// Told as a local kernel's would be, not as the sockets' hang-up.
+	if err := k.Err(); !strings.Contains(fmt.Sprint(err), "killed by signal SIGKILL") {
+		t.Errorf("Err() = %v, want the kernel killed by SIGKILL", err)
+	}
 }
 
 func TestRestart(t *testing.T) {
