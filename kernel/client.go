@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,29 +121,26 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 	c.control = zmq4.NewDealer(cctx, sockOpts...)
 	c.iopub = zmq4.NewSub(cctx, sockOpts...)
 	c.hb = zmq4.NewReq(cctx, sockOpts...)
-	socks := []struct {
-		s  zmq4.Socket
-		ch string
-	}{{c.shell, Shell}, {c.stdin, Stdin}, {c.control, Control}, {c.iopub, IOPub}, {c.hb, HB}}
+	// The dial's error is the one to report; closing what was dialled so
+	// far can only add noise.
 	if err := c.iopub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
-		c.Close()
+		_ = c.Close()
 		return nil, fmt.Errorf("kernel: subscribe iopub: %w", err)
 	}
-	for _, s := range socks {
-		if err := s.s.Dial(info.Endpoint(s.ch)); err != nil {
-			c.Close()
+	for _, s := range c.sockets() {
+		if err := s.sock.Dial(info.Endpoint(s.channel)); err != nil {
+			_ = c.Close()
 			if ctx.Err() != nil {
-				return nil, fmt.Errorf("kernel: dial %s: %w", s.ch, ctx.Err())
+				return nil, fmt.Errorf("kernel: dial %s: %w", s.channel, ctx.Err())
 			}
-			return nil, fmt.Errorf("kernel: dial %s: %w", s.ch, err)
+			return nil, fmt.Errorf("kernel: dial %s: %w", s.channel, err)
 		}
 	}
-	for _, s := range []struct {
-		s  zmq4.Socket
-		ch string
-	}{{c.shell, Shell}, {c.stdin, Stdin}, {c.control, Control}, {c.iopub, IOPub}} {
-		c.wg.Add(1)
-		go c.read(s.s, s.ch)
+	for _, s := range c.sockets() {
+		if s.channel != HB { // the heartbeat has its own loop
+			c.wg.Add(1)
+			go c.read(s.sock, s.channel)
+		}
 	}
 	if opts.HeartbeatTimeout > 0 {
 		c.wg.Add(1)
@@ -151,21 +149,31 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 	return c, nil
 }
 
+// channelSocket is one of a Client's sockets and its channel's name.
+type channelSocket struct {
+	sock    zmq4.Socket
+	channel string
+}
+
+func (c *Client) sockets() []channelSocket {
+	return []channelSocket{{c.shell, Shell}, {c.stdin, Stdin}, {c.control, Control}, {c.iopub, IOPub}, {c.hb, HB}}
+}
+
 // Close closes every socket and ends every waiting call with ErrClosed. It
-// does not stop the kernel.
+// does not stop the kernel. It returns the sockets' close errors, joined;
+// a connection that was already closed (the kernel went first) is not one.
 func (c *Client) Close() error {
 	c.cancel()
-	var err error
-	for _, s := range []zmq4.Socket{c.shell, c.stdin, c.control, c.iopub, c.hb} {
-		if s != nil {
-			if e := s.Close(); e != nil && err == nil && !errors.Is(e, context.Canceled) {
-				err = e
-			}
+	var errs []error
+	for _, s := range c.sockets() {
+		err := s.sock.Close()
+		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("kernel: close %s socket: %w", s.channel, err))
 		}
 	}
 	c.wg.Wait()
 	c.Fail(ErrClosed)
-	return nil
+	return errors.Join(errs...)
 }
 
 // Fail marks the kernel dead with err (wrapped in ErrDied unless it is
@@ -173,7 +181,7 @@ func (c *Client) Close() error {
 // it when the kernel process exits. Only the first failure is kept.
 func (c *Client) Fail(err error) {
 	if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrDied) {
-		err = fmt.Errorf("%w: %v", ErrDied, err)
+		err = fmt.Errorf("%w: %w", ErrDied, err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -204,7 +212,7 @@ func (c *Client) read(sock zmq4.Socket, channel string) {
 		zm, err := sock.Recv()
 		if err != nil {
 			if c.ctx.Err() == nil {
-				c.Fail(fmt.Errorf("%s channel: %v", channel, err))
+				c.Fail(fmt.Errorf("%s channel: %w", channel, err))
 			}
 			return
 		}

@@ -11,9 +11,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // LaunchOptions tunes Launch.
@@ -84,7 +88,7 @@ func (k *Kernel) connect(ctx context.Context) error {
 	go k.watch(c)
 	info, err := c.WaitReady(ctx)
 	if err != nil {
-		c.Close()
+		k.closeClient(c)
 		return err
 	}
 	k.mu.Lock()
@@ -114,9 +118,14 @@ func (k *Kernel) watch(c *Client) {
 			return
 		case <-time.After(grace):
 		}
-		k.mu.Lock()
-		k.killedFor = c.Err()
-		k.mu.Unlock()
+		// A kernel that hung up is on its way out (a container's exit
+		// takes the engine about a second to report): its exit, not the
+		// hang-up, will say why it died. Anything else is why we kill it.
+		if err := c.Err(); !errors.Is(err, io.EOF) {
+			k.mu.Lock()
+			k.killedFor = err
+			k.mu.Unlock()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		proc.Kill(ctx)
@@ -130,10 +139,24 @@ func DescribeExit(e Exit) string {
 	case e.OOMKilled:
 		return "out of memory: the kernel was killed at its memory limit"
 	case e.Signal != "":
-		return "the kernel process was killed by signal: " + e.Signal
+		return "the kernel process was killed by signal " + signalName(e.Signal)
 	default:
 		return fmt.Sprintf("the kernel process exited with status %d", e.Code)
 	}
+}
+
+// signalName adds the name to a signal's description (Exit.Signal holds
+// syscall.Signal.String()): "SIGSEGV (segmentation fault)".
+func signalName(desc string) string {
+	for n := syscall.Signal(1); n <= 64; n++ {
+		if n.String() == desc {
+			if name := unix.SignalName(n); name != "" {
+				return name + " (" + desc + ")"
+			}
+			break
+		}
+	}
+	return desc
 }
 
 // ID is the kernel's id, as given in its Spec.
@@ -159,8 +182,18 @@ func (k *Kernel) Client() *Client {
 // Dead is closed when the current kernel process is found dead.
 func (k *Kernel) Dead() <-chan struct{} { return k.Client().Dead() }
 
-// Err is why the kernel stopped working, or nil.
-func (k *Kernel) Err() error { return k.Client().Err() }
+// Err is why the kernel stopped working, or nil. Once its process has
+// ended, a death is told by the process's account, as Execute tells it.
+func (k *Kernel) Err() error {
+	err := k.Client().Err()
+	if !errors.Is(err, ErrDied) {
+		return err
+	}
+	if e, ok := k.Exit(); ok {
+		return k.explain(e)
+	}
+	return err
+}
 
 // DeadlineError reports an execution stopped by its deadline or its caller.
 // Killed says whether the kernel ignored the interrupt for the grace period
@@ -270,25 +303,36 @@ func (k *Kernel) Execute(ctx context.Context, code string, opts ExecuteOptions, 
 	return reply, err
 }
 
+// exitWait bounds how long a call that found the kernel dead waits for the
+// provisioner's account of the death. The socket error usually comes first:
+// a local process's exit follows within milliseconds, a container's within
+// about a second (the engine learns it from containerd).
+const exitWait = 5 * time.Second
+
 // deathError prefers the process's own account of its death (exit status,
 // signal, OOM) to the socket error that usually reports it first.
 func (k *Kernel) deathError(err error) error {
-	exited := false
 	select {
 	case <-k.proc.Exited():
-		exited = true
-	case <-time.After(2 * time.Second):
+		return k.explain(k.proc.Exit())
+	case <-time.After(exitWait):
+		return err
 	}
+}
+
+// explain says why a kernel whose process ended with e died. The exit names
+// the cause (status, signal, OOM) unless it is the kill watch sent because
+// the kernel could not be talked to; then the reason for that kill does. A
+// container that had already died keeps its own exit status when it is
+// killed again.
+func (k *Kernel) explain(e Exit) error {
 	k.mu.Lock()
 	cause := k.killedFor // set before the kill, so before the exit
 	k.mu.Unlock()
-	switch {
-	case cause != nil:
+	if cause != nil && e.Signal == "killed" && !e.OOMKilled && !e.PidsLimited {
 		return cause
-	case exited:
-		return fmt.Errorf("%w: %s", ErrDied, DescribeExit(k.proc.Exit()))
 	}
-	return err
+	return fmt.Errorf("%w: %s", ErrDied, DescribeExit(e))
 }
 
 // Exit reports how the kernel process ended, and false while it runs.
@@ -321,7 +365,7 @@ func (k *Kernel) Restart(ctx context.Context) error {
 		return ErrClosed
 	}
 	if old != nil {
-		old.Close()
+		k.closeClient(old)
 	}
 	if err := k.proc.Restart(ctx); err != nil {
 		return fmt.Errorf("kernel: restart %s: %w", k.id, err)
@@ -342,11 +386,20 @@ func (k *Kernel) Close(ctx context.Context) error {
 	if closed {
 		return nil
 	}
+	var errs []error
 	if c != nil {
-		c.Close()
+		errs = append(errs, c.Close())
 	}
 	if err := k.proc.Close(ctx); err != nil {
-		return fmt.Errorf("kernel: close %s: %w", k.id, err)
+		errs = append(errs, fmt.Errorf("kernel: close %s: %w", k.id, err))
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+// closeClient closes a client the kernel no longer uses, logging what goes
+// wrong: the caller's own error is the one it reports.
+func (k *Kernel) closeClient(c *Client) {
+	if err := c.Close(); err != nil {
+		k.opts.Logger.Warn("kernel: close client", "kernel", k.id, "err", err)
+	}
 }

@@ -11,12 +11,15 @@ import (
 	"testing"
 	"time"
 
+	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
 )
 
-// plainProvisioner runs `python3 -m ipykernel_launcher` with no sandbox and
-// no profile: the bare kernel, so these tests exercise the protocol client
-// alone. kernel/local has the sandboxed provisioner and its own tests.
+// plainProvisioner runs the kernel launcher (executor-image/launch.py, as
+// both provisioners do) as a plain child process: no sandbox, no lifeline,
+// nothing preloaded, so these tests exercise the protocol client against
+// the kernel the gateway runs. kernel/local has the sandboxed provisioner
+// and its own tests.
 type plainProvisioner struct {
 	dir string
 	tcp bool
@@ -55,10 +58,14 @@ func (p *plainProvisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.
 func (p *plainProvisioner) Close() error { return nil }
 
 func (pp *plainProcess) start() error {
-	cmd := exec.Command("/usr/bin/python3", "-m", "ipykernel_launcher", "-f", pp.file,
-		"--HistoryManager.enabled=False", "--IPKernelApp.matplotlib=inline")
+	if err := writeExecutor(); err != nil {
+		return err
+	}
+	cmd := exec.Command("/usr/bin/python3", filepath.Join(executorDir, executorimage.Launcher), "-f", pp.file)
 	cmd.Dir = pp.dir
-	cmd.Env = append(os.Environ(), "MPLBACKEND=agg", "HOME="+pp.dir, "IPYTHONDIR="+filepath.Join(pp.dir, "ipython"))
+	// The launcher puts IPython's and matplotlib's directories under TMPDIR.
+	cmd.Env = append(os.Environ(), "HOME="+pp.dir, "TMPDIR="+pp.dir, "EXECUTOR_PRELOAD=",
+		"EXECUTOR_MPL_CACHE="+mplCache(), "EXECUTOR_WORKDIR="+pp.dir)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return err
@@ -127,9 +134,18 @@ var kernelSeq struct {
 	n int
 }
 
-// launch starts a bare kernel for the test and closes it at cleanup.
+// launch starts a kernel for the test and closes it at cleanup.
 func launch(t testing.TB, tcp bool) *kernel.Kernel {
 	t.Helper()
+	k, err := start(t, tcp)
+	if err != nil {
+		t.Fatalf("launch: %v", err)
+	}
+	return k
+}
+
+// start is launch for any goroutine: it returns the error instead.
+func start(t testing.TB, tcp bool) (*kernel.Kernel, error) {
 	kernelSeq.Lock()
 	kernelSeq.n++
 	id := fmt.Sprintf("t%d", kernelSeq.n)
@@ -137,21 +153,52 @@ func launch(t testing.TB, tcp bool) *kernel.Kernel {
 	// Unix socket paths are short: use /tmp, not t.TempDir()'s long path.
 	dir, err := os.MkdirTemp("", "kt")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	k, err := kernel.Launch(ctx, &plainProvisioner{dir: dir, tcp: tcp}, kernel.Spec{ID: id}, kernel.LaunchOptions{})
 	if err != nil {
-		t.Fatalf("launch: %v", err)
+		return nil, err
 	}
 	t.Cleanup(func() { k.Close(context.Background()) })
-	return k
+	return k, nil
 }
 
 func (pp *plainProcess) Pid() int {
 	pp.mu.Lock()
 	defer pp.mu.Unlock()
 	return pp.cmd.Process.Pid
+}
+
+// executorDir holds the launcher for every kernel of the test binary and
+// the matplotlib font cache it builds once; TestMain makes and removes it.
+var executorDir string
+
+// writeExecutor writes the launcher into executorDir and builds the font
+// cache there, on first use.
+var writeExecutor = sync.OnceValue(func() error {
+	if err := executorimage.WriteTo(executorDir); err != nil {
+		return err
+	}
+	launcher := filepath.Join(executorDir, executorimage.Launcher)
+	if out, err := exec.Command("/usr/bin/python3", launcher, "--build-mpl-cache", mplCache()).CombinedOutput(); err != nil {
+		return fmt.Errorf("font cache: %v: %s", err, out)
+	}
+	return nil
+})
+
+func mplCache() string { return filepath.Join(executorDir, "mplcache") }
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kexec")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	executorDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -107,7 +108,7 @@ func (p *Pool) startOne() {
 	p.starting--
 	if p.closed {
 		p.mu.Unlock()
-		k.Close(context.Background())
+		p.discard(k)
 		return
 	}
 	p.failures, p.lastErr = 0, nil
@@ -130,7 +131,7 @@ func (p *Pool) guard(k *Kernel) {
 	}
 	if p.remove(k) {
 		p.cfg.Logger.Warn("pool: a waiting kernel died; replacing it", "kernel", k.ID(), "err", k.Err())
-		k.Close(context.Background())
+		p.discard(k)
 		p.nudge()
 	}
 }
@@ -166,7 +167,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Kernel, error) {
 			p.mu.Unlock()
 			p.nudge()
 			if k.Err() != nil { // died between its guard's check and now
-				k.Close(context.Background())
+				p.discard(k)
 				continue
 			}
 			return k, nil
@@ -207,7 +208,8 @@ func (p *Pool) Stats() PoolStats {
 }
 
 // Close stops filling, waits for starts in flight and closes every ready
-// kernel, so no kernel outlives the pool.
+// kernel, so no kernel outlives the pool. It returns the kernels' close
+// errors, joined.
 func (p *Pool) Close(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closed {
@@ -222,14 +224,25 @@ func (p *Pool) Close(ctx context.Context) error {
 	ready := p.ready
 	p.ready = nil
 	p.mu.Unlock()
+	errs := make([]error, len(ready))
 	var wg sync.WaitGroup
-	for _, k := range ready {
+	for i, k := range ready {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			k.Close(ctx)
+			errs[i] = k.Close(ctx)
 		}()
 	}
 	wg.Wait()
-	return nil
+	return errors.Join(errs...)
+}
+
+// discard closes a kernel nobody will use, logging a failure: what it
+// leaves behind (a process, a container, files) is then the reaper's.
+func (p *Pool) discard(k *Kernel) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := k.Close(ctx); err != nil {
+		p.cfg.Logger.Error("pool: close kernel", "kernel", k.ID(), "err", err)
+	}
 }

@@ -391,6 +391,10 @@ func TestKilledFromOutside(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("client not told of the death")
 	}
+	// Told as a local kernel's would be, not as the sockets' hang-up.
+	if err := k.Err(); !strings.Contains(fmt.Sprint(err), "killed by signal SIGKILL") {
+		t.Errorf("Err() = %v, want the kernel killed by SIGKILL", err)
+	}
 }
 
 func TestRestart(t *testing.T) {
@@ -581,4 +585,38 @@ func (p timedProvisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.P
 	proc, err := p.Provisioner.Start(ctx, spec)
 	*p.total += time.Since(t0)
 	return proc, err
+}
+
+// A kernel that exits or dies of a signal is reported as precisely as a
+// local one, from the container's state: the exit status, or the signal
+// (tini exits with 128+n when the kernel dies of signal n).
+func TestDeath(t *testing.T) {
+	t.Parallel()
+	p := newTestProvisioner(t, testConfig(t))
+	for _, tc := range []struct {
+		name, code string
+		want       kernel.Exit
+		msg        string
+	}{
+		{"exit status", "import os; os._exit(3)", kernel.Exit{Code: 3}, "the kernel process exited with status 3"},
+		{"segfault", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+			kernel.Exit{Code: -1, Signal: "segmentation fault"}, "the kernel process was killed by signal SIGSEGV (segmentation fault)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			k := launch(t, p, kernel.Spec{})
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			_, err := k.Execute(ctx, tc.code, kernel.ExecuteOptions{}, kernel.Deadline{})
+			if !errors.Is(err, kernel.ErrDied) || !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("err %v, want ErrDied saying %q", err, tc.msg)
+			}
+			if exit, ok := k.Exit(); !ok || exit != tc.want {
+				t.Errorf("Exit() = %+v, %v; want %+v", exit, ok, tc.want)
+			}
+			if err := k.Err(); !errors.Is(err, kernel.ErrDied) || !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("Err() = %v, want ErrDied saying %q", err, tc.msg)
+			}
+		})
+	}
 }
