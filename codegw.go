@@ -8,9 +8,16 @@
 package codegw
 
 import (
+	"crypto/rand"
 	"strconv"
+	"strings"
 	"time"
 )
+
+// NewID returns a random id of 26 lowercase base32 characters (130 bits):
+// unguessable, and safe in file, container and URL names. Prefixes of it
+// are shorter ids of 5 bits a character.
+func NewID() string { return strings.ToLower(rand.Text()) }
 
 // Status is the final state of one execution.
 type Status string

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/cluster"
 	"github.com/codegw/codegw/gateway"
 	"github.com/codegw/codegw/kernel"
@@ -86,7 +87,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	}
 
 	var seq atomic.Uint64
-	runID := kernel.NewID()[:6] // replicas of a compose service share STATE_DIR: kernel ids must not collide
+	runID := codegw.NewID()[:6] // replicas of a compose service share STATE_DIR: kernel ids must not collide
 	launch := func(ctx context.Context) (*kernel.Kernel, error) {
 		id := fmt.Sprintf("k%s-%d", runID, seq.Add(1))
 		return kernel.Launch(ctx, a.prov, kernel.Spec{ID: id, Labels: map[string]string{"instance": cfg.InstanceID}},

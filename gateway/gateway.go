@@ -363,7 +363,7 @@ func (s *Server) execute(c *fiber.Ctx) error {
 }
 
 // stream answers with NDJSON: one event per line, flushed as it happens,
-// and the full answer as the last line {"type":"result_body",...}.
+// and the full answer as the last line {"type":"response",...}.
 func (s *Server) stream(c *fiber.Ctx, run func(context.Context, func(codegw.Event)) (*codegw.ExecuteResult, error)) error {
 	c.Set(fiber.HeaderContentType, "application/x-ndjson")
 	c.Set(fiber.HeaderCacheControl, "no-cache")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/session"
+	"github.com/codegw/codegw/session/files"
 )
 
 type createBody struct {
@@ -264,7 +265,7 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 				reason := sub.Reason()
 				wmu.Lock()
 				conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, truncate(reason, 120)))
+				conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, files.TruncateUTF8(reason, 120)))
 				wmu.Unlock()
 				return
 			}
@@ -282,13 +283,6 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 			return
 		}
 	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }
 
 func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail func(error)) error {

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/codegw/codegw"
 	"github.com/go-zeromq/zmq4"
 )
 
@@ -66,7 +67,7 @@ type Client struct {
 
 	shell, control, stdin, iopub, hb zmq4.Socket
 
-	sendMu sync.Mutex // guards sendSigner and sends
+	sendMu sync.Mutex // guards signer (not safe for concurrent use) and sends
 	signer *Signer
 
 	quitting atomic.Bool // a shutdown_request was sent: the kernel exits by itself
@@ -94,7 +95,7 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 	cctx, cancel := context.WithCancel(context.Background())
 	c := &Client{
 		info:    info,
-		session: NewID(),
+		session: codegw.NewID(),
 		opts:    opts,
 		ctx:     cctx,
 		cancel:  cancel,
@@ -106,7 +107,7 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
 
-	id := zmq4.SocketIdentity(NewID())
+	id := zmq4.SocketIdentity(codegw.NewID())
 	sockOpts := []zmq4.Option{
 		// The kernel binds its sockets ~0.5 s after it starts; retrying
 		// every 25 ms costs a few ms of CPU per kernel, not tens.

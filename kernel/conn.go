@@ -1,14 +1,14 @@
 package kernel
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/codegw/codegw"
 )
 
 // ConnectionInfo is the content of a Jupyter connection file: where the
@@ -71,14 +71,8 @@ func (c ConnectionInfo) SocketFiles() []string {
 	return files
 }
 
-// NewKey returns a random 256-bit signing key, hex encoded.
-func NewKey() string {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	return hex.EncodeToString(b)
-}
+// NewKey returns a random signing key of 260 bits.
+func NewKey() string { return codegw.NewID() + codegw.NewID() }
 
 // NewIPCConnection returns connection info for the ipc transport with socket
 // files named prefix-1 ... prefix-5. Unix socket paths are limited to 107
@@ -119,9 +113,10 @@ func NewTCPConnection() (ConnectionInfo, error) {
 	}, nil
 }
 
-// WriteFile writes the connection file readable by its owner only... and by
-// the kernel user, which in a container may differ; the key is the secret,
-// and the directory holding the file is private to the kernel.
+// WriteFile writes the connection file world-readable (0644): the kernel's
+// user, which in a container differs from the gateway's, must read it. The
+// key in it stays secret because the directory holding the file is private
+// to the kernel.
 func (c ConnectionInfo) WriteFile(path string) error {
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {

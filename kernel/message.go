@@ -3,7 +3,6 @@ package kernel
 import (
 	"bytes"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -11,6 +10,8 @@ import (
 	"fmt"
 	"hash"
 	"time"
+
+	"github.com/codegw/codegw"
 )
 
 // ProtocolVersion is the Jupyter messaging protocol version we speak.
@@ -171,7 +172,7 @@ func NewMessage(session, msgType string, content any) (*Message, error) {
 	}
 	return &Message{
 		Header: Header{
-			MsgID:    NewID(),
+			MsgID:    codegw.NewID(),
 			Session:  session,
 			Username: "codegw",
 			Date:     time.Now().UTC().Format("2006-01-02T15:04:05.000000Z"),
@@ -180,13 +181,4 @@ func NewMessage(session, msgType string, content any) (*Message, error) {
 		},
 		Content: raw,
 	}, nil
-}
-
-// NewID returns a random 128-bit id as 32 hex digits.
-func NewID() string {
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return hex.EncodeToString(b)
 }

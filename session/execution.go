@@ -54,7 +54,7 @@ type execution struct {
 }
 
 // newExecutionID returns an id for an execution its caller did not name.
-func newExecutionID() string { return kernel.NewID()[:16] }
+func newExecutionID() string { return codegw.NewID()[:16] }
 
 // newExecution returns an execution of the prepared code, within m's output
 // budget.

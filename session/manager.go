@@ -278,7 +278,7 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 			return nil, codegw.Errorf(codegw.EINVALID, "invalid environment variable %q", k)
 		}
 	}
-	id := "s_" + kernel.NewID()[:24]
+	id := "s_" + codegw.NewID()[:24]
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
-	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/session/files"
 )
 
@@ -32,7 +31,7 @@ func (s *Session) Upload(name string, r io.Reader, maxBytes int64) (FileInfo, er
 		return FileInfo{}, codegw.WrapError(codegw.EINTERNAL, err, "open input directory")
 	}
 	defer root.Close()
-	tmp := ".upload-" + kernel.NewID()[:12]
+	tmp := ".upload-" + codegw.NewID()[:12]
 	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return FileInfo{}, codegw.WrapError(codegw.EINTERNAL, err, "create upload")

@@ -2,8 +2,6 @@ package files
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -318,7 +316,7 @@ func (f *Fetcher) download(ctx context.Context, root *os.Root, u *url.URL, raw s
 		return "", "", 0, codegw.Errorf(codegw.ETOOLARGE, "input file %q is too large: %d bytes exceeds %s", raw, resp.ContentLength, what)
 	}
 
-	tmp = ".fetch-" + randomHex(8) + ".part"
+	tmp = ".fetch-" + codegw.NewID()[:13] + ".part"
 	out, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return "", "", 0, codegw.WrapError(codegw.EINTERNAL, err, "cannot store input file %q", raw)
@@ -432,11 +430,4 @@ func trimAll(ss []string) []string {
 		out[i] = strings.TrimSpace(s)
 	}
 	return out
-}
-
-// randomHex returns n random bytes as hex.
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
-	return hex.EncodeToString(b)
 }

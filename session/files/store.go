@@ -65,7 +65,7 @@ const metaSuffix = ".meta"
 const tmpPrefix = ".tmp-"
 
 // storeName matches the names the store makes.
-var storeName = regexp.MustCompile(`^[0-9a-f]{32}\.[a-z0-9]{1,16}$`)
+var storeName = regexp.MustCompile(`^[a-z2-7]{26}\.[a-z0-9]{1,16}$`)
 
 // extPattern matches an extension the store accepts, without the dot.
 var extPattern = regexp.MustCompile(`^[a-z0-9]{1,16}$`)
@@ -114,7 +114,7 @@ func (s *Store) put(ext, original string, r io.Reader, maxBytes int64) (string, 
 	if err := s.Init(); err != nil {
 		return "", 0, fmt.Errorf("files: store: %w", err)
 	}
-	name := randomHex(16) + "." + ext
+	name := codegw.NewID() + "." + ext
 	if original != "" {
 		b, _ := json.Marshal(meta{OriginalName: original})
 		if _, err := s.writeAtomic(name+metaSuffix, bytes.NewReader(b), 0); err != nil {

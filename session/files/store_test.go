@@ -31,7 +31,7 @@ func TestStorePutOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !regexp.MustCompile(`^[0-9a-f]{32}\.png$`).MatchString(name) || size != 7 {
+	if !regexp.MustCompile(`^[a-z2-7]{26}\.png$`).MatchString(name) || size != 7 {
 		t.Fatalf("Put = %q, %d", name, size)
 	}
 	obj, err := s.Open(name)
