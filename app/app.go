@@ -127,8 +127,10 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		if err := s.Init(); err != nil {
 			return nil, fmt.Errorf("store directory %s: %w", s.Dir, err)
 		}
-		a.bg.Add(1)
-		go func() { defer a.bg.Done(); s.Run(bgCtx, time.Minute) }()
+		if s.Retention > 0 {
+			s.Expire()
+			a.every(bgCtx, time.Minute, s.Expire)
+		}
 	}
 	fetcher, err := files.NewFetcher(files.FetchLimits{
 		MaxFiles: cfg.InputMaxFiles, MaxFileBytes: cfg.InputFileMaxBytes, MaxTotalBytes: cfg.InputTotalBytes,

@@ -5,6 +5,7 @@
 package session
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -102,19 +103,19 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Kernels == nil || cfg.Images == nil || cfg.Files == nil || cfg.Fetcher == nil {
 		return nil, errors.New("session: kernels, image store, file store and fetcher are required")
 	}
-	setDefault(&cfg.ExecTimeout, d.ExecTimeout)
-	setDefault(&cfg.InterruptGrace, d.InterruptGrace)
-	setDefault(&cfg.MaxCodeBytes, d.MaxCodeBytes)
-	setDefault(&cfg.MaxOutputBytes, d.MaxOutputBytes)
-	setDefault(&cfg.MaxImages, d.MaxImages)
-	setDefault(&cfg.MaxImageBytes, d.MaxImageBytes)
-	setDefault(&cfg.MaxWorkers, d.MaxWorkers)
-	setDefault(&cfg.MaxQueue, d.MaxQueue)
-	setDefault(&cfg.QueueTimeout, d.QueueTimeout)
-	setDefault(&cfg.SessionIdle, d.SessionIdle)
-	setDefault(&cfg.MaxSessionIdle, d.MaxSessionIdle)
-	setDefault(&cfg.SessionQueue, d.SessionQueue)
-	setDefault(&cfg.ReplayEvents, d.ReplayEvents)
+	cfg.ExecTimeout = cmp.Or(cfg.ExecTimeout, d.ExecTimeout)
+	cfg.InterruptGrace = cmp.Or(cfg.InterruptGrace, d.InterruptGrace)
+	cfg.MaxCodeBytes = cmp.Or(cfg.MaxCodeBytes, d.MaxCodeBytes)
+	cfg.MaxOutputBytes = cmp.Or(cfg.MaxOutputBytes, d.MaxOutputBytes)
+	cfg.MaxImages = cmp.Or(cfg.MaxImages, d.MaxImages)
+	cfg.MaxImageBytes = cmp.Or(cfg.MaxImageBytes, d.MaxImageBytes)
+	cfg.MaxWorkers = cmp.Or(cfg.MaxWorkers, d.MaxWorkers)
+	cfg.MaxQueue = cmp.Or(cfg.MaxQueue, d.MaxQueue)
+	cfg.QueueTimeout = cmp.Or(cfg.QueueTimeout, d.QueueTimeout)
+	cfg.SessionIdle = cmp.Or(cfg.SessionIdle, d.SessionIdle)
+	cfg.MaxSessionIdle = cmp.Or(cfg.MaxSessionIdle, d.MaxSessionIdle)
+	cfg.SessionQueue = cmp.Or(cfg.SessionQueue, d.SessionQueue)
+	cfg.ReplayEvents = cmp.Or(cfg.ReplayEvents, d.ReplayEvents)
 	if cfg.Instance == "" {
 		cfg.Instance = d.Instance
 	}
@@ -131,13 +132,6 @@ func New(cfg Config) (*Manager, error) {
 	m.bg.Add(1)
 	go m.cull()
 	return m, nil
-}
-
-func setDefault[T comparable](v *T, d T) {
-	var zero T
-	if *v == zero {
-		*v = d
-	}
 }
 
 // Config returns the effective configuration.

@@ -1,6 +1,7 @@
 package files
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -45,15 +46,9 @@ func (l OutputLimits) withDefaults() OutputLimits {
 	if len(l.AllowedExt) == 0 {
 		l.AllowedExt = d.AllowedExt
 	}
-	if l.MaxFiles <= 0 {
-		l.MaxFiles = d.MaxFiles
-	}
-	if l.MaxFileBytes <= 0 {
-		l.MaxFileBytes = d.MaxFileBytes
-	}
-	if l.MaxTotalBytes <= 0 {
-		l.MaxTotalBytes = d.MaxTotalBytes
-	}
+	l.MaxFiles = cmp.Or(max(l.MaxFiles, 0), d.MaxFiles)
+	l.MaxFileBytes = cmp.Or(max(l.MaxFileBytes, 0), d.MaxFileBytes)
+	l.MaxTotalBytes = cmp.Or(max(l.MaxTotalBytes, 0), d.MaxTotalBytes)
 	return l
 }
 

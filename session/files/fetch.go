@@ -1,6 +1,7 @@
 package files
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -71,21 +72,12 @@ type Fetcher struct {
 // entry.
 func NewFetcher(lim FetchLimits) (*Fetcher, error) {
 	def := DefaultFetchLimits()
-	if lim.MaxFiles <= 0 {
-		lim.MaxFiles = def.MaxFiles
-	}
-	if lim.MaxFileBytes <= 0 {
-		lim.MaxFileBytes = def.MaxFileBytes
-	}
-	if lim.MaxTotalBytes <= 0 {
-		lim.MaxTotalBytes = def.MaxTotalBytes
-	}
-	if lim.Timeout <= 0 {
-		lim.Timeout = def.Timeout
-	}
-	if lim.MaxRedirects <= 0 {
-		lim.MaxRedirects = def.MaxRedirects
-	}
+	// Zero or negative limits take their default.
+	lim.MaxFiles = cmp.Or(max(lim.MaxFiles, 0), def.MaxFiles)
+	lim.MaxFileBytes = cmp.Or(max(lim.MaxFileBytes, 0), def.MaxFileBytes)
+	lim.MaxTotalBytes = cmp.Or(max(lim.MaxTotalBytes, 0), def.MaxTotalBytes)
+	lim.Timeout = cmp.Or(max(lim.Timeout, 0), def.Timeout)
+	lim.MaxRedirects = cmp.Or(max(lim.MaxRedirects, 0), def.MaxRedirects)
 	policy, err := newAddrPolicy(lim.AllowHosts, lim.AllowCIDRs)
 	if err != nil {
 		return nil, err

@@ -2,7 +2,6 @@ package files
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -292,40 +291,19 @@ func (s *Store) Sweep(now time.Time) (removed int, err error) {
 	return removed, nil
 }
 
-// Run sweeps the store now and then every interval until ctx ends. Errors
-// are logged. It returns when ctx is done; run it in a goroutine the caller
-// joins.
-func (s *Store) Run(ctx context.Context, interval time.Duration) {
-	if s.Retention <= 0 {
-		<-ctx.Done()
-		return
-	}
-	if interval <= 0 {
-		interval = time.Minute
-	}
+// Expire sweeps the store (see Sweep) and logs what it removed and any
+// error; the caller runs it periodically when Retention is set.
+func (s *Store) Expire() {
 	log := s.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	sweep := func() {
-		n, err := s.Sweep(time.Now())
-		if err != nil {
-			log.Error("store sweep failed", "dir", s.Dir, "err", err)
-		}
-		if n > 0 {
-			log.Info("store swept", "dir", s.Dir, "removed", n)
-		}
+	n, err := s.Sweep(time.Now())
+	if err != nil {
+		log.Error("store sweep failed", "dir", s.Dir, "err", err)
 	}
-	sweep()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			sweep()
-		}
+	if n > 0 {
+		log.Info("store swept", "dir", s.Dir, "removed", n)
 	}
 }
 

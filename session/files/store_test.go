@@ -1,7 +1,6 @@
 package files
 
 import (
-	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -234,30 +233,20 @@ func sortedCopy(ss []string) []string {
 	return out
 }
 
-func TestStoreRun(t *testing.T) {
+func TestStoreExpire(t *testing.T) {
 	s := newTestStore(t)
 	s.Retention = 50 * time.Millisecond
 	s.Logger = slog.New(slog.DiscardHandler)
 	name, _ := s.PutBytes("txt", []byte("x"))
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.Run(ctx, 10*time.Millisecond)
-	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(s.Dir, name)); errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("Run did not sweep the old file")
-		}
-		time.Sleep(10 * time.Millisecond)
+	s.Expire()
+	if _, err := os.Stat(filepath.Join(s.Dir, name)); err != nil {
+		t.Fatalf("a file younger than the retention was removed: %v", err)
 	}
-	cancel()
-	wg.Wait()
+	time.Sleep(100 * time.Millisecond)
+	s.Expire()
+	if _, err := os.Stat(filepath.Join(s.Dir, name)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Expire did not remove the old file: %v", err)
+	}
 }
 
 func TestStoreConcurrentPut(t *testing.T) {
