@@ -237,12 +237,7 @@ func (c *process) Restart(ctx context.Context) error {
 		return fmt.Errorf("docker: restart kernel %s: closed", c.id)
 	}
 	r := c.current()
-	select {
-	case <-r.exited:
-	default:
-		if pidsMaxHit(c.pidsEventsPath()) {
-			r.setPidsLimited()
-		}
+	if c.running(r) {
 		if err := c.kill(ctx); err != nil {
 			return err
 		}
@@ -265,6 +260,21 @@ func (c *process) Restart(ctx context.Context) error {
 	return nil
 }
 
+// running reports whether r's kernel is still running, first recording
+// whether it hit its pids limit: the container's events file, which tells,
+// goes with the container.
+func (c *process) running(r *run) bool {
+	select {
+	case <-r.exited:
+		return false
+	default:
+	}
+	if pidsMaxHit(c.pidsEventsPath()) {
+		r.setPidsLimited()
+	}
+	return true
+}
+
 // Close removes the container (a missing one is fine), its socket files and
 // the kernel's directory. Later calls return nil.
 func (c *process) Close(ctx context.Context) error {
@@ -274,13 +284,7 @@ func (c *process) Close(ctx context.Context) error {
 		return nil
 	}
 	r := c.current()
-	select {
-	case <-r.exited:
-	default:
-		if pidsMaxHit(c.pidsEventsPath()) {
-			r.setPidsLimited()
-		}
-	}
+	c.running(r) // records a pids limit hit before the container goes
 	err := c.p.api.ContainerRemove(ctx, c.cid, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("docker: close kernel %s: remove container: %w", c.id, err)
