@@ -1,8 +1,3 @@
-// Package scripts_test checks the shell scripts that install, start and
-// build what codegw and its tests need: that each fails as a whole when any
-// stage fails, installs nothing in the middle of a test, names no package
-// registry, and that the image cache of scripts/lib.sh never trusts an
-// empty, stale or half-built image.
 package scripts_test
 
 import (
