@@ -81,7 +81,7 @@ func TestOrphanedKernels(t *testing.T) {
 	for _, mode := range sandboxes(t) {
 		t.Run(mode, func(t *testing.T) {
 			// Build the font cache and the executor files once, here.
-			newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
+			newProvisioner(t, Config{Sandbox: mode, Preload: []string{}, Start: StartSpawn})
 			var kdirs []string
 			t.Cleanup(func() { killOrphans(t, kdirs) })
 			for round := 0; round < 3; round++ {
@@ -187,7 +187,7 @@ func killOrphans(t *testing.T, kdirs []string) {
 func TestLifeline(t *testing.T) {
 	for _, mode := range sandboxes(t) {
 		t.Run(mode, func(t *testing.T) {
-			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
+			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}, Start: StartSpawn})
 			k, c := startKernel(t, p)
 			execute(t, c, `import subprocess; child = subprocess.Popen(["sleep", "600"])`)
 			r := k.current()

@@ -67,6 +67,9 @@ func newProvisioner(t *testing.T, cfg Config) *Provisioner {
 	if cfg.Sandbox == SandboxBwrap && !p.sandbox {
 		t.Fatal("bwrap requested but not in use")
 	}
+	if (cfg.Start == "" || cfg.Start == StartFork) && !p.fork {
+		t.Fatal("fork requested but the zygote did not start")
+	}
 	return p
 }
 

@@ -1,0 +1,310 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/codegw/codegw/kernel"
+)
+
+// Tests of forked kernels (KERNEL_START=fork) beyond the contract tests of
+// local_test.go, which run forked by default too: isolation between two
+// children of one zygote, faults beside a sibling, and the zygote's death.
+
+// startSpec starts a kernel with spec and returns it with a Client.
+func startSpec(t *testing.T, p *Provisioner, spec kernel.Spec) (*Process, *kernel.Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	proc, err := p.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := proc.(*Process)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := k.Close(ctx); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return k, dial(t, ctx, k)
+}
+
+// alive reports whether any process is left in a forked kernel's cgroups
+// or, without cgroups, whether its guard still runs.
+func alive(r *run) bool {
+	if r.cg != nil {
+		return !r.cg.empty()
+	}
+	return syscall.Kill(r.pgid, 0) == nil
+}
+
+func TestForkIsolation(t *testing.T) {
+	requireBwrap(t)
+	p := newProvisioner(t, Config{Sandbox: SandboxBwrap, Memory: 1 << 30, PidsLimit: 256})
+	a, ca := startSpec(t, p, kernel.Spec{ID: newID()})
+	b, cb := startSpec(t, p, kernel.Spec{ID: newID(), Env: map[string]string{"GREETING": "hello"}})
+
+	// What a leaves behind, of every kind.
+	execute(t, ca, `
+import os, subprocess, pandas as pd
+open("/tmp/secret", "w").write("a")
+open("/code/output/a.txt", "w").write("a")
+open("/dev/shm/a", "w").write("a")
+os.environ["LEAK"] = "a"
+pd.options.display.max_rows = 3
+child = subprocess.Popen(["sleep", "600"])
+`)
+
+	t.Run("files", func(t *testing.T) {
+		got := lines(t, cb, fmt.Sprintf(`import os
+print(os.path.exists("/tmp/secret"), os.listdir("/code/output"), os.path.exists("/dev/shm/a"))
+print(os.path.exists(%q), os.path.exists(%q), os.path.exists(%q))`, a.kdir, a.Dir(), filepath.Join(a.kdir, "s")))
+		if got[0] != "False [] False" {
+			t.Errorf("b sees a's files: %s", got[0])
+		}
+		if got[1] != "False False False" {
+			t.Errorf("b sees a's directories: %s", got[1])
+		}
+		if _, err := os.Stat(filepath.Join(a.Dir(), "output", "a.txt")); err != nil {
+			t.Errorf("a's output file is not in its directory: %v", err)
+		}
+	})
+	t.Run("processes", func(t *testing.T) {
+		got := lines(t, cb, `import os
+pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+cmds = [open("/proc/%d/cmdline" % p, "rb").read().split(b"\0")[0].decode() for p in pids]
+print(os.getpid(), os.getuid(), any("sleep" in c for c in cmds), len(pids) <= 3)`)
+		if got[0] != "2 65534 False True" && os.Geteuid() == 0 {
+			t.Errorf("pid uid sleep-seen few-pids = %s, want 2 65534 False True", got[0])
+		}
+		if got := lines(t, ca, `print(child.poll() is None)`); got[0] != "True" {
+			t.Error("a's child is not running")
+		}
+	})
+	t.Run("env", func(t *testing.T) {
+		got := lines(t, cb, `import os; print(os.environ.get("LEAK"), os.environ.get("GREETING"))`)
+		if got[0] != "None hello" {
+			t.Errorf("b's LEAK GREETING = %s, want None hello", got[0])
+		}
+		if got := lines(t, ca, `import os; print(os.environ.get("GREETING"))`); got[0] != "None" {
+			t.Errorf("a has b's env: %s", got[0])
+		}
+	})
+	t.Run("module state", func(t *testing.T) {
+		got := lines(t, cb, `import pandas as pd; print(pd.options.display.max_rows)`)
+		if got[0] != "60" {
+			t.Errorf("b's display.max_rows = %s, want 60", got[0])
+		}
+	})
+	t.Run("random", func(t *testing.T) {
+		code := `import random, numpy as np; print(random.random(), np.random.rand())`
+		ga, gb := lines(t, ca, code), lines(t, cb, code)
+		fa, fb := strings.Fields(ga[0]), strings.Fields(gb[0])
+		if fa[0] == fb[0] || fa[1] == fb[1] {
+			t.Errorf("same random numbers in two children: %v %v", fa, fb)
+		}
+	})
+	t.Run("signals", func(t *testing.T) {
+		// b can neither signal a's processes nor its own guard.
+		got := lines(t, cb, fmt.Sprintf(`import os
+try:
+    os.kill(%d, 9); print("killed")
+except OSError as e:
+    print(type(e).__name__)
+try:
+    os.kill(1, 9); print("sent")
+except OSError as e:
+    print(type(e).__name__)`, a.current().pgid))
+		if got[0] == "killed" {
+			t.Error("b killed a's guard")
+		}
+		if got := lines(t, cb, "print(1+1)"); got[0] != "2" {
+			t.Errorf("b after kill(1): %v", got)
+		}
+		if got := lines(t, ca, "print(1+1)"); got[0] != "2" {
+			t.Errorf("a after b's kill: %v", got)
+		}
+	})
+	t.Run("cgroups", func(t *testing.T) {
+		if p.cg == nil {
+			t.Skip("no cgroups here")
+		}
+		ra, rb := a.current(), b.current()
+		if ra.cg.mem == rb.cg.mem {
+			t.Fatal("two kernels share a memory cgroup")
+		}
+		limit, _ := os.ReadFile(filepath.Join(ra.cg.mem, "memory.limit_in_bytes"))
+		if strings.TrimSpace(string(limit)) != strconv.Itoa(1<<30) {
+			t.Errorf("memory limit %s", limit)
+		}
+		got := lines(t, cb, `print([l for l in open("/proc/self/cgroup").read().split() if ":pids:" in l][0])`)
+		if !strings.HasSuffix(got[0], "/"+rb.token) {
+			t.Errorf("b's pids cgroup %s, want .../%s", got[0], rb.token)
+		}
+	})
+
+	// Whatever a started is gone with it.
+	ra := a.current()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); alive(ra) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if alive(ra) {
+		t.Error("processes of a closed kernel left")
+	}
+}
+
+func TestForkFaults(t *testing.T) {
+	requireBwrap(t)
+	p := newProvisioner(t, Config{Sandbox: SandboxBwrap, Preload: []string{}, Memory: 256 << 20, PidsLimit: 64})
+	if p.cg == nil && os.Getenv("CI") == "true" {
+		t.Fatal("no cgroups under CI")
+	}
+	_, sib := startSpec(t, p, kernel.Spec{ID: newID()})
+
+	// sibling answers a computation while a fault happens next door.
+	sibling := func(t *testing.T, stop <-chan struct{}) {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			r, err := tryExecute(sib, fmt.Sprintf("print(sum(range(%d)))", 1000+i))
+			if err != nil {
+				t.Errorf("sibling: %v", err)
+				return
+			}
+			if want := strconv.Itoa((1000 + i) * (999 + i) / 2); strings.TrimSpace(r.stdout) != want {
+				t.Errorf("sibling said %q, want %s", r.stdout, want)
+				return
+			}
+		}
+	}
+
+	for _, tt := range []struct {
+		name string
+		code string
+		kill time.Duration // kill the kernel after this long if it still runs
+		want func(kernel.Exit) bool
+	}{
+		{"exit", "import os; os._exit(3)", 0, func(e kernel.Exit) bool { return e.Code == 3 }},
+		{"segfault", "import ctypes; ctypes.string_at(0)", 0, func(e kernel.Exit) bool { return e.Signal == "segmentation fault" }},
+		{"memory bomb", "x = []\nwhile True: x.append(bytearray(16 << 20))", 0, func(e kernel.Exit) bool { return e.OOMKilled }},
+		{"fork bomb", "import os, time\nwhile True:\n    try: os.fork()\n    except OSError: time.sleep(0.05)", 5 * time.Second,
+			func(e kernel.Exit) bool { return e.PidsLimited }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if p.cg == nil && (tt.name == "memory bomb" || tt.name == "fork bomb") {
+				t.Skip("no cgroups here")
+			}
+			k, c := startSpec(t, p, kernel.Spec{ID: newID()})
+			r := k.current()
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { defer wg.Done(); sibling(t, stop) }()
+			go tryExecute(c, tt.code)
+			var timeout <-chan time.Time
+			if tt.kill > 0 {
+				timeout = time.After(tt.kill)
+			}
+			select {
+			case <-k.Exited():
+			case <-timeout:
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				err := k.Kill(ctx)
+				cancel()
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(execTimeout):
+				t.Fatal("the kernel did not end")
+			}
+			close(stop)
+			wg.Wait()
+			if e := k.Exit(); !tt.want(e) {
+				t.Errorf("exit %+v", e)
+			}
+			for deadline := time.Now().Add(10 * time.Second); alive(r) && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if alive(r) {
+				t.Error("processes left after the kernel ended")
+			}
+		})
+	}
+}
+
+// TestZygoteDeath kills the zygote with SIGKILL while a kernel it forked runs
+// a cell: the call ends with ErrDied, nothing of the kernel is left, and the
+// next start gets a new zygote.
+func TestZygoteDeath(t *testing.T) {
+	for _, mode := range sandboxes(t) {
+		t.Run(mode, func(t *testing.T) {
+			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
+			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+			defer cancel()
+			k, err := kernel.Launch(ctx, p, kernel.Spec{ID: newID()}, kernel.LaunchOptions{Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer k.Close(context.Background())
+			proc := k.Process().(*Process)
+			r := proc.current()
+			if _, err := k.Execute(ctx, `import subprocess; subprocess.Popen(["sleep", "600"])`, kernel.ExecuteOptions{}, kernel.Deadline{}); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := k.Execute(ctx, "import time; time.sleep(60)", kernel.ExecuteOptions{}, kernel.Deadline{})
+				done <- err
+			}()
+			time.Sleep(200 * time.Millisecond)
+			old := r.z
+			if err := syscall.Kill(old.pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-done:
+				if !errors.Is(err, kernel.ErrDied) {
+					t.Errorf("in-flight call: %v, want ErrDied", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the in-flight call hangs")
+			}
+			for deadline := time.Now().Add(10 * time.Second); (alive(r) || sleepers(t) > 0) && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if alive(r) {
+				t.Error("the kernel outlived its zygote")
+			}
+			if n := sleepers(t); n > 0 {
+				t.Errorf("%d 'sleep 600' outlived the zygote", n)
+			}
+			// A new zygote serves the next kernel.
+			k2, c2 := startKernel(t, p)
+			if got := lines(t, c2, "print(1+1)"); got[0] != "2" {
+				t.Errorf("after restart: %v", got)
+			}
+			if k2.current().z == old {
+				t.Error("the dead zygote forked the new kernel")
+			}
+		})
+	}
+}
