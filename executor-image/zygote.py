@@ -28,23 +28,30 @@ Descriptors (set by the provisioner):
 - EXECUTOR_LIFELINE_FD: as for launch.py; end-of-file means the gateway is
   gone, and the zygote exits.
 
-Each kernel is two processes, both children of the zygote (a subreaper):
+Each kernel is one process, a child of the zygote, forked into a new pid
+namespace (the zygote unshares CLONE_NEWPID before the fork and returns to
+its own with setns after it) where the kernel is pid 1: when it ends, every
+process it started ends with it. With the sandbox (the request's "sandbox")
+the child then, before any user code:
 
-- an init (the "guard"): with the sandbox, pid 1 of the kernel's own pid
-  namespace, in its own mount, network (only lo), ipc and uts namespaces,
-  with a root file system of its own: read-only /usr, /etc, /lib*, the
-  executor directory; a private tmpfs at /tmp and /dev/shm; a minimal /dev;
-  its /proc; its /code and socket directory bound read-write. It joins the
-  kernel's cgroups (memory, pids) or sets rlimits, drops to the unprivileged
-  uid, forks the kernel, reaps orphans and exits with the kernel's status
-  (128+N for a signal N, as bubblewrap reports it). Its exit ends every
-  process of the namespace. It also holds the read end of a pipe whose write
-  end only the zygote holds: when the zygote dies, however it died, the
-  guard exits and takes the kernel with it.
-- the kernel.
+- joins its own cgroups (memory, pids) or sets rlimits;
+- unshares its mount, network (only lo, brought up), ipc and uts namespaces
+  and pivots into a root of its own: read-only /usr, /etc, /lib*, the
+  executor directory; private tmpfs at /tmp and /dev/shm; a minimal /dev;
+  its own /proc; its /code and socket directory bound read-write;
+- drops to the unprivileged uid (setuid: no capability left), sets
+  no_new_privs and a parent-death signal, and watches the zygote's lifeline
+  (a pipe whose write end only the zygote holds) from a thread: when the
+  zygote dies, however it died, the kernel exits and its namespace with it.
 
-Without the sandbox (EXECUTOR_SANDBOX unset in the request) the same two
-processes run without namespaces, as the gateway's user.
+The zygote needs root for this (unshare(CLONE_NEWPID), mounts, cgroups,
+setuid); the provisioner uses it only when it runs as root, else it spawns
+sandboxed kernels with bubblewrap. Without the sandbox the child runs in
+its own session as the gateway's user, without namespaces.
+
+As pid 1 the kernel reaps nothing it did not start itself: a background
+process whose parent died stays a zombie until the kernel ends (the pids
+limit bounds them).
 """
 
 import ctypes
@@ -93,7 +100,6 @@ MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
-PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
@@ -154,16 +160,13 @@ def threads():
         return -1
 
 
-def kill_kernel(guard):
-    """Kill a kernel: its guard's process group (the guard made it)."""
-    try:
-        os.killpg(guard, signal.SIGKILL)
-    except OSError:
-        pass
-    try:
-        os.kill(guard, signal.SIGKILL)  # in case it had not made it yet
-    except OSError:
-        pass
+def kill_kernel(pid):
+    """Kill a kernel and its process group (its pid namespace ends with it)."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 class Zygote:
@@ -171,20 +174,20 @@ class Zygote:
         self.ctl = socket.socket(fileno=ctl_fd)
         self.lifeline = lifeline_fd
         self.buf = b""
-        self.guards = {}  # guard pid -> token
-        self.tokens = {}  # token -> guard pid
-        # The children's end of the zygote's own lifeline: the guards hold
-        # the read end; only the zygote holds the write end.
+        self.kernels = {}  # pid -> token
+        self.tokens = {}  # token -> pid
+        # The zygote's own lifeline: the kernels hold the read end; only
+        # the zygote holds the write end.
         self.zr, self.zw = os.pipe()
         self.sig_r, self.sig_w = os.pipe()
         os.set_blocking(self.sig_r, False)
         os.set_blocking(self.sig_w, False)
+        self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
     def send(self, obj):
         self.ctl.sendall((json.dumps(obj) + "\n").encode())
 
     def run(self):
-        prctl(PR_SET_CHILD_SUBREAPER, 1)
         signal.set_wakeup_fd(self.sig_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         n = threads()
@@ -217,7 +220,7 @@ class Zygote:
                     self.handle(json.loads(line))
 
     def shutdown(self):
-        for pid in self.guards:
+        for pid in self.kernels:
             kill_kernel(pid)
         os._exit(0)
 
@@ -229,10 +232,17 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            token = self.guards.pop(pid, None)
+            token = self.kernels.pop(pid, None)
             if token is None:
-                continue  # a specialiser, or an orphan that came to us
+                continue
             self.tokens.pop(token, None)
+            # Without a pid namespace the kernel's children outlive it:
+            # end its process group (its pid is not reused while the group
+            # has members).
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
             if os.WIFSIGNALED(status):
                 code = 128 + os.WTERMSIG(status)
             else:
@@ -252,99 +262,113 @@ class Zygote:
         try:
             pid = self.fork(req)
         except Exception as e:
-            self.send({"op": "error", "token": token, "error": str(e)})
+            self.send({"op": "error", "token": token, "error": "%s: %s" % (type(e).__name__, e)})
             return
-        self.guards[pid] = token
+        self.kernels[pid] = token
         self.tokens[token] = pid
         self.send({"op": "forked", "token": token, "pid": pid})
 
     def fork(self, req):
-        """Fork the specialiser, which makes the guard; return the guard's pid."""
-        rp, wp = os.pipe()
-        pid = os.fork()
+        """Fork a kernel; return its pid. Its set-up runs in the child."""
+        sandbox = req.get("sandbox")
+        if sandbox:
+            _check(libc.unshare(CLONE_NEWPID), "unshare pid")
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if sandbox and pid != 0:
+                # Our next children are born in our own pid namespace again.
+                _check(libc.setns(self.pidns, CLONE_NEWPID), "setns pid")
         if pid == 0:
-            code = 0
             try:
-                os.close(rp)
                 self.ctl.close()
-                for fd in (self.zw, self.sig_r, self.sig_w, self.lifeline):
+                for fd in (self.zw, self.sig_r, self.sig_w, self.lifeline, self.pidns):
                     os.close(fd)
                 signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                guard = specialise(req, self.zr, wp)
-                os.write(wp, json.dumps({"pid": guard}).encode())
+                specialise(req, self.zr)
+                run_kernel(req, self.zr)
             except BaseException as e:
-                try:
-                    os.write(wp, json.dumps({"error": "%s: %s" % (type(e).__name__, e)}).encode())
-                finally:
-                    code = 1
-            os._exit(code)
-        os.close(wp)
-        out = b""
-        try:
-            while True:
-                r, _, _ = select.select([rp], [], [], 30)
-                if not r:
-                    os.kill(pid, signal.SIGKILL)
-                    raise RuntimeError("kernel set-up timed out")
-                chunk = os.read(rp, 4096)
-                if not chunk:
-                    break
-                out += chunk
-        finally:
-            os.close(rp)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass  # reaped by reap() already
-        res = json.loads(out or b'{"error": "kernel set-up died"}')
-        if "error" in res:
-            raise RuntimeError(res["error"])
-        return res["pid"]
+                log("kernel %s: %s: %s" % (req.get("token"), type(e).__name__, e))
+            os._exit(70)
+        return pid
 
 
-# --- the specialiser (in the first child) -----------------------------------
+# --- in the child -----------------------------------------------------------
 
 
-def specialise(req, zr, wp):
-    """Isolate this process as the request asks and fork the guard.
+def specialise(req, zr):
+    """Isolate this process (pid 1 of its pid namespace) as req asks.
 
     req holds: token; conn (the connection file); code (host directory of
-    /code); sock (the socket directory, bound at the same path); sandbox
-    (bool); share_net (bool, for the tcp transport); binds (read-only host
-    directories to show); uid, gid; cgroups (directories whose cgroup.procs
-    the kernel joins); rlimits ({"as": bytes, "nproc": n}, used without
-    cgroups); env (the kernel's whole environment).
+    /code); sock (the socket directory, bound at the same path); root (an
+    empty directory to build the root in); sandbox (bool); share_net (bool,
+    for the tcp transport); binds (read-only host directories to show);
+    uid, gid; cgroups (directories whose cgroup.procs the kernel joins);
+    rlimits ({"as": bytes, "nproc": n}, used without cgroups); env (the
+    kernel's whole environment).
     """
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.setsid()
     for cg in req.get("cgroups") or []:
         with open(os.path.join(cg, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
-    if req.get("sandbox"):
-        userns = os.geteuid() != 0
-        if userns:
-            uid, gid = os.geteuid(), os.getegid()
-            _check(libc.unshare(CLONE_NEWUSER), "unshare user")
-            with open("/proc/self/setgroups", "w") as f:
-                f.write("deny")
-            with open("/proc/self/uid_map", "w") as f:
-                f.write("%d %d 1" % (uid, uid))
-            with open("/proc/self/gid_map", "w") as f:
-                f.write("%d %d 1" % (gid, gid))
-        flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+    import resource
+
+    rl = req.get("rlimits") or {}
+    if rl.get("as"):
+        resource.setrlimit(resource.RLIMIT_AS, (rl["as"], rl["as"]))
+    if rl.get("nproc"):
+        resource.setrlimit(resource.RLIMIT_NPROC, (rl["nproc"], rl["nproc"]))
+    sandbox = req.get("sandbox")
+    if sandbox:
+        flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
         if not req.get("share_net"):
             flags |= CLONE_NEWNET
         _check(libc.unshare(flags), "unshare")
         make_root(req)
-    pid = os.fork()
-    if pid == 0:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        if not req.get("share_net"):
+            loopback_up()
+        libc.sethostname(b"codegw", 6)
+    if os.geteuid() == 0 and req.get("uid"):
+        os.setgroups([])
+        os.setresgid(req["gid"], req["gid"], req["gid"])
+        os.setresuid(req["uid"], req["uid"], req["uid"])
+        # setuid made us undumpable, which also hides our own /proc
+        # entries from us; nothing privileged is left to protect.
+        prctl(PR_SET_DUMPABLE, 1)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    # After setuid, which clears it. The parent is the zygote.
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    watch_zygote(zr, sandbox)
+
+
+def watch_zygote(zr, sandbox):
+    """End the kernel when the zygote's lifeline reads end-of-file.
+
+    The zygote may have died before PR_SET_PDEATHSIG was set, and user code
+    can unset that; this thread backs it up. Without a pid namespace the
+    kernel's process group is killed too.
+    """
+    import threading
+
+    def watch(fd=zr, read=os.read, killpg=os.killpg, _exit=os._exit):
         try:
-            os.close(wp)
-            guard(req, zr)
-        except BaseException as e:
-            log("kernel %s: guard failed: %s: %s" % (req.get("token"), type(e).__name__, e))
-        os._exit(70)
-    return pid
+            while read(fd, 64):
+                pass
+        except OSError:
+            pass
+        try:
+            if not sandbox:
+                killpg(0, signal.SIGKILL)
+        finally:
+            _exit(137)
+
+    threading.Thread(target=watch, name="zygote-lifeline", daemon=True).start()
 
 
 def make_root(req):
@@ -407,104 +431,6 @@ def make_root(req):
     os.chdir("/")
 
 
-# --- the guard (pid 1 of the kernel's namespaces) ---------------------------
-
-
-def guard(req, zr):
-    # Its own session and process group, which the kernel shares: the
-    # gateway's kill and count of "the kernel's group" mean these.
-    os.setsid()
-    sandbox = req.get("sandbox")
-    if sandbox:
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        if not req.get("share_net"):
-            loopback_up()
-        try:
-            libc.sethostname(b"codegw", 6)
-        except Exception:
-            pass
-    rl = req.get("rlimits") or {}
-    import resource
-
-    if rl.get("as"):
-        resource.setrlimit(resource.RLIMIT_AS, (rl["as"], rl["as"]))
-    if rl.get("nproc"):
-        resource.setrlimit(resource.RLIMIT_NPROC, (rl["nproc"], rl["nproc"]))
-    dropped = False
-    if os.geteuid() == 0 and req.get("uid"):
-        os.setgroups([])
-        os.setresgid(req["gid"], req["gid"], req["gid"])
-        os.setresuid(req["uid"], req["uid"], req["uid"])
-        dropped = True
-    elif sandbox and os.geteuid() != 0:
-        drop_capabilities()
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(zr)
-            if dropped:
-                # setuid made us undumpable, which also hides our own /proc
-                # entries from us; the guard stays undumpable, so the
-                # kernel's code cannot ptrace it.
-                prctl(PR_SET_DUMPABLE, 1)
-            run_kernel(req)
-        except BaseException as e:
-            log("kernel %s failed: %s: %s" % (req.get("token"), type(e).__name__, e))
-        os._exit(70)
-
-    # Reap orphans until the kernel ends; end with the zygote.
-    sig_r, sig_w = os.pipe()
-    os.set_blocking(sig_r, False)
-    os.set_blocking(sig_w, False)
-    signal.set_wakeup_fd(sig_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    while True:
-        try:
-            r, _, _ = select.select([zr, sig_r], [], [])
-        except InterruptedError:
-            continue
-        if zr in r:
-            try:
-                data = os.read(zr, 64)
-            except OSError:
-                data = b""
-            if not data:
-                finish(sandbox, 137)
-        try:
-            while os.read(sig_r, 64):
-                pass
-        except BlockingIOError:
-            pass
-        while True:
-            try:
-                wpid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                finish(sandbox, 70)
-            if wpid == 0:
-                break
-            if wpid == pid:
-                if os.WIFSIGNALED(status):
-                    finish(sandbox, 128 + os.WTERMSIG(status))
-                finish(sandbox, os.waitstatus_to_exitcode(status))
-
-
-def finish(sandbox, code):
-    if not sandbox:
-        # No pid namespace to take them: end the rest of our process group.
-        me, group = os.getpid(), os.getpgid(0)
-        for name in os.listdir("/proc"):
-            if name.isdigit() and int(name) != me:
-                try:
-                    if os.getpgid(int(name)) == group:
-                        os.kill(int(name), signal.SIGKILL)
-                except OSError:
-                    pass
-    os._exit(code)
-
-
 def loopback_up():
     SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
     import fcntl
@@ -515,33 +441,13 @@ def loopback_up():
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def drop_capabilities():
-    """Drop every capability (of our user namespace) from all sets."""
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
-
-    for cap in range(64):
-        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            break
-    hdr = Header(0x20080522, 0)
-    data = (Data * 2)()
-    _check(libc.capset(ctypes.byref(hdr), data), "capset")
-
-
 # --- the kernel -------------------------------------------------------------
 
 
-def run_kernel(req):
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.closerange(3, 1 << 16)
+def run_kernel(req, zr):
+    # Nothing of the zygote's but the lifeline reaches user code.
+    os.closerange(3, zr)
+    os.closerange(zr + 1, 1 << 16)
 
     os.environ.clear()
     os.environ.update(req.get("env") or {})

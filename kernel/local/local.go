@@ -206,6 +206,12 @@ func (p *Provisioner) chooseStart() error {
 		p.log.Warn("local: cgroups unavailable: forked kernels are limited by rlimits (RLIMIT_AS, and RLIMIT_NPROC shared by all kernels of one uid)",
 			"reason", err)
 	}
+	if p.sandbox && os.Geteuid() != 0 {
+		// The zygote builds each kernel's namespaces and drops its uid,
+		// which takes root; bubblewrap does without.
+		p.log.Warn("local: fork server needs root to sandbox kernels; kernels are cold-started in bubblewrap (KERNEL_START=spawn)")
+		return nil
+	}
 	p.fork = true
 	if _, err := p.getZygote(context.Background()); err != nil {
 		p.fork = false

@@ -50,7 +50,8 @@ type run struct {
 	tail     *tailBuffer
 
 	// Set for a kernel forked by a zygote (KERNEL_START=fork): pgid is
-	// then the pid of its guard, the child of the zygote.
+	// then the kernel's pid, a child of the zygote and pid 1 of its own
+	// pid namespace.
 	z     *zygote
 	token string
 	cg    *cgroup
@@ -260,7 +261,7 @@ func (k *Process) kill(ctx context.Context, r *run) error {
 	default:
 	}
 	if r.z != nil {
-		// The zygote kills the guard, which it has not reaped yet.
+		// The zygote kills the kernel, which it has not reaped yet.
 		r.z.killRun(r.token)
 	} else if // The group leader is not reaped before r.exited closes, so
 	// its pid cannot have been reused yet.

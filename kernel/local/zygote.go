@@ -198,8 +198,9 @@ func (z *zygote) read() {
 }
 
 // wait is the one goroutine that waits for the zygote process. When it
-// ends, its kernels' guards see end-of-file on the zygote's lifeline and
-// end their namespaces; wait confirms they are gone and reports them dead.
+// ends, its kernels get their parent-death signal or see end-of-file on the
+// zygote's lifeline and end, with their namespaces; wait confirms they are
+// gone and reports them dead.
 func (z *zygote) wait(lifeline *os.File, output chan struct{}) {
 	err := z.cmd.Wait()
 	syscall.Kill(-z.pid, syscall.SIGKILL)
@@ -228,7 +229,7 @@ func (z *zygote) wait(lifeline *os.File, output chan struct{}) {
 	}
 }
 
-// fork asks the zygote for a kernel run r and returns its guard's pid.
+// fork asks the zygote for a kernel run r and returns its pid.
 func (z *zygote) fork(ctx context.Context, r *run, req forkRequest) (int, error) {
 	ch := make(chan zmsg, 1)
 	z.mu.Lock()
@@ -283,8 +284,8 @@ func (z *zygote) send(req forkRequest) error {
 	return nil
 }
 
-// killRun asks the zygote to kill a kernel's guard, which ends its
-// namespace. A dead zygote's kernels end by themselves.
+// killRun asks the zygote to kill a kernel, which ends its pid namespace
+// (or, without the sandbox, its process group). A dead zygote's kernels end by themselves.
 func (z *zygote) killRun(token string) {
 	z.send(forkRequest{Op: "kill", Token: token})
 }
@@ -367,7 +368,7 @@ func (k *Process) startFork(ctx context.Context) error {
 		return fmt.Errorf("local: %w", err)
 	}
 	env := p.envMap(k.kdir, k.spec)
-	delete(env, "EXECUTOR_LIFELINE_FD") // the guard watches the zygote
+	delete(env, "EXECUTOR_LIFELINE_FD") // the kernel watches the zygote
 	delete(env, "EXECUTOR_MPL_CACHE")   // the zygote loaded the fonts
 	req := forkRequest{Token: token, Conn: connFile, Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
 		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env}
@@ -433,8 +434,8 @@ func (r *run) finish(e kernel.Exit) {
 	})
 }
 
-// orphaned waits until a kernel whose zygote died is gone (its guard ends
-// at the zygote's lifeline end-of-file), killing it if it lingers, and then
+// orphaned waits until a kernel whose zygote died is gone (it ends at the
+// zygote's lifeline end-of-file), killing it if it lingers, and then
 // reports it killed.
 func (r *run) orphaned() {
 	gone := func() bool {
@@ -446,6 +447,7 @@ func (r *run) orphaned() {
 	for i := 0; !gone(); i++ {
 		if i == 200 { // 2s
 			if r.pgid > 0 {
+				syscall.Kill(-r.pgid, syscall.SIGKILL)
 				syscall.Kill(r.pgid, syscall.SIGKILL)
 			}
 		}
