@@ -25,6 +25,7 @@ const (
 	helperEnv        = "CODEGW_TEST_LIFELINE_HELPER" // the state dir
 	helperKernelEnv  = "CODEGW_TEST_LIFELINE_KERNEL" // the kernel id
 	helperSandboxEnv = "CODEGW_TEST_LIFELINE_SANDBOX"
+	helperStartEnv   = "CODEGW_TEST_LIFELINE_START" // "fork": see forkHelper
 )
 
 // TestHelperProcess is not a test: TestOrphanedKernels runs the test binary
@@ -34,6 +35,9 @@ func TestHelperProcess(t *testing.T) {
 	dir := os.Getenv(helperEnv)
 	if dir == "" {
 		t.Skip("helper process for TestOrphanedKernels")
+	}
+	if os.Getenv(helperStartEnv) == StartFork {
+		forkHelper(dir)
 	}
 	// New's checks import ipykernel outside and inside the sandbox, which
 	// takes seconds on a loaded machine; the test's own New made them in

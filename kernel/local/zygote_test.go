@@ -1,10 +1,15 @@
 package local
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -304,6 +309,99 @@ func TestZygoteDeath(t *testing.T) {
 			}
 			if k2.current().z == old {
 				t.Error("the dead zygote forked the new kernel")
+			}
+		})
+	}
+}
+
+// forkHelper is TestHelperProcess for TestForkGatewayKill: a gateway that
+// forks one kernel, says "started <kernel pid> <zygote pid> <pids cgroup>"
+// and waits to be killed.
+func forkHelper(dir string) {
+	p, err := New(Config{StateDir: dir, Sandbox: os.Getenv(helperSandboxEnv), Preload: []string{},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil && !p.fork {
+		err = errors.New("the zygote did not start")
+	}
+	var proc kernel.Process
+	if err == nil {
+		proc, err = p.Start(context.Background(), kernel.Spec{ID: os.Getenv(helperKernelEnv)})
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		os.Exit(2)
+	}
+	r := proc.(*Process).current()
+	cg := ""
+	if r.cg != nil {
+		cg = r.cg.pids
+	}
+	fmt.Printf("started %d %d %s\n", r.pgid, r.z.pid, cg)
+	time.Sleep(time.Minute)
+	os.Exit(3)
+}
+
+// TestForkGatewayKill kills a gateway (a helper process) with SIGKILL while
+// its zygote has a kernel running: the zygote and the kernel end with it.
+func TestForkGatewayKill(t *testing.T) {
+	for _, mode := range sandboxes(t) {
+		t.Run(mode, func(t *testing.T) {
+			newProvisioner(t, Config{Sandbox: mode, Preload: []string{}}) // executor files, font cache
+			id := newID()
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+			cmd.Env = append(os.Environ(), helperEnv+"="+stateDir, helperKernelEnv+"="+id,
+				helperSandboxEnv+"="+mode, helperStartEnv+"="+StartFork)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			line := make(chan string, 1)
+			go func() {
+				s, _ := bufio.NewReader(out).ReadString('\n')
+				line <- s
+			}()
+			var s string
+			select {
+			case s = <-line:
+			case <-time.After(startTimeout):
+				t.Fatalf("helper did not start a kernel; stderr: %s", stderr.String())
+			}
+			f := strings.Fields(s)
+			if len(f) < 3 || f[0] != "started" {
+				t.Fatalf("helper said %q; stderr: %s", s, stderr.String())
+			}
+			kpid, _ := strconv.Atoi(f[1])
+			zpid, _ := strconv.Atoi(f[2])
+			cgDir := ""
+			if len(f) > 3 {
+				cgDir = f[3]
+			}
+			t.Cleanup(func() { os.RemoveAll(filepath.Join(stateDir, "k", id)) })
+			cmd.Process.Kill()
+			cmd.Wait()
+			gone := func() bool {
+				if syscall.Kill(zpid, 0) == nil || syscall.Kill(kpid, 0) == nil {
+					return false
+				}
+				if cgDir != "" {
+					return (&cgroup{pids: cgDir}).empty()
+				}
+				return true
+			}
+			for deadline := time.Now().Add(10 * time.Second); !gone() && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if !gone() {
+				syscall.Kill(-kpid, syscall.SIGKILL)
+				syscall.Kill(kpid, syscall.SIGKILL)
+				syscall.Kill(-zpid, syscall.SIGKILL)
+				t.Fatal("the zygote or its kernel outlived the gateway")
 			}
 		})
 	}
