@@ -27,6 +27,7 @@ type Config struct {
 
 	Python      string // KERNEL_PYTHON
 	Sandbox     string // SANDBOX: auto | bwrap | none
+	KernelStart string // KERNEL_START: fork | spawn (local executor)
 	DockerImage string
 	NetworkMode string
 	PidsLimit   int64
@@ -75,7 +76,7 @@ func DefaultConfig() Config {
 	return Config{
 		Host: "127.0.0.1", Port: 14564,
 		Executor: "local", PoolSize: 2, PoolStarts: 2,
-		Python: "/usr/bin/python3", Sandbox: "auto",
+		Python: "/usr/bin/python3", Sandbox: "auto", KernelStart: "fork",
 		DockerImage: "codegw/executor:latest", NetworkMode: "none", PidsLimit: 256,
 		MemoryBytes: 1 << 30, CPUs: 1, InstanceID: host,
 		MaxWorkers: 4, MaxQueue: 64, QueueTimeout: 30 * time.Second,
@@ -113,6 +114,7 @@ func LoadConfig() (Config, error) {
 	e.str("STATE_DIR", &c.StateDir)
 	e.str("KERNEL_PYTHON", &c.Python)
 	e.str("SANDBOX", &c.Sandbox)
+	e.str("KERNEL_START", &c.KernelStart)
 	e.str("DOCKER_IMAGE", &c.DockerImage)
 	e.str("DOCKER_NETWORK_MODE", &c.NetworkMode)
 	e.int64("DOCKER_PIDS_LIMIT", &c.PidsLimit)

@@ -150,6 +150,9 @@ func run() error {
 		}()
 	}
 	caps := newCapabilities(cfg, launch, log)
+	if m, ok := prov.(startModer); ok {
+		caps.start, caps.limitMode = m.StartMode(), m.LimitMode()
+	}
 	bg.Add(1)
 	go func() { defer bg.Done(); caps.probe(bgCtx) }()
 
@@ -206,7 +209,8 @@ func provisioner(ctx context.Context, cfg Config, log *slog.Logger) (kernel.Prov
 			StateDir: stateDir, Preload: cfg.Preload, Logger: log,
 		})
 	}
-	return local.New(local.Config{Python: cfg.Python, StateDir: cfg.StateDir, Sandbox: cfg.Sandbox, Preload: cfg.Preload, Logger: log})
+	return local.New(local.Config{Python: cfg.Python, StateDir: cfg.StateDir, Sandbox: cfg.Sandbox, Preload: cfg.Preload, Logger: log,
+		Start: cfg.KernelStart, Memory: cfg.MemoryBytes, PidsLimit: int(cfg.PidsLimit)})
 }
 
 func openStore(ctx context.Context, cfg Config) (store.Store, error) {
@@ -219,12 +223,21 @@ func openStore(ctx context.Context, cfg Config) (store.Store, error) {
 // capabilities describes the runtime, probed once in a kernel of the kind
 // that serves requests so that it tells the truth about that kernel.
 type capabilities struct {
-	cfg    Config
-	launch func(context.Context) (*kernel.Kernel, error)
-	log    *slog.Logger
+	cfg Config
+	// start and limitMode say how local kernels are made (fork, spawn)
+	// and limited (cgroup, rlimit, none); empty for Docker.
+	start, limitMode string
+	launch           func(context.Context) (*kernel.Kernel, error)
+	log              *slog.Logger
 
 	mu    sync.Mutex
 	facts map[string]any
+}
+
+// startModer is implemented by local.Provisioner.
+type startModer interface {
+	StartMode() string
+	LimitMode() string
 }
 
 func newCapabilities(cfg Config, launch func(context.Context) (*kernel.Kernel, error), log *slog.Logger) *capabilities {
@@ -288,6 +301,10 @@ func (c *capabilities) get() any {
 			"memory_bytes":              c.cfg.MemoryBytes,
 			"pids_limit":                c.cfg.PidsLimit,
 		},
+	}
+	if c.start != "" {
+		out["kernel_start"] = c.start
+		out["limits"].(map[string]any)["kernel_limits"] = c.limitMode
 	}
 	for k, v := range p {
 		out[k] = v
