@@ -406,3 +406,29 @@ func TestForkGatewayKill(t *testing.T) {
 		})
 	}
 }
+
+// TestForkRlimits forks kernels as where cgroups cannot be written: the
+// memory limit is RLIMIT_AS, which numpy and the kernel's threads live with,
+// and an allocation past it fails in the kernel instead of killing it.
+func TestForkRlimits(t *testing.T) {
+	requireBwrap(t)
+	p := newProvisioner(t, Config{Sandbox: SandboxBwrap, Memory: 1 << 30})
+	p.cg = nil // as if detectCgroups had failed
+	if p.LimitMode() != "rlimit" {
+		t.Fatalf("limit mode %s", p.LimitMode())
+	}
+	k, c := startSpec(t, p, kernel.Spec{ID: newID()})
+	if k.current().cg != nil {
+		t.Fatal("the kernel has cgroups")
+	}
+	got := lines(t, c, `import resource, numpy as np
+print(resource.getrlimit(resource.RLIMIT_AS)[0], np.ones(10**6).sum())
+try:
+    x = bytearray(2 << 30)
+    print("allocated")
+except MemoryError:
+    print("MemoryError")`)
+	if got[0] != strconv.Itoa(1<<30)+" 1000000.0" || got[1] != "MemoryError" {
+		t.Errorf("got %q, want the 1 GiB limit, a numpy sum and a MemoryError", got)
+	}
+}
