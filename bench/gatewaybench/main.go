@@ -9,7 +9,9 @@
 // kernel round trip (kernel.Kernel.Execute on a warm kernel of its own) as the
 // floor. Throughput: requests per second under continuous load, each on a
 // fresh kernel, and the CPU seconds each request costs (the gateway process
-// plus the kernels' process trees). bench/README.md explains the figures.
+// plus the kernels' process trees). Both ways of making local kernels,
+// -start fork,spawn (KERNEL_START), run side by side in the same process,
+// one after the other. bench/README.md explains the figures.
 package main
 
 import (
@@ -23,6 +25,8 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -49,6 +53,7 @@ type config struct {
 	CPUProfile  string
 	Verbose     bool
 	WarmUpCode  string
+	Start       string
 }
 
 func parseFlags() config {
@@ -69,6 +74,7 @@ func parseFlags() config {
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the gateway process (throughput window) to this file")
 	flag.StringVar(&c.WarmUpCode, "pool-warmup", "pass", "the pool kernels' warm-up cell (the gateway's is \"pass\")")
 	flag.BoolVar(&c.Verbose, "v", false, "log gateway and provisioner events")
+	flag.StringVar(&c.Start, "start", "fork,spawn", "KERNEL_START modes to measure, in order: fork, spawn")
 	flag.Parse()
 	if c.Clients <= 0 {
 		c.Clients = c.Workers
@@ -139,22 +145,27 @@ type Target struct {
 
 // Throughput is the sustained rate with a fresh kernel per request.
 type Throughput struct {
-	Clients        int            `json:"clients"`
-	Seconds        float64        `json:"seconds"`
-	Requests       int            `json:"requests"`
-	Errors         int            `json:"errors"`
-	FirstError     string         `json:"first_error,omitempty"`
-	RPS            float64        `json:"requests_per_s"`
-	OriginalRPS    float64        `json:"original_requests_per_s"`
-	Ratio          float64        `json:"ratio_to_original"`
-	Latency        benchkit.Stats `json:"latency_ms"`
-	GatewayCPU     float64        `json:"gateway_cpu_s"` // RUSAGE_SELF minus the sampler's thread
-	KernelCPU      float64        `json:"kernel_cpu_s"`  // descendants, sampled from /proc
-	SamplerCPU     float64        `json:"sampler_cpu_s"` // reading /proc, taken off GatewayCPU
-	GatewayCPUPerR float64        `json:"gateway_cpu_ms_per_request"`
-	KernelCPUPerR  float64        `json:"kernel_cpu_ms_per_request"`
-	TotalCPUPerR   float64        `json:"total_cpu_ms_per_request"`
-	CoreSeconds    float64        `json:"core_seconds_available"` // CPUs x window
+	Clients     int            `json:"clients"`
+	Seconds     float64        `json:"seconds"`
+	Requests    int            `json:"requests"`
+	Errors      int            `json:"errors"`
+	FirstError  string         `json:"first_error,omitempty"`
+	RPS         float64        `json:"requests_per_s"`
+	OriginalRPS float64        `json:"original_requests_per_s"`
+	Ratio       float64        `json:"ratio_to_original"`
+	Latency     benchkit.Stats `json:"latency_ms"`
+	GatewayCPU  float64        `json:"gateway_cpu_s"` // RUSAGE_SELF minus the sampler's thread
+	KernelCPU   float64        `json:"kernel_cpu_s"`  // descendants, sampled from /proc
+	SamplerCPU  float64        `json:"sampler_cpu_s"` // reading /proc, taken off GatewayCPU
+	// ZygoteCPU is, with KERNEL_START=fork, the zygote's CPU plus that of
+	// the kernels it reaped over the window (/proc/<zygote>/stat utime,
+	// stime, cutime, cstime): exact where the sampler misses each kernel's
+	// last interval. KernelCPU is then the larger of the two.
+	ZygoteCPU      float64 `json:"zygote_cpu_s,omitempty"`
+	GatewayCPUPerR float64 `json:"gateway_cpu_ms_per_request"`
+	KernelCPUPerR  float64 `json:"kernel_cpu_ms_per_request"`
+	TotalCPUPerR   float64 `json:"total_cpu_ms_per_request"`
+	CoreSeconds    float64 `json:"core_seconds_available"` // CPUs x window
 }
 
 const (
@@ -163,11 +174,31 @@ const (
 )
 
 func run(ctx context.Context, cfg config, out io.Writer) error {
+	var all []*Results
+	for _, start := range strings.Split(cfg.Start, ",") {
+		res, err := runStart(ctx, cfg, strings.TrimSpace(start))
+		if err != nil {
+			return fmt.Errorf("KERNEL_START=%s: %w", start, err)
+		}
+		all = append(all, res)
+		if !cfg.JSON {
+			printTable(out, res)
+			fmt.Fprintln(out)
+		}
+	}
+	if cfg.JSON {
+		return benchkit.PrintJSON(out, all)
+	}
+	return nil
+}
+
+// runStart measures one KERNEL_START mode with its own provisioner and gateway.
+func runStart(ctx context.Context, cfg config, start string) (*Results, error) {
 	level := benchkit.LogLevel(cfg.Verbose)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	phases, err := benchkit.ParsePhases(cfg.Phases, "latency", "throughput")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	res := &Results{
 		Date: time.Now(),
@@ -179,50 +210,72 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			"MAX_WORKERS": fmt.Sprint(cfg.Workers), "clients": fmt.Sprint(cfg.Clients),
 			"n": fmt.Sprint(cfg.N), "n_heavy": fmt.Sprint(cfg.NHeavy), "floor_per_sample": fmt.Sprint(cfg.FloorPer),
 			"duration": cfg.Duration.String(), "warmup": cfg.Warmup.String(), "pool_warmup_cell": cfg.WarmUpCode,
+			"KERNEL_START": start,
 		},
 	}
-	prov, err := local.New(local.Config{Python: cfg.Python, Sandbox: cfg.Sandbox, Logger: log})
+	prov, err := local.New(local.Config{Python: cfg.Python, Sandbox: cfg.Sandbox, Logger: log, Start: start,
+		Memory: 1 << 30, PidsLimit: 256})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer prov.Close()
+	if prov.StartMode() != start {
+		return nil, fmt.Errorf("the provisioner fell back to %s", prov.StartMode())
+	}
+	res.Config["kernel_limits"] = prov.LimitMode()
 	g, err := benchkit.StartGateway(benchkit.GatewayConfig{
 		Prov: prov, PoolSize: cfg.PoolSize, MaxStarting: cfg.MaxStarting, Workers: cfg.Workers,
 		MaxQueue: 4 * cfg.Clients, Logger: log, WarmUp: cfg.WarmUpCode,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer g.Close()
 	client := benchkit.HTTPClient(cfg.Clients + 4)
 
 	if phases["latency"] {
 		if err := latency(ctx, cfg, g, prov, client, log, res); err != nil {
-			return fmt.Errorf("latency: %w", err)
+			return nil, fmt.Errorf("latency: %w", err)
 		}
 	}
 	if phases["throughput"] {
 		if cfg.CPUProfile != "" {
-			f, err := os.Create(cfg.CPUProfile)
+			f, err := os.Create(cfg.CPUProfile + "." + start)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			defer f.Close()
 			defer pprof.StopCPUProfile()
 			profile = f
 		}
-		tp, err := throughput(ctx, cfg, g, client)
+		tp, err := throughput(ctx, cfg, g, client, prov.ZygotePID())
 		if err != nil {
-			return fmt.Errorf("throughput: %w", err)
+			return nil, fmt.Errorf("throughput: %w", err)
 		}
 		res.Throughput = tp
 	}
 	res.Host.LoadEnd = benchkit.LoadAvg()
-	if cfg.JSON {
-		return benchkit.PrintJSON(out, res)
+	return res, nil
+}
+
+// reapedCPU is a process's own and reaped children's CPU seconds
+// (/proc/<pid>/stat utime+stime+cutime+cstime); 0 for pid 0.
+func reapedCPU(pid int) float64 {
+	if pid <= 0 {
+		return 0
 	}
-	printTable(out, res)
-	return nil
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	var ticks float64
+	for _, i := range []int{11, 12, 13, 14} { // fields 14-17, counted from 3
+		v, _ := strconv.ParseFloat(f[i], 64)
+		ticks += v
+	}
+	return ticks / 100 // USER_HZ
 }
 
 var profile *os.File
@@ -335,7 +388,7 @@ func latency(ctx context.Context, cfg config, g *benchkit.Gateway, prov kernel.P
 // window. In the steady state both are unbiased. Requests still in flight
 // when the window closes are abandoned (the gateway finishes them before
 // Close returns).
-func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *http.Client) (*Throughput, error) {
+func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *http.Client, zygote int) (*Throughput, error) {
 	if err := benchkit.WaitPoolFull(ctx, g.Pool, cfg.PoolSize, 3*time.Minute); err != nil {
 		return nil, err
 	}
@@ -383,6 +436,7 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 	}
 	mu.Lock()
 	self0 := benchkit.SelfCPU()
+	z0 := reapedCPU(zygote)
 	t0 := time.Now()
 	window = true
 	mu.Unlock()
@@ -394,6 +448,7 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 	window = false
 	elapsed := time.Since(t0).Seconds()
 	self := benchkit.SelfCPU() - self0
+	zcpu := reapedCPU(zygote) - z0
 	n, nerr, first := len(lat), errs, firstErr
 	all := lat
 	mu.Unlock()
@@ -409,7 +464,8 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 	tp := &Throughput{
 		Clients: cfg.Clients, Seconds: elapsed, Requests: n, Errors: nerr, FirstError: first,
 		RPS: float64(n) / elapsed, OriginalRPS: originalRPS, Latency: benchkit.Summarize(all),
-		GatewayCPU: self - scpu, KernelCPU: kcpu, SamplerCPU: scpu, CoreSeconds: float64(runtime.NumCPU()) * elapsed,
+		GatewayCPU: self - scpu, KernelCPU: max(kcpu, zcpu), SamplerCPU: scpu, CoreSeconds: float64(runtime.NumCPU()) * elapsed,
+		ZygoteCPU: zcpu,
 	}
 	tp.Ratio = tp.RPS / originalRPS
 	if n > 0 {
@@ -423,8 +479,8 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 func printTable(out io.Writer, r *Results) {
 	fmt.Fprintf(out, "gatewaybench %s  %d CPUs, %s, load %s -> %s\n%s\n", r.Date.Format("2006-01-02 15:04"),
 		r.Host.CPUs, r.Host.GoVersion, r.Host.LoadStart, r.Host.LoadEnd, r.Host.Versions)
-	fmt.Fprintf(out, "config: local provisioner (sandbox %s), default preload, POOL_SIZE=%s POOL_MAX_STARTING=%s MAX_WORKERS=%s, memory store\n\n",
-		r.Config["sandbox"], r.Config["POOL_SIZE"], r.Config["POOL_MAX_STARTING"], r.Config["MAX_WORKERS"])
+	fmt.Fprintf(out, "config: KERNEL_START=%s (limits: %s), local provisioner (sandbox %s), default preload, POOL_SIZE=%s POOL_MAX_STARTING=%s MAX_WORKERS=%s, memory store\n\n",
+		r.Config["KERNEL_START"], r.Config["kernel_limits"], r.Config["sandbox"], r.Config["POOL_SIZE"], r.Config["POOL_MAX_STARTING"], r.Config["MAX_WORKERS"])
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if len(r.Latency) > 0 {
 		fmt.Fprintln(out, "stateless POST /api/v1/execute, pool full before each sample, vs the same code on a warm kernel of its own (ms):")

@@ -228,6 +228,17 @@ func (p *Provisioner) StartMode() string {
 	return StartSpawn
 }
 
+// ZygotePID is the pid of the running zygote, or 0 (for benchmarks: its
+// reaped-children CPU time is its kernels').
+func (p *Provisioner) ZygotePID() int {
+	p.zmu.Lock()
+	defer p.zmu.Unlock()
+	if p.zyg == nil || p.zyg.isDead() {
+		return 0
+	}
+	return p.zyg.pid
+}
+
 // LimitMode says how forked kernels are limited: "cgroup" or "rlimit"
 // (spawned kernels: "none").
 func (p *Provisioner) LimitMode() string {
