@@ -198,6 +198,12 @@ func (p *Provisioner) chooseStart() error {
 	default:
 		return fmt.Errorf("local: unknown start mode %q (want fork or spawn)", p.cfg.Start)
 	}
+	if p.sandbox && os.Geteuid() != 0 {
+		// The zygote builds each kernel's namespaces and drops its uid,
+		// which takes root; bubblewrap does without.
+		p.log.Warn("local: fork server needs root to sandbox kernels; kernels are cold-started in bubblewrap (KERNEL_START=spawn)")
+		return nil
+	}
 	if cg, err := detectCgroups(); err == nil {
 		p.cg = cg
 		p.log.Info("local: forked kernels are limited by cgroups", "memory_bytes", p.cfg.Memory, "pids", p.cfg.PidsLimit,
@@ -205,12 +211,6 @@ func (p *Provisioner) chooseStart() error {
 	} else {
 		p.log.Warn("local: cgroups unavailable: forked kernels are limited by rlimits (RLIMIT_AS, and RLIMIT_NPROC shared by all kernels of one uid)",
 			"reason", err)
-	}
-	if p.sandbox && os.Geteuid() != 0 {
-		// The zygote builds each kernel's namespaces and drops its uid,
-		// which takes root; bubblewrap does without.
-		p.log.Warn("local: fork server needs root to sandbox kernels; kernels are cold-started in bubblewrap (KERNEL_START=spawn)")
-		return nil
 	}
 	p.fork = true
 	if _, err := p.getZygote(context.Background()); err != nil {

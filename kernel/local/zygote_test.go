@@ -432,3 +432,46 @@ except MemoryError:
 		t.Errorf("got %q, want the 1 GiB limit, a numpy sum and a MemoryError", got)
 	}
 }
+
+// TestForkFallback: when the zygote cannot start, New warns and kernels are
+// spawned.
+func TestForkFallback(t *testing.T) {
+	// An interpreter that runs everything but the zygote.
+	wrapper := filepath.Join(t.TempDir(), "python")
+	script := "#!/bin/sh\ncase \"$1\" in *zygote.py) echo 'no zygote here' >&2; exit 1;; esac\nexec /usr/bin/python3 \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	p, err := New(Config{Python: wrapper, StateDir: stateDir, Sandbox: SandboxNone, Preload: []string{},
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	if p.StartMode() != StartSpawn {
+		t.Fatalf("start mode %s, want spawn", p.StartMode())
+	}
+	mu.Lock()
+	warned := strings.Contains(logs.String(), "fork server unavailable") && strings.Contains(logs.String(), "no zygote here")
+	mu.Unlock()
+	if !warned {
+		t.Errorf("no warning naming the zygote's failure in:\n%s", logs.String())
+	}
+	_, c := startKernel(t, p)
+	if got := lines(t, c, "print(1+1)"); got[0] != "2" {
+		t.Errorf("spawned kernel said %v", got)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
