@@ -205,13 +205,13 @@ func TestForkFaults(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		code string
-		kill time.Duration // kill the kernel after this long if it still runs
+		kill bool // kill the kernel once its pids limit was hit
 		want func(kernel.Exit) bool
 	}{
-		{"exit", "import os; os._exit(3)", 0, func(e kernel.Exit) bool { return e.Code == 3 }},
-		{"segfault", "import ctypes; ctypes.string_at(0)", 0, func(e kernel.Exit) bool { return e.Signal == "segmentation fault" }},
-		{"memory bomb", "x = []\nwhile True: x.append(bytearray(16 << 20))", 0, func(e kernel.Exit) bool { return e.OOMKilled }},
-		{"fork bomb", "import os, time\nwhile True:\n    try: os.fork()\n    except OSError: time.sleep(0.05)", 5 * time.Second,
+		{"exit", "import os; os._exit(3)", false, func(e kernel.Exit) bool { return e.Code == 3 }},
+		{"segfault", "import ctypes; ctypes.string_at(0)", false, func(e kernel.Exit) bool { return e.Signal == "segmentation fault" }},
+		{"memory bomb", "x = []\nwhile True: x.append(bytearray(16 << 20))", false, func(e kernel.Exit) bool { return e.OOMKilled }},
+		{"fork bomb", "import os, time\nwhile True:\n    try: os.fork()\n    except OSError: time.sleep(0.05)", true,
 			func(e kernel.Exit) bool { return e.PidsLimited }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -225,21 +225,33 @@ func TestForkFaults(t *testing.T) {
 			wg.Add(1)
 			go func() { defer wg.Done(); sibling(t, stop) }()
 			go tryExecute(c, tt.code)
-			var timeout <-chan time.Time
-			if tt.kill > 0 {
-				timeout = time.After(tt.kill)
+			// The bomb spins at its limit until killed: poll for the limit.
+			var hit <-chan time.Time
+			poll := time.NewTicker(50 * time.Millisecond)
+			defer poll.Stop()
+			if tt.kill {
+				hit = poll.C
 			}
-			select {
-			case <-k.Exited():
-			case <-timeout:
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				err := k.Kill(ctx)
-				cancel()
-				if err != nil {
-					t.Fatal(err)
+			deadline := time.NewTimer(execTimeout)
+			defer deadline.Stop()
+			for ended := false; !ended; {
+				select {
+				case <-k.Exited():
+					ended = true
+				case <-hit:
+					if !r.cg.pidsHit() {
+						continue
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					err := k.Kill(ctx)
+					cancel()
+					if err != nil {
+						t.Fatal(err)
+					}
+					ended = true
+				case <-deadline.C:
+					t.Fatal("the kernel did not end")
 				}
-			case <-time.After(execTimeout):
-				t.Fatal("the kernel did not end")
 			}
 			close(stop)
 			wg.Wait()
