@@ -129,6 +129,15 @@ func reapCgroups(base string) {
 	}
 }
 
+// remove removes the provisioner's parent cgroups once no kernel's is left
+// in them; one still there (a kernel not yet reaped) keeps them, and the
+// next provisioner's detectCgroups removes them.
+func (c *cgroups) remove() {
+	for _, d := range []string{c.mem, c.pids} {
+		os.Remove(d)
+	}
+}
+
 // create makes the cgroups of one kernel with its limits: memory in bytes
 // (swap included, where the kernel accounts it) and processes; zero means
 // no limit.

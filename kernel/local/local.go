@@ -464,6 +464,9 @@ func (p *Provisioner) Close() error {
 		z.kill()
 		<-z.dead
 	}
+	if p.cg != nil {
+		p.cg.remove()
+	}
 	p.spawn.stop()
 	return nil
 }
