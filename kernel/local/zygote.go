@@ -36,13 +36,14 @@ const zygoteStartTimeout = 60 * time.Second
 // zygote is one running fork server (executor-image/zygote.py) and the
 // kernels it forked.
 type zygote struct {
-	p     *Provisioner
-	cmd   *exec.Cmd
-	pid   int
-	conn  net.Conn
-	tail  *tailBuffer
-	ready chan struct{} // closed when the zygote said it is ready
-	dead  chan struct{} // closed once the zygote process ended
+	p        *Provisioner
+	cmd      *exec.Cmd
+	pid      int
+	conn     net.Conn
+	tail     *tailBuffer
+	ready    chan struct{} // closed when the zygote said it is ready
+	readDone chan struct{} // closed when read returned
+	dead     chan struct{} // closed once the zygote process ended
 
 	wmu     sync.Mutex  // serialises writes to conn
 	closing atomic.Bool // the provisioner ended it
@@ -135,7 +136,7 @@ func (p *Provisioner) startZygote(ctx context.Context) (*zygote, error) {
 		return nil, fmt.Errorf("%w: local: start zygote: %v", kernel.ErrProvisioner, err)
 	}
 	z := &zygote{p: p, cmd: cmd, pid: cmd.Process.Pid, conn: conn, tail: newTailBuffer(outputTail),
-		ready: make(chan struct{}), dead: make(chan struct{}),
+		ready: make(chan struct{}), dead: make(chan struct{}), readDone: make(chan struct{}),
 		pending: map[string]chan zmsg{}, runs: map[string]*run{}}
 	output := make(chan struct{})
 	go func() {
@@ -162,6 +163,7 @@ func (p *Provisioner) startZygote(ctx context.Context) (*zygote, error) {
 
 // read dispatches the zygote's messages until its socket closes.
 func (z *zygote) read() {
+	defer close(z.readDone)
 	r := bufio.NewReaderSize(z.conn, 4096)
 	for {
 		line, err := r.ReadBytes('\n')
@@ -179,6 +181,11 @@ func (z *zygote) read() {
 			close(z.ready)
 		case "forked", "error":
 			z.mu.Lock()
+			if r := z.runs[m.Token]; r != nil && m.Op == "forked" {
+				// Here, before its exit can be read, and before fork
+				// returns: finish and Kill read it.
+				r.pgid = m.PID
+			}
 			ch := z.pending[m.Token]
 			delete(z.pending, m.Token)
 			z.mu.Unlock()
@@ -206,6 +213,7 @@ func (z *zygote) wait(lifeline *os.File, output chan struct{}) {
 	syscall.Kill(-z.pid, syscall.SIGKILL)
 	lifeline.Close()
 	z.conn.Close()
+	<-z.readDone // no message is being handled any more
 	z.mu.Lock()
 	runs := z.runs
 	z.runs = map[string]*run{}
@@ -375,7 +383,8 @@ func (k *Process) startFork(ctx context.Context) error {
 	if p.cred != nil {
 		req.UID, req.GID = int(p.cred.Uid), int(p.cred.Gid)
 	}
-	r := &run{z: z, token: token, exited: make(chan struct{}), output: closedChan, tail: z.tail}
+	r := &run{z: z, token: token, exited: make(chan struct{}), output: closedChan, tail: z.tail,
+		t0: time.Now(), kid: k.id, log: p.log}
 	if p.cg != nil {
 		cg, err := p.cg.create(token, p.cfg.Memory, p.cfg.PidsLimit)
 		if err != nil {
@@ -392,7 +401,6 @@ func (k *Process) startFork(ctx context.Context) error {
 			req.Rlimits["nproc"] = int64(p.cfg.PidsLimit)
 		}
 	}
-	t0 := time.Now()
 	pid, err := z.fork(ctx, r, req)
 	if err != nil {
 		if r.cg != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
@@ -403,12 +411,11 @@ func (k *Process) startFork(ctx context.Context) error {
 		}
 		return err
 	}
-	r.pgid, r.t0, r.kid, r.log = pid, t0, k.id, p.log
 	k.mu.Lock()
 	k.cur = r
 	k.mu.Unlock()
 	p.log.Info("local: kernel forked", "kernel", k.id, "pid", pid, "sandbox", p.sandbox, "transport", k.info.Transport,
-		"took", time.Since(t0).Round(time.Microsecond))
+		"took", time.Since(r.t0).Round(time.Microsecond))
 	return nil
 }
 
