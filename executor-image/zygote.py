@@ -471,9 +471,32 @@ def run_kernel(req, zr):
     IPKernelApp.clear_instance()
     app = IPKernelApp.instance()
     app.initialize(["-f", req["conn"], "--HistoryManager.enabled=False", "--IPKernelApp.parent_handle=1"])
+    if os.getpid() == 1:
+        interrupt_as_init(app.kernel)
     launch.preload(app.shell)
     app.start()
     os._exit(0)
+
+
+def interrupt_as_init(kernel):
+    """Make interrupt_request reach the kernel when it is pid 1.
+
+    ipykernel interrupts with killpg(getpgid(), SIGINT) when the kernel leads
+    its process group; as pid 1 that is killpg(1), which is kill(-1): every
+    process of the namespace but the kernel. Send SIGINT to those and to
+    the kernel itself (pid 1 gets it: Python has a handler for it).
+    """
+
+    def interrupt(kill=os.kill, sigint=signal.SIGINT):
+        for pid in (-1, 1):
+            try:
+                kill(pid, sigint)
+            except OSError:
+                pass
+
+    for name in ("_send_interupt_children", "_send_interrupt_children"):  # ipykernel 6.17 spells it so
+        if hasattr(kernel, name):
+            setattr(kernel, name, interrupt)
 
 
 def main():
