@@ -155,6 +155,9 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	caps := cfg.Capabilities
 	if caps == nil {
 		c := &capabilities{cfg: cfg, launch: launch, log: log}
+		if m, ok := a.prov.(startModer); ok {
+			c.start, c.limitMode = m.StartMode(), m.LimitMode()
+		}
 		a.bg.Add(1)
 		go func() { defer a.bg.Done(); c.probe(bgCtx) }()
 		caps = c.get
@@ -257,7 +260,8 @@ func openProvisioner(ctx context.Context, cfg Config) (kernel.Provisioner, error
 			StateDir: cfg.StateDir, Preload: cfg.Preload, Logger: cfg.Logger,
 		})
 	}
-	return local.New(local.Config{Python: cfg.Python, StateDir: cfg.StateDir, Sandbox: cfg.Sandbox, Preload: cfg.Preload, Logger: cfg.Logger})
+	return local.New(local.Config{Python: cfg.Python, StateDir: cfg.StateDir, Sandbox: cfg.Sandbox, Preload: cfg.Preload, Logger: cfg.Logger,
+		Start: cfg.KernelStart, Memory: int64(cfg.MemoryBytes), PidsLimit: int(cfg.PidsLimit)})
 }
 
 func isLoopback(host string) bool {

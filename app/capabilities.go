@@ -13,12 +13,21 @@ import (
 // capabilities describes the runtime, probed once in a kernel of the kind
 // that serves requests so that it tells the truth about that kernel.
 type capabilities struct {
-	cfg    Config
-	launch func(context.Context) (*kernel.Kernel, error)
-	log    *slog.Logger
+	cfg Config
+	// start and limitMode say how local kernels are made (fork, spawn)
+	// and limited (cgroup, rlimit, none); empty for Docker.
+	start, limitMode string
+	launch           func(context.Context) (*kernel.Kernel, error)
+	log              *slog.Logger
 
 	mu    sync.Mutex
 	facts map[string]any
+}
+
+// startModer is implemented by local.Provisioner.
+type startModer interface {
+	StartMode() string
+	LimitMode() string
 }
 
 const probeCode = `import sys, json, importlib.metadata as _m
@@ -78,6 +87,10 @@ func (c *capabilities) get() any {
 			"memory_bytes":              c.cfg.MemoryBytes,
 			"pids_limit":                c.cfg.PidsLimit,
 		},
+	}
+	if c.start != "" {
+		out["kernel_start"] = c.start
+		out["limits"].(map[string]any)["kernel_limits"] = c.limitMode
 	}
 	for k, v := range p {
 		out[k] = v

@@ -9,6 +9,7 @@ import (
 	"github.com/codegw/codegw/cluster"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/docker"
+	"github.com/codegw/codegw/kernel/local"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
 )
@@ -33,6 +34,7 @@ type Config struct {
 
 	Python      string  `env:"KERNEL_PYTHON"` // empty: kernel/local's default
 	Sandbox     string  `env:"SANDBOX"`       // auto | bwrap | none
+	KernelStart string  `env:"KERNEL_START"`  // local: fork (from a zygote) | spawn (a cold start each)
 	DockerImage string  `env:"DOCKER_IMAGE"`
 	NetworkMode string  `env:"DOCKER_NETWORK_MODE"`
 	PidsLimit   int64   `env:"DOCKER_PIDS_LIMIT"`
@@ -110,7 +112,7 @@ func DefaultConfig() Config {
 	return Config{
 		Host: "127.0.0.1", Port: 14564,
 		Executor: "local", PoolSize: 2, PoolStarts: 2,
-		Sandbox:     "auto",
+		Sandbox: "auto", KernelStart: local.StartFork,
 		DockerImage: d.Image, NetworkMode: d.NetworkMode, PidsLimit: d.PidsLimit,
 		MemoryBytes: 1 << 30, CPUs: 1, InstanceID: d.InstanceID,
 

@@ -22,12 +22,17 @@ import (
 
 // FS holds the kernel-side files, at the root of the file system.
 //
-//go:embed launch.py packages.txt
+//go:embed launch.py zygote.py packages.txt
 var FS embed.FS
 
 // Launcher is the name of the kernel launcher in FS and in a directory
 // written by WriteTo.
 const Launcher = "launch.py"
+
+// Zygote is the name of the fork server in FS and in a directory written by
+// WriteTo: one interpreter that loads the kernel's modules once and forks a
+// kernel per request (KERNEL_START=fork, local provisioner).
+const Zygote = "zygote.py"
 
 // WriteTo writes the files of FS into dir, creating it if needed. Files that
 // already hold the right content are left alone, so calling it at every start

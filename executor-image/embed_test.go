@@ -63,7 +63,7 @@ func TestWriteTo(t *testing.T) {
 		}
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
-			if e.Name() != Launcher && e.Name() != "packages.txt" {
+			if e.Name() != Launcher && e.Name() != Zygote && e.Name() != "packages.txt" {
 				t.Errorf("left behind: %s", e.Name())
 			}
 		}

@@ -273,6 +273,26 @@ def exit_after_shutdown(app):
         os._exit(0)
 
 
+def import_ipykernel():
+    """Import ipykernel and return its IPKernelApp.
+
+    ipykernel imports debugpy (~130 ms, a third of its import time) for a
+    debugger the gateway never uses. It is hidden while ipykernel loads, then
+    user code can import it as usual. EXECUTOR_DEBUGGER=1 keeps it.
+    """
+    hide_debugpy = os.environ.get("EXECUTOR_DEBUGGER") != "1" and "debugpy" not in sys.modules
+    if hide_debugpy:
+        sys.modules["debugpy"] = None
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+        import ipykernel.ipkernel  # noqa: F401
+        import ipykernel.zmqshell  # noqa: F401
+    finally:
+        if hide_debugpy:
+            del sys.modules["debugpy"]
+    return IPKernelApp
+
+
 def build_mpl_cache(directory):
     """Build matplotlib's font cache into directory (for EXECUTOR_MPL_CACHE)."""
     os.makedirs(directory, exist_ok=True)
@@ -293,19 +313,7 @@ def main(argv):
         return build_mpl_cache(argv[1])
 
     setup_environment()
-
-    # ipykernel imports debugpy (~130 ms, a third of its import time) for a
-    # debugger the gateway never uses. Hide it while ipykernel loads, then
-    # let user code import it as usual. EXECUTOR_DEBUGGER=1 keeps it.
-    hide_debugpy = os.environ.get("EXECUTOR_DEBUGGER") != "1" and "debugpy" not in sys.modules
-    if hide_debugpy:
-        sys.modules["debugpy"] = None
-    try:
-        from ipykernel.kernelapp import IPKernelApp
-    finally:
-        if hide_debugpy:
-            del sys.modules["debugpy"]
-
+    IPKernelApp = import_ipykernel()
     bound_stream_buffers()
     app = IPKernelApp.instance()
     app.initialize(

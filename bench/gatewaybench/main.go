@@ -9,7 +9,9 @@
 // kernel round trip (kernel.Kernel.Execute on a warm kernel of its own) as the
 // floor. Throughput: requests per second under continuous load, each on a
 // fresh kernel, and the CPU seconds each request costs (the gateway process
-// plus the kernels' process trees). bench/README.md explains the figures.
+// plus the kernels' process trees). Both ways of making local kernels,
+// -start fork,spawn (KERNEL_START), run side by side in the same process,
+// one after the other. bench/README.md explains the figures.
 package main
 
 import (
@@ -22,6 +24,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -48,6 +51,7 @@ type config struct {
 	CPUProfile  string
 	Verbose     bool
 	WarmUpCode  string
+	Start       string
 }
 
 func parseFlags() config {
@@ -68,6 +72,7 @@ func parseFlags() config {
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the gateway process (throughput window) to this file")
 	flag.StringVar(&c.WarmUpCode, "pool-warmup", "pass", "the pool kernels' warm-up cell (the gateway's is \"pass\")")
 	flag.BoolVar(&c.Verbose, "v", false, "log gateway and provisioner events")
+	flag.StringVar(&c.Start, "start", "fork,spawn", "KERNEL_START modes to measure, in order: fork, spawn")
 	flag.Parse()
 	if c.Clients <= 0 {
 		c.Clients = c.Workers
@@ -146,6 +151,17 @@ const (
 )
 
 func run(ctx context.Context, cfg config, out io.Writer) error {
+	for _, start := range strings.Split(cfg.Start, ",") {
+		if err := runStart(ctx, cfg, strings.TrimSpace(start), out); err != nil {
+			return fmt.Errorf("KERNEL_START=%s: %w", start, err)
+		}
+	}
+	return nil
+}
+
+// runStart measures one KERNEL_START mode with its own provisioner and
+// gateway, and reports it.
+func runStart(ctx context.Context, cfg config, start string, out io.Writer) error {
 	level := benchkit.LogLevel(cfg.Verbose)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	phases, err := benchkit.ParsePhases(cfg.Phases, "latency", "throughput")
@@ -161,13 +177,19 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 			"MAX_WORKERS": fmt.Sprint(cfg.Workers), "clients": fmt.Sprint(cfg.Clients),
 			"n": fmt.Sprint(cfg.N), "n_heavy": fmt.Sprint(cfg.NHeavy), "floor_per_sample": fmt.Sprint(cfg.FloorPer),
 			"duration": cfg.Duration.String(), "warmup": cfg.Warmup.String(), "pool_warmup_cell": cfg.WarmUpCode,
+			"KERNEL_START": start,
 		},
 	}
-	prov, err := local.New(local.Config{Python: cfg.Python, Sandbox: cfg.Sandbox, Logger: log})
+	prov, err := local.New(local.Config{Python: cfg.Python, Sandbox: cfg.Sandbox, Logger: log, Start: start,
+		Memory: 1 << 30, PidsLimit: 256})
 	if err != nil {
 		return err
 	}
 	defer prov.Close()
+	if prov.StartMode() != start {
+		return fmt.Errorf("the provisioner fell back to %s", prov.StartMode())
+	}
+	res.Config["kernel_limits"] = prov.LimitMode()
 	g, err := benchkit.StartGateway(benchkit.GatewayConfig{
 		Prov: prov, PoolSize: cfg.PoolSize, MaxStarting: cfg.MaxStarting, Workers: cfg.Workers,
 		MaxQueue: 4 * cfg.Clients, Logger: log, WarmUp: cfg.WarmUpCode,

@@ -1,5 +1,6 @@
-// Package local provisions IPython kernels as local processes, each inside a
-// bubblewrap (bwrap) sandbox where bubblewrap is installed.
+// Package local provisions IPython kernels as local processes, each
+// sandboxed: forked from a zygote into namespaces of its own, or started in
+// a bubblewrap (bwrap) sandbox where bubblewrap is installed.
 //
 // Every kernel gets a directory <StateDir>/k/<id>/ holding:
 //
@@ -9,13 +10,40 @@
 //	               ipc socket files of the kernel's five channels
 //	lock           flock'ed by the gateway while the kernel lives, so Reap
 //	               can tell kernels of a crashed instance from live ones
+//	root/          (forked kernels) the mount point of the kernel's own root,
+//	               built inside its mount namespace; empty on the host
 //
-// The kernel is started as "python3 launch.py -f s/kernel.json" with the
-// launcher from executor-image, extracted into <StateDir>/executor, so local
-// and Docker kernels behave the same (inline matplotlib, CJK font, history
-// off, preloaded data stack).
+// Kernels are made in one of two ways (Config.Start, KERNEL_START):
 //
-// # The sandbox
+//   - fork (default): a zygote, executor-image/zygote.py, started once per
+//     provisioner under <StateDir>/z, imports ipykernel and the preload list,
+//     freezes its heap and forks one child per kernel; see "Forked kernels".
+//     New falls back to spawn, with a warning, when the zygote cannot start
+//     or when the sandbox is wanted and the gateway is not root.
+//   - spawn: a cold start, "python3 launch.py -f s/kernel.json" with the
+//     launcher from executor-image, extracted into <StateDir>/executor, so
+//     local and Docker kernels behave the same (inline matplotlib, CJK font,
+//     history off, preloaded data stack).
+//
+// # Forked kernels
+//
+// The zygote runs as the gateway's user (root, for the sandbox) with the
+// same lifeline, process-group watcher and Pdeathsig as a spawned kernel,
+// and talks to the provisioner over a socket (fd 4) in JSON lines: fork,
+// kill; forked, exit. Each child is pid 1 of a new pid namespace and, with
+// the sandbox, isolates itself before running any user code as bubblewrap
+// would: its own mount (a new root: read-only system, private /tmp and
+// /dev/shm, its /code and socket directory), network (lo only), ipc and uts
+// namespaces; its own memory and pids cgroups (cgroup v1, under the
+// gateway's own, codegw-<pid>/<kernel>.<n>) or, where those cannot be
+// written, RLIMIT_AS and RLIMIT_NPROC; then uid 65534, no capabilities,
+// no_new_privs. Exit reads the cgroups: OOMKilled from memory.oom_control,
+// PidsLimited from pids.events. A zygote that dies takes its kernels with it
+// (parent-death signal and a lifeline pipe to each child); they are reported
+// killed and the next Start starts a new zygote. Provisioner.Close ends the
+// zygote and so any forked kernel still running.
+//
+// # The sandbox of spawned kernels
 //
 // With bubblewrap the kernel runs with:
 //

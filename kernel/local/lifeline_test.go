@@ -25,6 +25,7 @@ const (
 	helperEnv        = "CODEGW_TEST_LIFELINE_HELPER" // the state dir
 	helperKernelEnv  = "CODEGW_TEST_LIFELINE_KERNEL" // the kernel id
 	helperSandboxEnv = "CODEGW_TEST_LIFELINE_SANDBOX"
+	helperStartEnv   = "CODEGW_TEST_LIFELINE_START" // "fork": see forkHelper
 )
 
 // TestHelperProcess is not a test: TestOrphanedKernels runs the test binary
@@ -34,6 +35,9 @@ func TestHelperProcess(t *testing.T) {
 	dir := os.Getenv(helperEnv)
 	if dir == "" {
 		t.Skip("helper process for TestOrphanedKernels")
+	}
+	if os.Getenv(helperStartEnv) == StartFork {
+		forkHelper(dir)
 	}
 	// New's checks import ipykernel outside and inside the sandbox, which
 	// takes seconds on a loaded machine; the test's own New made them in
@@ -81,7 +85,7 @@ func TestOrphanedKernels(t *testing.T) {
 	for _, mode := range sandboxes(t) {
 		t.Run(mode, func(t *testing.T) {
 			// Build the font cache and the executor files once, here.
-			newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
+			newProvisioner(t, Config{Sandbox: mode, Preload: []string{}, Start: StartSpawn})
 			var kdirs []string
 			t.Cleanup(func() { killOrphans(t, kdirs) })
 			for round := 0; round < 3; round++ {
@@ -187,7 +191,7 @@ func killOrphans(t *testing.T, kdirs []string) {
 func TestLifeline(t *testing.T) {
 	for _, mode := range sandboxes(t) {
 		t.Run(mode, func(t *testing.T) {
-			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
+			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}, Start: StartSpawn})
 			k, c := startKernel(t, p)
 			execute(t, c, `import subprocess; child = subprocess.Popen(["sleep", "600"])`)
 			r := k.current()

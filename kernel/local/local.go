@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,6 +32,12 @@ const (
 	TransportAuto = ""    // ipc when the socket paths fit, else tcp
 	TransportIPC  = "ipc" // ipc or fail
 	TransportTCP  = "tcp" // tcp on 127.0.0.1; under bwrap this shares the host network
+)
+
+// Start modes for Config.Start.
+const (
+	StartFork  = "fork"  // fork kernels from a zygote (default); spawn when it cannot start
+	StartSpawn = "spawn" // start every kernel as a new interpreter
 )
 
 // Config configures a Provisioner. The zero value is usable: see New.
@@ -55,6 +63,19 @@ type Config struct {
 	// UID and GID run sandboxed kernels when the gateway is root (default
 	// 65534, nobody). Ignored when not root or without the sandbox.
 	UID, GID int
+	// Start is how kernels are made: "fork" (default, "" too) forks them
+	// from a zygote that loaded the kernel's modules once; "spawn" starts
+	// each as a new interpreter (a cold start). When the zygote cannot
+	// start, New warns and spawns.
+	Start string
+	// Memory is the memory limit of each forked kernel in bytes; zero is
+	// none. Enforced by a memory cgroup where the gateway can make one,
+	// else by RLIMIT_AS. Spawned kernels have no limit.
+	Memory int64
+	// PidsLimit is the process limit of each forked kernel; zero is none.
+	// Enforced by a pids cgroup, else by RLIMIT_NPROC (which counts every
+	// process of the kernel's uid, so siblings share it).
+	PidsLimit int
 	// Logger receives one line per kernel start and exit (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -70,6 +91,16 @@ type Provisioner struct {
 	mplCache string // prebuilt matplotlib font cache
 	cred     *syscall.Credential
 	spawn    *spawner
+
+	fork bool     // kernels are forked from a zygote
+	cg   *cgroups // nil: limits of forked kernels by rlimits
+	seq  atomic.Int64
+
+	zmu       sync.Mutex
+	zyg       *zygote
+	zerr      error
+	zstarting chan struct{}
+	zclosed   bool
 }
 
 var (
@@ -150,7 +181,74 @@ func New(cfg Config) (*Provisioner, error) {
 		p.log.Warn("local: state dir too long for ipc socket paths; kernels use tcp on 127.0.0.1, which under bwrap shares the host network", "state_dir", abs)
 	}
 	p.spawn = newSpawner()
+	if err := p.chooseStart(); err != nil {
+		p.spawn.stop()
+		return nil, err
+	}
 	return p, nil
+}
+
+// chooseStart settles Config.Start: the first zygote is started here, and
+// when it cannot start kernels are spawned.
+func (p *Provisioner) chooseStart() error {
+	switch p.cfg.Start {
+	case "", StartFork:
+	case StartSpawn:
+		return nil
+	default:
+		return fmt.Errorf("local: unknown start mode %q (want fork or spawn)", p.cfg.Start)
+	}
+	if p.sandbox && os.Geteuid() != 0 {
+		// The zygote builds each kernel's namespaces and drops its uid,
+		// which takes root; bubblewrap does without.
+		p.log.Warn("local: fork server needs root to sandbox kernels; kernels are cold-started in bubblewrap (KERNEL_START=spawn)")
+		return nil
+	}
+	if cg, err := detectCgroups(); err == nil {
+		p.cg = cg
+		p.log.Info("local: forked kernels are limited by cgroups", "memory_bytes", p.cfg.Memory, "pids", p.cfg.PidsLimit,
+			"memory_cgroup", cg.mem, "pids_cgroup", cg.pids)
+	} else {
+		p.log.Warn("local: cgroups unavailable: forked kernels are limited by rlimits (RLIMIT_AS, and RLIMIT_NPROC shared by all kernels of one uid)",
+			"reason", err)
+	}
+	p.fork = true
+	if _, err := p.getZygote(context.Background()); err != nil {
+		p.fork = false
+		p.log.Warn("local: fork server unavailable; kernels are cold-started (KERNEL_START=spawn)", "err", err)
+	}
+	return nil
+}
+
+// StartMode says how kernels are made: "fork" or "spawn".
+func (p *Provisioner) StartMode() string {
+	if p.fork {
+		return StartFork
+	}
+	return StartSpawn
+}
+
+// ZygotePID is the pid of the running zygote, or 0 (for benchmarks: its
+// reaped-children CPU time is its kernels').
+func (p *Provisioner) ZygotePID() int {
+	p.zmu.Lock()
+	defer p.zmu.Unlock()
+	if p.zyg == nil || p.zyg.isDead() {
+		return 0
+	}
+	return p.zyg.pid
+}
+
+// LimitMode says how forked kernels are limited: "cgroup" or "rlimit"
+// (spawned kernels: "none").
+func (p *Provisioner) LimitMode() string {
+	switch {
+	case !p.fork:
+		return "none"
+	case p.cg != nil:
+		return "cgroup"
+	}
+	return "rlimit"
 }
 
 // makeStateDir creates dir, or checks that an existing one is a directory
@@ -294,7 +392,7 @@ func (p *Provisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.Proce
 		os.RemoveAll(kdir)
 		return nil, err
 	}
-	if err := proc.start(); err != nil {
+	if err := proc.start(ctx); err != nil {
 		proc.unlock()
 		os.RemoveAll(kdir)
 		return nil, err
@@ -309,7 +407,7 @@ func (p *Provisioner) prepare(kdir string, spec kernel.Spec) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local: lock: %w", err)
 	}
-	proc := &Process{p: p, id: spec.ID, kdir: kdir, lock: lock, env: p.env(kdir, spec.Env)}
+	proc := &Process{p: p, id: spec.ID, kdir: kdir, lock: lock, env: p.env(kdir, spec.Env), spec: spec.Env}
 	owned := []string{filepath.Join(kdir, "code"), filepath.Join(kdir, "code", "input"),
 		filepath.Join(kdir, "code", "output"), filepath.Join(kdir, "s")}
 	if !p.sandbox {
@@ -354,9 +452,21 @@ func (p *Provisioner) chown(path string) error {
 	return nil
 }
 
-// Close stops the provisioner's own helper. Kernels it started keep running
-// until they are closed.
+// Close stops the provisioner's own helpers. Spawned kernels keep running
+// until they are closed; forked kernels end with the zygote, which Close
+// ends.
 func (p *Provisioner) Close() error {
+	p.zmu.Lock()
+	p.zclosed = true
+	z := p.zyg
+	p.zmu.Unlock()
+	if z != nil {
+		z.kill()
+		<-z.dead
+	}
+	if p.cg != nil {
+		p.cg.remove()
+	}
 	p.spawn.stop()
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,7 +24,8 @@ type Process struct {
 	kdir string
 	info kernel.ConnectionInfo
 	env  []string
-	lock *os.File // flock held while the kernel's directory is ours
+	spec map[string]string // Spec.Env, applied by forked kernels
+	lock *os.File          // flock held while the kernel's directory is ours
 
 	opMu   sync.Mutex // serialises Restart and Close
 	closed bool
@@ -46,29 +48,60 @@ type run struct {
 	lifeline *os.File
 	exit     kernel.Exit
 	tail     *tailBuffer
+
+	// Set for a kernel forked by a zygote (KERNEL_START=fork): pgid is
+	// then the kernel's pid, a child of the zygote and pid 1 of its own
+	// pid namespace.
+	z     *zygote
+	token string
+	cg    *cgroup
+	once  sync.Once
+	t0    time.Time
+	kid   string
+	log   *slog.Logger
 }
 
 // outputTail bounds the kernel output kept for diagnostics.
 const outputTail = 16 << 10
 
-// start starts a new process for the kernel and makes it current.
-func (k *Process) start() error {
+// start starts a new process for the kernel, forked from the zygote or
+// spawned, and makes it current.
+func (k *Process) start(ctx context.Context) error {
+	if k.p.fork {
+		return k.startFork(ctx)
+	}
+	return k.startSpawn()
+}
+
+// writeConnFile writes a fresh connection file, readable only by the
+// kernel's user, and returns its path.
+func (k *Process) writeConnFile() (string, error) {
 	p := k.p
 	// The kernel removes neither the connection file nor, when killed, its
 	// socket files; start from a clean socket directory.
 	k.removeSockets()
 	connFile := filepath.Join(k.kdir, "s", "kernel.json")
 	if err := k.info.WriteFile(connFile); err != nil {
-		return fmt.Errorf("local: connection file: %w", err)
+		return "", fmt.Errorf("local: connection file: %w", err)
 	}
 	if err := p.chown(connFile); err != nil {
-		return err
+		return "", err
 	}
 	if p.cred != nil {
 		// Only the kernel's user needs the key.
 		if err := os.Chmod(connFile, 0o600); err != nil {
-			return fmt.Errorf("local: connection file: %w", err)
+			return "", fmt.Errorf("local: connection file: %w", err)
 		}
+	}
+	return connFile, nil
+}
+
+// startSpawn starts the kernel as a new interpreter: a cold start.
+func (k *Process) startSpawn() error {
+	p := k.p
+	connFile, err := k.writeConnFile()
+	if err != nil {
+		return err
 	}
 
 	launcher := filepath.Join(p.execDir, executorimage.Launcher)
@@ -170,8 +203,15 @@ func exitOf(ps *os.ProcessState, sandboxed bool) kernel.Exit {
 	if ws.Signaled() {
 		return kernel.Exit{Code: -1, Signal: ws.Signal().String()}
 	}
-	code := ws.ExitStatus()
-	if sandboxed && code > 128 && code < 128+65 {
+	if sandboxed {
+		return exitOfStatus(ws.ExitStatus())
+	}
+	return kernel.Exit{Code: ws.ExitStatus()}
+}
+
+// exitOfStatus reads an exit status in bwrap's manner: 128+N is signal N.
+func exitOfStatus(code int) kernel.Exit {
+	if code > 128 && code < 128+65 {
 		return kernel.Exit{Code: -1, Signal: syscall.Signal(code - 128).String()}
 	}
 	return kernel.Exit{Code: code}
@@ -220,9 +260,12 @@ func (k *Process) kill(ctx context.Context, r *run) error {
 		return nil
 	default:
 	}
-	// The group leader is not reaped before r.exited closes, so its pid
-	// cannot have been reused yet.
-	if err := syscall.Kill(-r.pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if r.z != nil {
+		// The zygote kills the kernel, which it has not reaped yet.
+		r.z.killRun(r.token)
+	} else if // The group leader is not reaped before r.exited closes, so
+	// its pid cannot have been reused yet.
+	err := syscall.Kill(-r.pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("local: kill kernel %s: %w", k.id, err)
 	}
 	select {
@@ -244,7 +287,7 @@ func (k *Process) Restart(ctx context.Context) error {
 	if err := k.kill(ctx, k.current()); err != nil {
 		return err
 	}
-	if err := k.start(); err != nil {
+	if err := k.start(ctx); err != nil {
 		return fmt.Errorf("local: restart kernel %s: %w", k.id, err)
 	}
 	return nil

@@ -3,7 +3,6 @@ package local
 import (
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 )
@@ -104,6 +103,11 @@ func underBound(path string) bool {
 // env returns the kernel's whole environment: nothing is inherited from the
 // gateway, whose environment may hold secrets.
 func (p *Provisioner) env(kdir string, spec map[string]string) []string {
+	return envList(p.envMap(kdir, spec))
+}
+
+// envMap is env as a map.
+func (p *Provisioner) envMap(kdir string, spec map[string]string) map[string]string {
 	m := map[string]string{
 		"PATH":                    "/usr/local/bin:/usr/bin:/bin",
 		"LANG":                    "C.UTF-8",
@@ -132,10 +136,5 @@ func (p *Provisioner) env(kdir string, spec map[string]string) []string {
 	}
 	// Last, so that no configured environment can turn it off.
 	m["EXECUTOR_LIFELINE_FD"] = strconv.Itoa(lifelineFD)
-	env := make([]string, 0, len(m))
-	for k, v := range m {
-		env = append(env, k+"="+v)
-	}
-	sort.Strings(env)
-	return env
+	return m
 }

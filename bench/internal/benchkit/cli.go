@@ -81,9 +81,9 @@ type Host struct {
 // interpreter, whose versions are recorded.
 func NewHost(python string) Host {
 	h := Host{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0),
-		LoadStart: loadAvg(), MemGiB: memGiB(), Python: python}
+		LoadStart: LoadAvg(), MemGiB: memGiB(), Python: python}
 	if python != "" {
-		h.Versions = pythonVersions(python)
+		h.Versions = PythonVersions(python)
 	}
 	return h
 }
@@ -91,9 +91,9 @@ func NewHost(python string) Host {
 // Report ends a run: it records the load at the end in host and prints res
 // as indented JSON, or as the command's table.
 func Report(out io.Writer, asJSON bool, host *Host, res any, table func(io.Writer)) error {
-	host.LoadEnd = loadAvg()
+	host.LoadEnd = LoadAvg()
 	if asJSON {
-		return printJSON(out, res)
+		return PrintJSON(out, res)
 	}
 	table(out)
 	return nil

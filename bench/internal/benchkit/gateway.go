@@ -49,9 +49,9 @@ type Gateway struct {
 
 var kernelSeq atomic.Int64
 
-// kernelID returns a kernel id unique among this process's kernels and
+// KernelID returns a kernel id unique among this process's kernels and
 // other processes sharing the provisioner's state directory.
-func kernelID(prefix string) string {
+func KernelID(prefix string) string {
 	return fmt.Sprintf("%s%d-%d", prefix, os.Getpid(), kernelSeq.Add(1))
 }
 
@@ -63,7 +63,7 @@ func Launch(ctx context.Context, prov kernel.Provisioner, labels map[string]stri
 
 // LaunchHB is Launch with the client's heartbeat timeout set (0: default).
 func LaunchHB(ctx context.Context, prov kernel.Provisioner, labels map[string]string, log *slog.Logger, hb time.Duration) (*kernel.Kernel, error) {
-	return kernel.Launch(ctx, prov, kernel.Spec{ID: kernelID("b"), Labels: labels},
+	return kernel.Launch(ctx, prov, kernel.Spec{ID: KernelID("b"), Labels: labels},
 		kernel.LaunchOptions{Logger: log, WarmUp: "pass", Client: kernel.ClientOptions{HeartbeatTimeout: hb}})
 }
 
@@ -193,8 +193,8 @@ func Verdict(ok bool) string {
 	return "MISSED"
 }
 
-// printJSON prints v indented.
-func printJSON(w io.Writer, v any) error {
+// PrintJSON prints v indented.
+func PrintJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)

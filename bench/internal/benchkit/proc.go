@@ -266,8 +266,8 @@ func (s *TreeSampler) Stop() (kernels, sampler float64, samples int) {
 	return float64(ticks) / userHZ, s.ownCPU, s.samples
 }
 
-// loadAvg is the first three fields of /proc/loadavg.
-func loadAvg() string {
+// LoadAvg is the first three fields of /proc/loadavg.
+func LoadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return ""
@@ -288,8 +288,8 @@ func memGiB() float64 {
 	return float64(si.Totalram) * float64(si.Unit) / (1 << 30)
 }
 
-// pythonVersions reports the kernel side's versions.
-func pythonVersions(python string) string {
+// PythonVersions reports the kernel side's versions.
+func PythonVersions(python string) string {
 	out, err := exec.Command(python, "-c",
 		"import ipykernel, zmq, sys; "+
 			"print('python %d.%d.%d' % sys.version_info[:3], 'ipykernel', ipykernel.__version__, "+

@@ -1,0 +1,520 @@
+"""Fork server (zygote): one warm interpreter that forks a kernel per request.
+
+    python3 zygote.py
+
+Started by the local provisioner with KERNEL_START=fork. It imports
+ipykernel and the EXECUTOR_PRELOAD modules once, freezes its heap
+(gc.freeze(), so that the children's garbage collector does not touch, and
+so copy, the shared pages) and then forks one child per request. A child
+becomes an ordinary IPython kernel that the gateway drives over the Jupyter
+protocol, like a kernel started by launch.py.
+
+Fork hygiene: the zygote creates no thread, no event loop, no ZeroMQ context
+and no jupyter_client Session; BLAS runs single-threaded (OPENBLAS_NUM_THREADS
+and friends are 1 before numpy loads), so no thread pool is torn by the fork.
+It checks that it has exactly one thread before it says it is ready. Each
+kernel is born in the child: IPKernelApp.clear_instance(), instance() and
+initialize() create the sockets, the IO and heartbeat threads and the loop
+there. Python's and numpy's global random generators are reseeded in the
+child and tempfile forgets the zygote's directory.
+
+Descriptors (set by the provisioner):
+
+- EXECUTOR_ZYGOTE_FD: a unix stream socket to the gateway carrying one JSON
+  object per line. Requests: {"op": "fork", "token", ...} (see specialise)
+  and {"op": "kill", "token"}. Answers and events: {"op": "ready"},
+  {"op": "forked", "token", "pid"}, {"op": "error", "token", "error"},
+  {"op": "exit", "token", "status"}. End-of-file ends the zygote.
+- EXECUTOR_LIFELINE_FD: as for launch.py; end-of-file means the gateway is
+  gone, and the zygote exits.
+
+Each kernel is one process, a child of the zygote, forked into a new pid
+namespace (the zygote unshares CLONE_NEWPID before the fork and returns to
+its own with setns after it) where the kernel is pid 1: when it ends, every
+process it started ends with it. With the sandbox (the request's "sandbox")
+the child then, before any user code:
+
+- joins its own cgroups (memory, pids) or sets rlimits;
+- unshares its mount, network (only lo, brought up), ipc and uts namespaces
+  and pivots into a root of its own: read-only /usr, /etc, /lib*, the
+  executor directory; private tmpfs at /tmp and /dev/shm; a minimal /dev;
+  its own /proc; its /code and socket directory bound read-write;
+- drops to the unprivileged uid (setuid: no capability left), sets
+  no_new_privs and a parent-death signal, and watches the zygote's lifeline
+  (a pipe whose write end only the zygote holds) from a thread: when the
+  zygote dies, however it died, the kernel exits and its namespace with it.
+
+The zygote needs root for this (unshare(CLONE_NEWPID), mounts, cgroups,
+setuid); the provisioner uses it only when it runs as root, else it spawns
+sandboxed kernels with bubblewrap. Without the sandbox the child runs in
+its own session as the gateway's user, without namespaces.
+
+As pid 1 the kernel reaps nothing it did not start itself: a background
+process whose parent died stays a zombie until the kernel ends (the pids
+limit bounds them).
+"""
+
+import ctypes
+import errno
+import gc
+import importlib
+import json
+import os
+import platform
+import select
+import signal
+import socket
+import struct
+import sys
+
+# Before anything imports numpy: one BLAS thread, created in each child if at
+# all, never a pool torn in half by fork.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import launch  # noqa: E402  (the launcher, in the same directory)
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.unshare.argtypes = [ctypes.c_int]
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def log(msg):
+    print("zygote: " + msg, file=sys.__stderr__, flush=True)
+
+
+def _check(ret, what):
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+
+
+def _b(s):
+    return None if s is None else os.fsencode(s)
+
+
+def mount(src, target, fstype, flags, data=None):
+    _check(libc.mount(_b(src), _b(target), _b(fstype), flags, _b(data)), "mount %s" % target)
+
+
+def prctl(option, arg):
+    _check(libc.prctl(option, arg, 0, 0, 0), "prctl %d" % option)
+
+
+# --- the zygote ------------------------------------------------------------
+
+
+def load():
+    """Import what every kernel needs, then freeze the heap."""
+    launch.import_ipykernel()
+    launch.bound_stream_buffers()
+    names = os.environ.get("EXECUTOR_PRELOAD", launch.DEFAULT_PRELOAD)
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            log("preload %s failed: %s" % (name, e))
+    for name in ("matplotlib_inline.backend_inline", "random", "tempfile", "uuid"):
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+    gc.collect()
+    gc.freeze()
+
+
+def threads():
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return -1
+
+
+def kill_kernel(pid):
+    """Kill a kernel and its process group (its pid namespace ends with it)."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+class Zygote:
+    def __init__(self, ctl_fd, lifeline_fd):
+        self.ctl = socket.socket(fileno=ctl_fd)
+        self.lifeline = lifeline_fd
+        self.buf = b""
+        self.kernels = {}  # pid -> token
+        self.tokens = {}  # token -> pid
+        # The zygote's own lifeline: the kernels hold the read end; only
+        # the zygote holds the write end.
+        self.zr, self.zw = os.pipe()
+        self.sig_r, self.sig_w = os.pipe()
+        os.set_blocking(self.sig_r, False)
+        os.set_blocking(self.sig_w, False)
+        self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+
+    def send(self, obj):
+        self.ctl.sendall((json.dumps(obj) + "\n").encode())
+
+    def run(self):
+        signal.set_wakeup_fd(self.sig_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        n = threads()
+        if n != 1:
+            log("warning: %d threads before the first fork" % n)
+        self.send({"op": "ready", "pid": os.getpid(), "threads": n})
+        while True:
+            r, _, _ = select.select([self.ctl, self.sig_r, self.lifeline], [], [])
+            if self.lifeline in r:
+                try:
+                    data = os.read(self.lifeline, 64)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.shutdown()
+            if self.sig_r in r:
+                try:
+                    while os.read(self.sig_r, 64):
+                        pass
+                except BlockingIOError:
+                    pass
+                self.reap()
+            if self.ctl in r:
+                data = self.ctl.recv(1 << 16)
+                if not data:
+                    self.shutdown()
+                self.buf += data
+                while b"\n" in self.buf:
+                    line, self.buf = self.buf.split(b"\n", 1)
+                    self.handle(json.loads(line))
+
+    def shutdown(self):
+        for pid in self.kernels:
+            kill_kernel(pid)
+        os._exit(0)
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            token = self.kernels.pop(pid, None)
+            if token is None:
+                continue
+            self.tokens.pop(token, None)
+            # Without a pid namespace the kernel's children outlive it:
+            # end its process group (its pid is not reused while the group
+            # has members).
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            if os.WIFSIGNALED(status):
+                code = 128 + os.WTERMSIG(status)
+            else:
+                code = os.waitstatus_to_exitcode(status)
+            self.send({"op": "exit", "token": token, "status": code})
+
+    def handle(self, req):
+        op, token = req.get("op"), req.get("token")
+        if op == "kill":
+            pid = self.tokens.get(token)
+            if pid is not None:
+                kill_kernel(pid)
+            return
+        if op != "fork":
+            self.send({"op": "error", "token": token, "error": "unknown op %r" % op})
+            return
+        try:
+            pid = self.fork(req)
+        except Exception as e:
+            self.send({"op": "error", "token": token, "error": "%s: %s" % (type(e).__name__, e)})
+            return
+        self.kernels[pid] = token
+        self.tokens[token] = pid
+        self.send({"op": "forked", "token": token, "pid": pid})
+
+    def fork(self, req):
+        """Fork a kernel; return its pid. Its set-up runs in the child."""
+        sandbox = req.get("sandbox")
+        if sandbox:
+            _check(libc.unshare(CLONE_NEWPID), "unshare pid")
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if sandbox and pid != 0:
+                # Our next children are born in our own pid namespace again.
+                _check(libc.setns(self.pidns, CLONE_NEWPID), "setns pid")
+        if pid == 0:
+            try:
+                self.ctl.close()
+                for fd in (self.zw, self.sig_r, self.sig_w, self.lifeline, self.pidns):
+                    os.close(fd)
+                signal.set_wakeup_fd(-1)
+                specialise(req, self.zr)
+                run_kernel(req, self.zr)
+            except BaseException as e:
+                log("kernel %s: %s: %s" % (req.get("token"), type(e).__name__, e))
+            os._exit(70)
+        return pid
+
+
+# --- in the child -----------------------------------------------------------
+
+
+def specialise(req, zr):
+    """Isolate this process (pid 1 of its pid namespace) as req asks.
+
+    req holds: token; conn (the connection file); code (host directory of
+    /code); sock (the socket directory, bound at the same path); root (an
+    empty directory to build the root in); sandbox (bool); share_net (bool,
+    for the tcp transport); binds (read-only host directories to show);
+    uid, gid; cgroups (directories whose cgroup.procs the kernel joins);
+    rlimits ({"as": bytes, "nproc": n}, used without cgroups); env (the
+    kernel's whole environment).
+    """
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setsid()
+    for cg in req.get("cgroups") or []:
+        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    import resource
+
+    rl = req.get("rlimits") or {}
+    if rl.get("as"):
+        resource.setrlimit(resource.RLIMIT_AS, (rl["as"], rl["as"]))
+    if rl.get("nproc"):
+        resource.setrlimit(resource.RLIMIT_NPROC, (rl["nproc"], rl["nproc"]))
+    sandbox = req.get("sandbox")
+    if sandbox:
+        flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+        if not req.get("share_net"):
+            flags |= CLONE_NEWNET
+        _check(libc.unshare(flags), "unshare")
+        make_root(req)
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        if not req.get("share_net"):
+            loopback_up()
+        libc.sethostname(b"codegw", 6)
+    if os.geteuid() == 0 and req.get("uid"):
+        os.setgroups([])
+        os.setresgid(req["gid"], req["gid"], req["gid"])
+        os.setresuid(req["uid"], req["uid"], req["uid"])
+        # setuid made us undumpable, which also hides our own /proc
+        # entries from us; nothing privileged is left to protect.
+        prctl(PR_SET_DUMPABLE, 1)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    # After setuid, which clears it. The parent is the zygote.
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    watch_zygote(zr, sandbox)
+
+
+def watch_zygote(zr, sandbox):
+    """End the kernel when the zygote's lifeline reads end-of-file.
+
+    The zygote may have died before PR_SET_PDEATHSIG was set, and user code
+    can unset that; this thread backs it up. Without a pid namespace the
+    kernel's process group is killed too.
+    """
+    import threading
+
+    def watch(fd=zr, read=os.read, killpg=os.killpg, _exit=os._exit):
+        try:
+            while read(fd, 64):
+                pass
+        except OSError:
+            pass
+        try:
+            if not sandbox:
+                killpg(0, signal.SIGKILL)
+        finally:
+            _exit(137)
+
+    threading.Thread(target=watch, name="zygote-lifeline", daemon=True).start()
+
+
+def make_root(req):
+    """Build the kernel's root file system and pivot into it."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    root = req["root"]
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+
+    def inside(path):
+        return os.path.join(root, path.lstrip("/"))
+
+    def bind(src, dst, ro, dev=False):
+        target = inside(dst)
+        if os.path.isdir(src):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        mount(src, target, None, MS_BIND | MS_REC)
+        flags = MS_BIND | MS_REMOUNT | MS_NOSUID
+        if not dev:
+            flags |= MS_NODEV
+        if ro:
+            flags |= MS_RDONLY
+        mount(None, target, None, flags)
+
+    # /tmp first: the directories bound below may lie under it.
+    tmp = inside("/tmp")
+    os.makedirs(tmp)
+    mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for d in ("/usr", "/etc"):
+        bind(d, d, True)
+    for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(d):
+            os.symlink(os.readlink(d), inside(d))
+        elif os.path.isdir(d):
+            bind(d, d, True)
+    for d in req.get("binds") or []:
+        if not (d.startswith("/usr/") or d.startswith("/etc/")):
+            bind(d, d, True)
+    # /dev: a few device nodes, a private /dev/shm.
+    dev = inside("/dev")
+    os.makedirs(dev)
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    for name in DEVICES:
+        if os.path.exists("/dev/" + name):
+            bind("/dev/" + name, "/dev/" + name, False, dev=True)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, os.path.join(dev, name))
+    os.makedirs(os.path.join(dev, "shm"))
+    mount("tmpfs", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    os.makedirs(inside("/proc"))
+    bind(req["code"], "/code", False)
+    bind(req["sock"], req["sock"], False)
+
+    os.chdir(root)
+    _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+
+
+def loopback_up():
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    import fcntl
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, ifr))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+# --- the kernel -------------------------------------------------------------
+
+
+def run_kernel(req, zr):
+    # Nothing of the zygote's but the lifeline reaches user code.
+    os.closerange(3, zr)
+    os.closerange(zr + 1, 1 << 16)
+
+    os.environ.clear()
+    os.environ.update(req.get("env") or {})
+    import tempfile
+
+    tempfile.tempdir = None
+    launch.setup_environment()
+
+    import random
+
+    random.seed()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        try:
+            np.random.seed()
+        except Exception as e:
+            log("numpy reseed failed: %s" % e)
+
+    from ipykernel.kernelapp import IPKernelApp
+
+    IPKernelApp.clear_instance()
+    app = IPKernelApp.instance()
+    app.initialize(["-f", req["conn"], "--HistoryManager.enabled=False", "--IPKernelApp.parent_handle=1"])
+    if os.getpid() == 1:
+        interrupt_as_init(app.kernel)
+    launch.preload(app.shell)
+    app.start()
+    os._exit(0)
+
+
+def interrupt_as_init(kernel):
+    """Make interrupt_request reach the kernel when it is pid 1.
+
+    ipykernel interrupts with killpg(getpgid(), SIGINT) when the kernel leads
+    its process group; as pid 1 that is killpg(1), which is kill(-1): every
+    process of the namespace but the kernel. Send SIGINT to those and to
+    the kernel itself (pid 1 gets it: Python has a handler for it).
+    """
+
+    def interrupt(kill=os.kill, sigint=signal.SIGINT):
+        for pid in (-1, 1):
+            try:
+                kill(pid, sigint)
+            except OSError:
+                pass
+
+    for name in ("_send_interupt_children", "_send_interrupt_children"):  # ipykernel 6.17 spells it so
+        if hasattr(kernel, name):
+            setattr(kernel, name, interrupt)
+
+
+def main():
+    ctl = int(os.environ.pop("EXECUTOR_ZYGOTE_FD"))
+    lifeline = int(os.environ.pop("EXECUTOR_LIFELINE_FD", "-1"))
+    for fd in (ctl, lifeline):
+        if fd >= 0:
+            os.set_inheritable(fd, False)
+    if lifeline >= 0:
+        os.set_blocking(lifeline, True)
+    launch.setup_environment()
+    load()
+    if lifeline < 0:
+        # No lifeline given: one that never ends (we hold its write end).
+        lifeline, _keep = os.pipe()
+    z = Zygote(ctl, lifeline)
+    z.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,477 @@
+package local
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	executorimage "github.com/codegw/codegw/executor-image"
+	"github.com/codegw/codegw/kernel"
+)
+
+// zygoteFD is the descriptor on which the zygote finds its control socket
+// (EXECUTOR_ZYGOTE_FD), after the lifeline at lifelineFD.
+const zygoteFD = 4
+
+// zygoteWatch is watchScript for the zygote: its watcher also closes the
+// control socket, so that only the zygote holds it.
+const zygoteWatch = `(while read -r x <&3; do :; done; kill -KILL 0) </dev/null >/dev/null 2>&1 4<&- & exec "$@"`
+
+// zygoteStartTimeout bounds the zygote's start: imports of the data stack.
+const zygoteStartTimeout = 60 * time.Second
+
+// zygote is one running fork server (executor-image/zygote.py) and the
+// kernels it forked.
+type zygote struct {
+	p        *Provisioner
+	cmd      *exec.Cmd
+	pid      int
+	conn     net.Conn
+	tail     *tailBuffer
+	ready    chan struct{} // closed when the zygote said it is ready
+	readDone chan struct{} // closed when read returned
+	dead     chan struct{} // closed once the zygote process ended
+
+	wmu     sync.Mutex  // serialises writes to conn
+	closing atomic.Bool // the provisioner ended it
+
+	mu      sync.Mutex
+	pending map[string]chan zmsg // fork requests awaiting their answer
+	runs    map[string]*run      // kernels forked and not yet exited
+}
+
+// zmsg is one line from the zygote.
+type zmsg struct {
+	Op      string `json:"op"`
+	Token   string `json:"token"`
+	PID     int    `json:"pid"`
+	Status  int    `json:"status"`
+	Error   string `json:"error"`
+	Threads int    `json:"threads"`
+}
+
+// forkRequest asks the zygote for a kernel; zygote.py's specialise says
+// what each field means.
+type forkRequest struct {
+	Op       string            `json:"op"`
+	Token    string            `json:"token"`
+	Conn     string            `json:"conn"`
+	Code     string            `json:"code"`
+	Sock     string            `json:"sock"`
+	Root     string            `json:"root"`
+	Sandbox  bool              `json:"sandbox"`
+	ShareNet bool              `json:"share_net"`
+	Binds    []string          `json:"binds"`
+	UID      int               `json:"uid,omitempty"`
+	GID      int               `json:"gid,omitempty"`
+	Cgroups  []string          `json:"cgroups,omitempty"`
+	Rlimits  map[string]int64  `json:"rlimits,omitempty"`
+	Env      map[string]string `json:"env"`
+}
+
+// startZygote starts a zygote and waits until it is ready to fork.
+func (p *Provisioner) startZygote(ctx context.Context) (*zygote, error) {
+	zdir := filepath.Join(p.cfg.StateDir, "z")
+	tmp := filepath.Join(zdir, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("local: zygote: %w", err)
+	}
+	env := p.envMap(zdir, nil)
+	env["HOME"], env["TMPDIR"], env["EXECUTOR_WORKDIR"] = tmp, tmp, zdir
+	env["EXECUTOR_ZYGOTE_FD"] = strconv.Itoa(zygoteFD)
+
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("local: zygote: %w", err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "zygote-ctl"), os.NewFile(uintptr(fds[1]), "zygote-ctl")
+	conn, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		theirs.Close()
+		return nil, fmt.Errorf("local: zygote: %w", err)
+	}
+	lr, lw, err := os.Pipe()
+	if err != nil {
+		conn.Close()
+		theirs.Close()
+		return nil, fmt.Errorf("local: zygote: %w", err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", zygoteWatch, "codegw-zygote",
+		p.cfg.Python, filepath.Join(p.execDir, executorimage.Zygote))
+	cmd.Dir = zdir
+	cmd.Env = envList(env)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		conn.Close()
+		theirs.Close()
+		lr.Close()
+		lw.Close()
+		return nil, fmt.Errorf("local: zygote: %w", err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.ExtraFiles = []*os.File{lr, theirs}
+	err = p.spawn.start(cmd)
+	pw.Close()
+	lr.Close()
+	theirs.Close()
+	if err != nil {
+		conn.Close()
+		pr.Close()
+		lw.Close()
+		return nil, fmt.Errorf("%w: local: start zygote: %v", kernel.ErrProvisioner, err)
+	}
+	z := &zygote{p: p, cmd: cmd, pid: cmd.Process.Pid, conn: conn, tail: newTailBuffer(outputTail),
+		ready: make(chan struct{}), dead: make(chan struct{}), readDone: make(chan struct{}),
+		pending: map[string]chan zmsg{}, runs: map[string]*run{}}
+	output := make(chan struct{})
+	go func() {
+		defer close(output)
+		io.Copy(z.tail, pr)
+		pr.Close()
+	}()
+	go z.read()
+	go z.wait(lw, output)
+
+	ctx, cancel := context.WithTimeout(ctx, zygoteStartTimeout)
+	defer cancel()
+	select {
+	case <-z.ready:
+		return z, nil
+	case <-z.dead:
+		<-output
+		return nil, fmt.Errorf("%w: local: zygote exited before it was ready: %s", kernel.ErrProvisioner, lastLine(z.tail.String()))
+	case <-ctx.Done():
+		z.kill()
+		return nil, fmt.Errorf("%w: local: zygote not ready: %v", kernel.ErrProvisioner, ctx.Err())
+	}
+}
+
+// read dispatches the zygote's messages until its socket closes.
+func (z *zygote) read() {
+	defer close(z.readDone)
+	r := bufio.NewReaderSize(z.conn, 4096)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var m zmsg
+		if err := json.Unmarshal(line, &m); err != nil {
+			z.p.log.Error("local: zygote: bad message", "err", err)
+			continue
+		}
+		switch m.Op {
+		case "ready":
+			z.p.log.Info("local: zygote ready", "pid", m.PID, "threads", m.Threads)
+			close(z.ready)
+		case "forked", "error":
+			z.mu.Lock()
+			if r := z.runs[m.Token]; r != nil && m.Op == "forked" {
+				// Here, before its exit can be read, and before fork
+				// returns: finish and Kill read it.
+				r.pgid = m.PID
+			}
+			ch := z.pending[m.Token]
+			delete(z.pending, m.Token)
+			z.mu.Unlock()
+			if ch != nil {
+				ch <- m
+			}
+		case "exit":
+			z.mu.Lock()
+			r := z.runs[m.Token]
+			delete(z.runs, m.Token)
+			z.mu.Unlock()
+			if r != nil {
+				r.finish(exitOfStatus(m.Status))
+			}
+		}
+	}
+}
+
+// wait is the one goroutine that waits for the zygote process. When it
+// ends, its kernels get their parent-death signal or see end-of-file on the
+// zygote's lifeline and end, with their namespaces; wait confirms they are
+// gone and reports them dead.
+func (z *zygote) wait(lifeline *os.File, output chan struct{}) {
+	err := z.cmd.Wait()
+	syscall.Kill(-z.pid, syscall.SIGKILL)
+	lifeline.Close()
+	z.conn.Close()
+	<-z.readDone // no message is being handled any more
+	z.mu.Lock()
+	runs := z.runs
+	z.runs = map[string]*run{}
+	for _, ch := range z.pending {
+		ch <- zmsg{Op: "error", Error: "zygote died"}
+	}
+	z.pending = map[string]chan zmsg{}
+	z.mu.Unlock()
+	if z.closing.Load() {
+		z.p.log.Info("local: zygote stopped", "pid", z.pid, "kernels", len(runs))
+	} else {
+		select {
+		case <-output:
+		case <-time.After(time.Second):
+		}
+		z.p.log.Warn("local: zygote exited", "pid", z.pid, "err", err, "kernels", len(runs), "output", lastLine(z.tail.String()))
+	}
+	close(z.dead)
+	for _, r := range runs {
+		go r.orphaned()
+	}
+}
+
+// fork asks the zygote for a kernel run r and returns its pid.
+func (z *zygote) fork(ctx context.Context, r *run, req forkRequest) (int, error) {
+	ch := make(chan zmsg, 1)
+	z.mu.Lock()
+	select {
+	case <-z.dead:
+		z.mu.Unlock()
+		return 0, errZygoteDied
+	default:
+	}
+	z.pending[req.Token] = ch
+	z.runs[req.Token] = r
+	z.mu.Unlock()
+	req.Op = "fork"
+	if err := z.send(req); err != nil {
+		z.forget(req.Token)
+		return 0, err
+	}
+	select {
+	case m := <-ch:
+		if m.Op != "forked" {
+			z.forget(req.Token)
+			return 0, fmt.Errorf("local: fork kernel: %s", m.Error)
+		}
+		return m.PID, nil
+	case <-ctx.Done():
+		// The fork may still happen: the kill follows it in the queue.
+		z.send(forkRequest{Op: "kill", Token: req.Token})
+		return 0, fmt.Errorf("local: fork kernel: %w", ctx.Err())
+	}
+}
+
+var errZygoteDied = errors.New("local: zygote died")
+
+func (z *zygote) forget(token string) {
+	z.mu.Lock()
+	delete(z.pending, token)
+	delete(z.runs, token)
+	z.mu.Unlock()
+}
+
+func (z *zygote) send(req forkRequest) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("local: zygote: %w", err)
+	}
+	z.wmu.Lock()
+	defer z.wmu.Unlock()
+	z.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := z.conn.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("%w: %v", errZygoteDied, err)
+	}
+	return nil
+}
+
+// killRun asks the zygote to kill a kernel, which ends its pid namespace
+// (or, without the sandbox, its process group). A dead zygote's kernels end by themselves.
+func (z *zygote) killRun(token string) {
+	z.send(forkRequest{Op: "kill", Token: token})
+}
+
+// kill ends the zygote; its kernels follow.
+func (z *zygote) kill() {
+	z.closing.Store(true)
+	syscall.Kill(-z.pid, syscall.SIGKILL)
+}
+
+func (z *zygote) isDead() bool {
+	select {
+	case <-z.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// getZygote returns the running zygote, starting one when there is none or
+// the last one died. Concurrent callers share one start.
+func (p *Provisioner) getZygote(ctx context.Context) (*zygote, error) {
+	for {
+		p.zmu.Lock()
+		if p.zclosed {
+			p.zmu.Unlock()
+			return nil, errClosed
+		}
+		if z := p.zyg; z != nil && !z.isDead() {
+			p.zmu.Unlock()
+			return z, nil
+		}
+		if p.zstarting == nil {
+			done := make(chan struct{})
+			p.zstarting = done
+			go func() {
+				z, err := p.startZygote(context.Background())
+				p.zmu.Lock()
+				if p.zclosed && z != nil {
+					z.kill()
+				}
+				p.zyg, p.zerr, p.zstarting = z, err, nil
+				p.zmu.Unlock()
+				close(done)
+			}()
+		}
+		done := p.zstarting
+		p.zmu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("local: zygote: %w", ctx.Err())
+		}
+		p.zmu.Lock()
+		z, err := p.zyg, p.zerr
+		p.zmu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		if z != nil && !z.isDead() {
+			return z, nil
+		}
+	}
+}
+
+// startFork forks the kernel's process from the zygote.
+func (k *Process) startFork(ctx context.Context) error {
+	p := k.p
+	connFile, err := k.writeConnFile()
+	if err != nil {
+		return err
+	}
+	z, err := p.getZygote(ctx)
+	if err != nil {
+		return err
+	}
+	token := k.id + "." + strconv.FormatInt(p.seq.Add(1), 10)
+	root := filepath.Join(k.kdir, "root")
+	if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("local: %w", err)
+	}
+	env := p.envMap(k.kdir, k.spec)
+	delete(env, "EXECUTOR_LIFELINE_FD") // the kernel watches the zygote
+	delete(env, "EXECUTOR_MPL_CACHE")   // the zygote loaded the fonts
+	req := forkRequest{Token: token, Conn: connFile, Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
+		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env}
+	if p.cred != nil {
+		req.UID, req.GID = int(p.cred.Uid), int(p.cred.Gid)
+	}
+	r := &run{z: z, token: token, exited: make(chan struct{}), output: closedChan, tail: z.tail,
+		t0: time.Now(), kid: k.id, log: p.log}
+	if p.cg != nil {
+		cg, err := p.cg.create(token, p.cfg.Memory, p.cfg.PidsLimit)
+		if err != nil {
+			return err
+		}
+		r.cg = cg
+		req.Cgroups = cg.dirs()
+	} else {
+		req.Rlimits = map[string]int64{}
+		if p.cfg.Memory > 0 {
+			req.Rlimits["as"] = p.cfg.Memory
+		}
+		if p.cfg.PidsLimit > 0 {
+			req.Rlimits["nproc"] = int64(p.cfg.PidsLimit)
+		}
+	}
+	pid, err := z.fork(ctx, r, req)
+	if err != nil {
+		if r.cg != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			r.cg.remove()
+		}
+		if errors.Is(err, errZygoteDied) {
+			return fmt.Errorf("%w: %v", kernel.ErrProvisioner, err)
+		}
+		return err
+	}
+	k.mu.Lock()
+	k.cur = r
+	k.mu.Unlock()
+	p.log.Info("local: kernel forked", "kernel", k.id, "pid", pid, "sandbox", p.sandbox, "transport", k.info.Transport,
+		"took", time.Since(r.t0).Round(time.Microsecond))
+	return nil
+}
+
+// closedChan is a closed channel: a forked kernel's output goes to the
+// zygote's pipe, so there is nothing of its own to drain.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// finish records a forked kernel's exit, with what its cgroups say about
+// it, removes the cgroups and closes r.exited. Only the first call counts.
+func (r *run) finish(e kernel.Exit) {
+	r.once.Do(func() {
+		if r.cg != nil {
+			e.OOMKilled = r.cg.oomKilled()
+			e.PidsLimited = r.cg.pidsHit()
+			r.cg.remove()
+		}
+		r.exit = e
+		close(r.exited)
+		if r.log != nil {
+			r.log.Info("local: kernel exited", "kernel", r.kid, "pid", r.pgid, "code", e.Code, "signal", e.Signal,
+				"oom", e.OOMKilled, "pids_limited", e.PidsLimited, "uptime", time.Since(r.t0).Round(time.Millisecond))
+		}
+	})
+}
+
+// orphaned waits until a kernel whose zygote died is gone (it ends at the
+// zygote's lifeline end-of-file), killing it if it lingers, and then
+// reports it killed.
+func (r *run) orphaned() {
+	gone := func() bool {
+		if r.cg != nil {
+			return r.cg.empty()
+		}
+		return r.pgid == 0 || syscall.Kill(r.pgid, 0) != nil
+	}
+	for i := 0; !gone(); i++ {
+		if i == 200 { // 2s
+			if r.pgid > 0 {
+				syscall.Kill(-r.pgid, syscall.SIGKILL)
+				syscall.Kill(r.pgid, syscall.SIGKILL)
+			}
+		}
+		if i > 1000 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.finish(kernel.Exit{Code: -1, Signal: "killed"})
+}
+
+// envList turns an environment map into sorted KEY=value strings.
+func envList(m map[string]string) []string {
+	env := make([]string, 0, len(m))
+	for k, v := range m {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	return env
+}

@@ -1,0 +1,489 @@
+package local
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/codegw/codegw/kernel"
+)
+
+// Tests of forked kernels (KERNEL_START=fork) beyond the contract tests of
+// local_test.go, which run forked by default too: isolation between two
+// children of one zygote, faults beside a sibling, and the zygote's death.
+
+// startSpec starts a kernel with spec and returns it with a Client.
+func startSpec(t *testing.T, p *Provisioner, spec kernel.Spec) (*Process, *kernel.Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	proc, err := p.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := proc.(*Process)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := k.Close(ctx); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return k, dial(t, ctx, k)
+}
+
+// alive reports whether any process is left in a forked kernel's cgroups
+// or, without cgroups, whether it still runs.
+func alive(r *run) bool {
+	if r.cg != nil {
+		return !r.cg.empty()
+	}
+	return syscall.Kill(r.pgid, 0) == nil
+}
+
+func TestForkIsolation(t *testing.T) {
+	requireBwrap(t)
+	p := newProvisioner(t, Config{Sandbox: SandboxBwrap, Memory: 1 << 30, PidsLimit: 256})
+	a, ca := startSpec(t, p, kernel.Spec{ID: newID()})
+	b, cb := startSpec(t, p, kernel.Spec{ID: newID(), Env: map[string]string{"GREETING": "hello"}})
+
+	// What a leaves behind, of every kind.
+	execute(t, ca, `
+import os, subprocess, pandas as pd
+open("/tmp/secret", "w").write("a")
+open("/code/output/a.txt", "w").write("a")
+open("/dev/shm/a", "w").write("a")
+os.environ["LEAK"] = "a"
+pd.options.display.max_rows = 3
+child = subprocess.Popen(["sleep", "600"])
+`)
+
+	t.Run("files", func(t *testing.T) {
+		got := lines(t, cb, fmt.Sprintf(`import os
+print(os.path.exists("/tmp/secret"), os.listdir("/code/output"), os.path.exists("/dev/shm/a"))
+print(os.path.exists(%q), os.path.exists(%q), os.path.exists(%q))`, a.kdir, a.Dir(), filepath.Join(a.kdir, "s")))
+		if got[0] != "False [] False" {
+			t.Errorf("b sees a's files: %s", got[0])
+		}
+		if got[1] != "False False False" {
+			t.Errorf("b sees a's directories: %s", got[1])
+		}
+		if _, err := os.Stat(filepath.Join(a.Dir(), "output", "a.txt")); err != nil {
+			t.Errorf("a's output file is not in its directory: %v", err)
+		}
+	})
+	t.Run("processes", func(t *testing.T) {
+		got := lines(t, cb, `import os
+pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+cmds = [open("/proc/%d/cmdline" % p, "rb").read().split(b"\0")[0].decode() for p in pids]
+print(os.getpid(), os.getuid(), any("sleep" in c for c in cmds), len(pids) <= 3)`)
+		if got[0] != "1 65534 False True" {
+			t.Errorf("pid uid sleep-seen few-pids = %s, want 1 65534 False True", got[0])
+		}
+		if got := lines(t, ca, `print(child.poll() is None)`); got[0] != "True" {
+			t.Error("a's child is not running")
+		}
+	})
+	t.Run("env", func(t *testing.T) {
+		got := lines(t, cb, `import os; print(os.environ.get("LEAK"), os.environ.get("GREETING"))`)
+		if got[0] != "None hello" {
+			t.Errorf("b's LEAK GREETING = %s, want None hello", got[0])
+		}
+		if got := lines(t, ca, `import os; print(os.environ.get("GREETING"))`); got[0] != "None" {
+			t.Errorf("a has b's env: %s", got[0])
+		}
+	})
+	t.Run("module state", func(t *testing.T) {
+		got := lines(t, cb, `import pandas as pd; print(pd.options.display.max_rows)`)
+		if got[0] != "60" {
+			t.Errorf("b's display.max_rows = %s, want 60", got[0])
+		}
+	})
+	t.Run("random", func(t *testing.T) {
+		code := `import random, numpy as np; print(random.random(), np.random.rand())`
+		ga, gb := lines(t, ca, code), lines(t, cb, code)
+		fa, fb := strings.Fields(ga[0]), strings.Fields(gb[0])
+		if fa[0] == fb[0] || fa[1] == fb[1] {
+			t.Errorf("same random numbers in two children: %v %v", fa, fb)
+		}
+	})
+	t.Run("signals", func(t *testing.T) {
+		// b can neither signal a's processes nor end itself as pid 1.
+		got := lines(t, cb, fmt.Sprintf(`import os
+try:
+    os.kill(%d, 9); print("killed")
+except OSError as e:
+    print(type(e).__name__)
+try:
+    os.kill(1, 9); print("sent")
+except OSError as e:
+    print(type(e).__name__)`, a.current().pgid))
+		if got[0] == "killed" {
+			t.Error("b killed a")
+		}
+		if got := lines(t, cb, "print(1+1)"); got[0] != "2" {
+			t.Errorf("b after kill(1): %v", got)
+		}
+		if got := lines(t, ca, "print(1+1)"); got[0] != "2" {
+			t.Errorf("a after b's kill: %v", got)
+		}
+	})
+	t.Run("cgroups", func(t *testing.T) {
+		if p.cg == nil {
+			t.Skip("no cgroups here")
+		}
+		ra, rb := a.current(), b.current()
+		if ra.cg.mem == rb.cg.mem {
+			t.Fatal("two kernels share a memory cgroup")
+		}
+		limit, _ := os.ReadFile(filepath.Join(ra.cg.mem, "memory.limit_in_bytes"))
+		if strings.TrimSpace(string(limit)) != strconv.Itoa(1<<30) {
+			t.Errorf("memory limit %s", limit)
+		}
+		got := lines(t, cb, `print([l for l in open("/proc/self/cgroup").read().split() if ":pids:" in l][0])`)
+		if !strings.HasSuffix(got[0], "/"+rb.token) {
+			t.Errorf("b's pids cgroup %s, want .../%s", got[0], rb.token)
+		}
+	})
+
+	// Whatever a started is gone with it.
+	ra := a.current()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); alive(ra) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if alive(ra) {
+		t.Error("processes of a closed kernel left")
+	}
+}
+
+func TestForkFaults(t *testing.T) {
+	requireBwrap(t)
+	p := newProvisioner(t, Config{Sandbox: SandboxBwrap, Preload: []string{}, Memory: 256 << 20, PidsLimit: 64})
+	if p.cg == nil && os.Getenv("CI") == "true" {
+		t.Fatal("no cgroups under CI")
+	}
+	_, sib := startSpec(t, p, kernel.Spec{ID: newID()})
+
+	// sibling answers a computation while a fault happens next door.
+	sibling := func(t *testing.T, stop <-chan struct{}) {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			r, err := tryExecute(sib, fmt.Sprintf("print(sum(range(%d)))", 1000+i))
+			if err != nil {
+				t.Errorf("sibling: %v", err)
+				return
+			}
+			if want := strconv.Itoa((1000 + i) * (999 + i) / 2); strings.TrimSpace(r.stdout) != want {
+				t.Errorf("sibling said %q, want %s", r.stdout, want)
+				return
+			}
+		}
+	}
+
+	for _, tt := range []struct {
+		name string
+		code string
+		kill bool // kill the kernel once its pids limit was hit
+		want func(kernel.Exit) bool
+	}{
+		{"exit", "import os; os._exit(3)", false, func(e kernel.Exit) bool { return e.Code == 3 }},
+		{"segfault", "import ctypes; ctypes.string_at(0)", false, func(e kernel.Exit) bool { return e.Signal == "segmentation fault" }},
+		{"memory bomb", "x = []\nwhile True: x.append(bytearray(16 << 20))", false, func(e kernel.Exit) bool { return e.OOMKilled }},
+		{"fork bomb", "import os, time\nwhile True:\n    try: os.fork()\n    except OSError: time.sleep(0.05)", true,
+			func(e kernel.Exit) bool { return e.PidsLimited }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if p.cg == nil && (tt.name == "memory bomb" || tt.name == "fork bomb") {
+				t.Skip("no cgroups here")
+			}
+			k, c := startSpec(t, p, kernel.Spec{ID: newID()})
+			r := k.current()
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { defer wg.Done(); sibling(t, stop) }()
+			go tryExecute(c, tt.code)
+			// The bomb spins at its limit until killed: poll for the limit.
+			var hit <-chan time.Time
+			poll := time.NewTicker(50 * time.Millisecond)
+			defer poll.Stop()
+			if tt.kill {
+				hit = poll.C
+			}
+			deadline := time.NewTimer(execTimeout)
+			defer deadline.Stop()
+			for ended := false; !ended; {
+				select {
+				case <-k.Exited():
+					ended = true
+				case <-hit:
+					if !r.cg.pidsHit() {
+						continue
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					err := k.Kill(ctx)
+					cancel()
+					if err != nil {
+						t.Fatal(err)
+					}
+					ended = true
+				case <-deadline.C:
+					t.Fatal("the kernel did not end")
+				}
+			}
+			close(stop)
+			wg.Wait()
+			if e := k.Exit(); !tt.want(e) {
+				t.Errorf("exit %+v", e)
+			}
+			for deadline := time.Now().Add(10 * time.Second); alive(r) && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if alive(r) {
+				t.Error("processes left after the kernel ended")
+			}
+		})
+	}
+}
+
+// TestZygoteDeath kills the zygote with SIGKILL while a kernel it forked runs
+// a cell: the call ends with ErrDied, nothing of the kernel is left, and the
+// next start gets a new zygote.
+func TestZygoteDeath(t *testing.T) {
+	for _, mode := range sandboxes(t) {
+		t.Run(mode, func(t *testing.T) {
+			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
+			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+			defer cancel()
+			k, err := kernel.Launch(ctx, p, kernel.Spec{ID: newID()}, kernel.LaunchOptions{Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer k.Close(context.Background())
+			proc := k.Process().(*Process)
+			r := proc.current()
+			if _, err := k.Execute(ctx, `import subprocess; subprocess.Popen(["sleep", "600"])`, kernel.ExecuteOptions{}, kernel.Deadline{}); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := k.Execute(ctx, "import time; time.sleep(60)", kernel.ExecuteOptions{}, kernel.Deadline{})
+				done <- err
+			}()
+			time.Sleep(200 * time.Millisecond)
+			old := r.z
+			if err := syscall.Kill(old.pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-done:
+				if !errors.Is(err, kernel.ErrDied) {
+					t.Errorf("in-flight call: %v, want ErrDied", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("the in-flight call hangs")
+			}
+			for deadline := time.Now().Add(10 * time.Second); (alive(r) || sleepers(t) > 0) && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if alive(r) {
+				t.Error("the kernel outlived its zygote")
+			}
+			if n := sleepers(t); n > 0 {
+				t.Errorf("%d 'sleep 600' outlived the zygote", n)
+			}
+			// A new zygote serves the next kernel.
+			k2, c2 := startKernel(t, p)
+			if got := lines(t, c2, "print(1+1)"); got[0] != "2" {
+				t.Errorf("after restart: %v", got)
+			}
+			if k2.current().z == old {
+				t.Error("the dead zygote forked the new kernel")
+			}
+		})
+	}
+}
+
+// forkHelper is TestHelperProcess for TestForkGatewayKill: a gateway that
+// forks one kernel, says "started <kernel pid> <zygote pid> <pids cgroup>"
+// and waits to be killed.
+func forkHelper(dir string) {
+	p, err := New(Config{StateDir: dir, Sandbox: os.Getenv(helperSandboxEnv), Preload: []string{},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err == nil && !p.fork {
+		err = errors.New("the zygote did not start")
+	}
+	var proc kernel.Process
+	if err == nil {
+		proc, err = p.Start(context.Background(), kernel.Spec{ID: os.Getenv(helperKernelEnv)})
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		os.Exit(2)
+	}
+	r := proc.(*Process).current()
+	cg := ""
+	if r.cg != nil {
+		cg = r.cg.pids
+	}
+	fmt.Printf("started %d %d %s\n", r.pgid, r.z.pid, cg)
+	time.Sleep(time.Minute)
+	os.Exit(3)
+}
+
+// TestForkGatewayKill kills a gateway (a helper process) with SIGKILL while
+// its zygote has a kernel running: the zygote and the kernel end with it.
+func TestForkGatewayKill(t *testing.T) {
+	for _, mode := range sandboxes(t) {
+		t.Run(mode, func(t *testing.T) {
+			newProvisioner(t, Config{Sandbox: mode, Preload: []string{}}) // executor files, font cache
+			id := newID()
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+			cmd.Env = append(os.Environ(), helperEnv+"="+stateDir, helperKernelEnv+"="+id,
+				helperSandboxEnv+"="+mode, helperStartEnv+"="+StartFork)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			line := make(chan string, 1)
+			go func() {
+				s, _ := bufio.NewReader(out).ReadString('\n')
+				line <- s
+			}()
+			var s string
+			select {
+			case s = <-line:
+			case <-time.After(startTimeout):
+				t.Fatalf("helper did not start a kernel; stderr: %s", stderr.String())
+			}
+			f := strings.Fields(s)
+			if len(f) < 3 || f[0] != "started" {
+				t.Fatalf("helper said %q; stderr: %s", s, stderr.String())
+			}
+			kpid, _ := strconv.Atoi(f[1])
+			zpid, _ := strconv.Atoi(f[2])
+			cgDir := ""
+			if len(f) > 3 {
+				cgDir = f[3]
+			}
+			t.Cleanup(func() { os.RemoveAll(filepath.Join(stateDir, "k", id)) })
+			cmd.Process.Kill()
+			cmd.Wait()
+			gone := func() bool {
+				if syscall.Kill(zpid, 0) == nil || syscall.Kill(kpid, 0) == nil {
+					return false
+				}
+				if cgDir != "" {
+					return (&cgroup{pids: cgDir}).empty()
+				}
+				return true
+			}
+			for deadline := time.Now().Add(10 * time.Second); !gone() && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if !gone() {
+				syscall.Kill(-kpid, syscall.SIGKILL)
+				syscall.Kill(kpid, syscall.SIGKILL)
+				syscall.Kill(-zpid, syscall.SIGKILL)
+				t.Fatal("the zygote or its kernel outlived the gateway")
+			}
+		})
+	}
+}
+
+// TestForkRlimits forks kernels as where cgroups cannot be written: the
+// memory limit is RLIMIT_AS, which numpy and the kernel's threads live with,
+// and an allocation past it fails in the kernel instead of killing it.
+func TestForkRlimits(t *testing.T) {
+	requireBwrap(t)
+	p := newProvisioner(t, Config{Sandbox: SandboxBwrap, Memory: 1 << 30})
+	p.cg = nil // as if detectCgroups had failed
+	if p.LimitMode() != "rlimit" {
+		t.Fatalf("limit mode %s", p.LimitMode())
+	}
+	k, c := startSpec(t, p, kernel.Spec{ID: newID()})
+	if k.current().cg != nil {
+		t.Fatal("the kernel has cgroups")
+	}
+	got := lines(t, c, `import resource, numpy as np
+print(resource.getrlimit(resource.RLIMIT_AS)[0], np.ones(10**6).sum())
+try:
+    x = bytearray(2 << 30)
+    print("allocated")
+except MemoryError:
+    print("MemoryError")`)
+	if got[0] != strconv.Itoa(1<<30)+" 1000000.0" || got[1] != "MemoryError" {
+		t.Errorf("got %q, want the 1 GiB limit, a numpy sum and a MemoryError", got)
+	}
+}
+
+// TestForkFallback: when the zygote cannot start, New warns and kernels are
+// spawned.
+func TestForkFallback(t *testing.T) {
+	// An interpreter that runs everything but the zygote.
+	wrapper := filepath.Join(t.TempDir(), "python")
+	script := "#!/bin/sh\ncase \"$1\" in *zygote.py) echo 'no zygote here' >&2; exit 1;; esac\nexec /usr/bin/python3 \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	p, err := New(Config{Python: wrapper, StateDir: stateDir, Sandbox: SandboxNone, Preload: []string{},
+		Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	if p.StartMode() != StartSpawn {
+		t.Fatalf("start mode %s, want spawn", p.StartMode())
+	}
+	mu.Lock()
+	warned := strings.Contains(logs.String(), "fork server unavailable") && strings.Contains(logs.String(), "no zygote here")
+	mu.Unlock()
+	if !warned {
+		t.Errorf("no warning naming the zygote's failure in:\n%s", logs.String())
+	}
+	_, c := startKernel(t, p)
+	if got := lines(t, c, "print(1+1)"); got[0] != "2" {
+		t.Errorf("spawned kernel said %v", got)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
