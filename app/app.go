@@ -107,7 +107,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	if cfg.RedisURL == "" {
 		a.store = memory.New()
 	} else {
-		rs, err := redis.New(ctx, cfg.RedisURL)
+		rs, err := redis.New(ctx, cfg.RedisURL, redis.WithErrorHook(a.Metrics.StoreError))
 		if err != nil {
 			return nil, err
 		}
