@@ -333,6 +333,12 @@ func TestParseConfig(t *testing.T) {
 			`EXECUTOR must be local or docker, not "vm"`, "MAX_WORKERS must be at least 1", "INSTANCE_TTL must be at least 0.3 seconds", "LOG_LEVEL",
 		}},
 		{"port out of range", []string{"PORT=70000"}, nil, []string{"PORT 70000 out of range"}},
+		{"operations", []string{"RATE_LIMIT=2.5", "RATE_BURST=10", "MAX_EXECUTIONS_PER_KEY=3", "DRAIN_TIMEOUT=45", "LOG_FORMAT=json", "METRICS_KEY=m"}, func(c app.Config) bool {
+			return c.RateLimit == 2.5 && c.RateBurst == 10 && c.MaxExecutionsPerKey == 3 && c.DrainTimeout == 45*time.Second && c.LogFormat == "json" && c.MetricsKey == "m"
+		}, nil},
+		{"bad operations settings", []string{"LOG_FORMAT=xml", "RATE_LIMIT=-1", "DRAIN_TIMEOUT=-5"}, nil, []string{
+			`LOG_FORMAT must be text or json, not "xml"`, "RATE_LIMIT must not be negative", "DRAIN_TIMEOUT must not be negative",
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
