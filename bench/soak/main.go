@@ -12,7 +12,8 @@
 // errors by kind, p50/p99 per kind, RSS, goroutines and open descriptors
 // sampled every second (flat: the mean of the last quarter within 10% of
 // the second quarter's), and the kernel processes and directories left
-// after the gateway closed (must be 0).
+// after the gateway closed (must be 0). It exits with status 1 when any of
+// these is missed; scripts/test.sh runs it for 60 seconds.
 //
 //	go run ./bench/soak [-duration 60s] [-clients 4] [-json]
 package main
@@ -256,7 +257,13 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		ok = ok && strings.HasPrefix(v, "flat")
 	}
 	r.Verdict = benchkit.Verdict(ok)
-	return benchkit.Report(out, c.JSON, &r.Host, r, func(w io.Writer) { table(w, r) })
+	if err := benchkit.Report(out, c.JSON, &r.Host, r, func(w io.Writer) { table(w, r) }); err != nil {
+		return err
+	}
+	if !ok { // scripts/test.sh runs a short soak: a miss fails it
+		return fmt.Errorf("missed: %d wrong answers, %d processes and %d directories left, flatness %v", r.Wrong, r.LeftProcs, r.LeftDirs, r.Flat)
+	}
+	return nil
 }
 
 // flatness compares the second and the last quarter of the samples.
