@@ -81,13 +81,10 @@ func (x *execution) run(ctx context.Context) (*codegw.ExecuteResult, error) {
 	x.observe(start, res, err)
 	if err != nil {
 		x.log.Debug("execution refused", "code", codegw.ErrorCode(err), "err", err)
-	} else {
-		x.log.Debug("execution finished", "kernel", x.k.ID(), "status", res.Status, "took", time.Since(start))
-	}
-	if err != nil {
 		x.send(codegw.Event{Type: codegw.EventDone, Status: codegw.StatusRejected, Error: codegw.ErrorMessage(err), Reason: codegw.ErrorCode(err)})
 		return nil, err
 	}
+	x.log.Debug("execution finished", "kernel", x.k.ID(), "status", res.Status, "took", time.Since(start))
 	done := codegw.Event{Type: codegw.EventDone, Status: res.Status, Duration: res.ExecutionTime, ExecutionCount: res.ExecutionCount, Truncated: res.Truncated}
 	if res.Error != nil {
 		done.Error = *res.Error
