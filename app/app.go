@@ -23,6 +23,7 @@ import (
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/docker"
 	"github.com/codegw/codegw/kernel/local"
+	"github.com/codegw/codegw/metrics"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
 	"github.com/codegw/codegw/store"
@@ -37,6 +38,7 @@ type App struct {
 	Images  *files.Store
 	Files   *files.Store
 	Manager *session.Manager
+	Metrics *metrics.Metrics
 
 	prov       kernel.Provisioner
 	store      store.Store
@@ -58,6 +60,10 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if _, ok := cfg.Logger.Handler().(codegw.ContextHandler); !ok {
+		// Lines logged with a request's context name its ids.
+		cfg.Logger = slog.New(codegw.ContextHandler{Handler: cfg.Logger.Handler()})
+	}
 	log := cfg.Logger
 	if len(cfg.APIKeys) == 0 {
 		if !isLoopback(cfg.Host) && !cfg.AllowOpen {
@@ -66,7 +72,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		log.Warn("no API_KEYS configured: the API is open to anyone who can reach it", "host", cfg.Host)
 	}
 	bgCtx, cancelBg := context.WithCancel(context.Background())
-	a := &App{cfg: cfg, log: log, cancelBg: cancelBg}
+	a := &App{cfg: cfg, log: log, cancelBg: cancelBg, Metrics: metrics.New(cfg.Executor)}
 	defer func() {
 		if err != nil {
 			a.Close()
@@ -90,15 +96,18 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	runID := codegw.NewID()[:6] // replicas of a compose service share STATE_DIR: kernel ids must not collide
 	launch := func(ctx context.Context) (*kernel.Kernel, error) {
 		id := fmt.Sprintf("k%s-%d", runID, seq.Add(1))
-		return kernel.Launch(ctx, a.prov, kernel.Spec{ID: id, Labels: map[string]string{"instance": cfg.InstanceID}},
+		start := time.Now()
+		k, err := kernel.Launch(ctx, a.prov, kernel.Spec{ID: id, Labels: map[string]string{"instance": cfg.InstanceID}},
 			kernel.LaunchOptions{Logger: log, WarmUp: cfg.WarmUp, Client: kernel.ClientOptions{HeartbeatTimeout: cfg.HeartbeatTimeout}})
+		a.Metrics.KernelStart(time.Since(start), err)
+		return k, err
 	}
 	a.Pool = kernel.NewPool(kernel.PoolConfig{Size: cfg.PoolSize, MaxStarting: cfg.PoolStarts, Launch: launch, Logger: log})
 
 	if cfg.RedisURL == "" {
 		a.store = memory.New()
 	} else {
-		rs, err := redis.New(ctx, cfg.RedisURL)
+		rs, err := redis.New(ctx, cfg.RedisURL, redis.WithErrorHook(a.Metrics.StoreError))
 		if err != nil {
 			return nil, err
 		}
@@ -146,7 +155,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		ExecTimeout: cfg.ExecutionTimeout, InterruptGrace: cfg.InterruptGrace, MaxOutputBytes: cfg.MaxOutputBytes,
 		MaxWorkers: cfg.MaxWorkers, MaxQueue: cfg.MaxQueue, QueueTimeout: cfg.QueueTimeout,
 		MaxSessions: cfg.MaxSessions, MaxSessionsPerKey: cfg.MaxSessionsPerKey, SessionIdle: cfg.SessionIdle,
-		ReplayEvents: cfg.ReplayEvents, Logger: log,
+		ReplayEvents: cfg.ReplayEvents, Logger: log, Metrics: a.Metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -166,7 +175,10 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		Manager: a.Manager, Images: a.Images, Files: a.Files, APIKeys: cfg.APIKeys,
 		BodyLimit: cfg.BodyLimit, UploadLimit: cfg.UploadLimit, PingInterval: cfg.PingInterval,
 		Capabilities: caps, Ready: a.ready, Logger: log, Router: router,
+		Metrics: a.Metrics, MetricsKey: cfg.MetricsKey,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, MaxExecutionsPerKey: cfg.MaxExecutionsPerKey,
 	})
+	a.watch()
 	if a.membership != nil {
 		a.membership.Start(a.Manager.Local)
 	}

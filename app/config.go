@@ -68,8 +68,16 @@ type Config struct {
 	InputAllowHosts    []string      `env:"INPUT_ALLOW_HOSTS"`
 	InputAllowCIDRs    []string      `env:"INPUT_ALLOW_CIDRS"`
 
-	RedisURL string `env:"REDIS_URL"` // empty: the memory store, a single instance
-	LogLevel string `env:"LOG_LEVEL"`
+	RedisURL  string `env:"REDIS_URL"` // empty: the memory store, a single instance
+	LogLevel  string `env:"LOG_LEVEL"`
+	LogFormat string `env:"LOG_FORMAT"` // text | json (read by cmd/codegw)
+
+	// Operations: see package metrics and gateway's quotas and drain.
+	MetricsKey          string        `env:"METRICS_KEY"`            // bearer token for /metrics; empty: loopback callers only
+	RateLimit           float64       `env:"RATE_LIMIT"`             // API requests per second per key; 0: unlimited
+	RateBurst           int           `env:"RATE_BURST"`             // token bucket size; 0: one second's worth
+	MaxExecutionsPerKey int           `env:"MAX_EXECUTIONS_PER_KEY"` // REST/NDJSON executions at once per key; 0: unlimited
+	DrainTimeout        time.Duration `env:"DRAIN_TIMEOUT"`          // how long SIGTERM waits for running executions
 
 	// Multi-instance (REDIS_URL set): see package cluster.
 	InternalAddr  string        `env:"INTERNAL_ADDR"`  // URL other instances reach this one at; "{ip}" is this host's address
@@ -130,8 +138,9 @@ func DefaultConfig() Config {
 		InputMaxFiles: in.MaxFiles, InputFileMaxBytes: in.MaxFileBytes, InputTotalBytes: in.MaxTotalBytes,
 		InputTimeout: in.Timeout,
 
-		LogLevel: "info", InstanceTTL: cluster.DefaultTTL,
-		WarmUp: "pass",
+		LogLevel: "info", LogFormat: "text", InstanceTTL: cluster.DefaultTTL,
+		DrainTimeout: 30 * time.Second,
+		WarmUp:       "pass",
 	}
 }
 
@@ -150,6 +159,11 @@ func (c Config) Validate() error {
 	check(c.PoolSize < 0, "POOL_SIZE must not be negative")
 	check(c.ExecutionTimeout <= 0, "EXECUTION_TIMEOUT must be positive")
 	check(c.InstanceTTL < 300*time.Millisecond, "INSTANCE_TTL must be at least 0.3 seconds")
+	check(c.LogFormat != "text" && c.LogFormat != "json", "LOG_FORMAT must be text or json, not %q", c.LogFormat)
+	check(c.RateLimit < 0, "RATE_LIMIT must not be negative")
+	check(c.RateBurst < 0, "RATE_BURST must not be negative")
+	check(c.MaxExecutionsPerKey < 0, "MAX_EXECUTIONS_PER_KEY must not be negative")
+	check(c.DrainTimeout < 0, "DRAIN_TIMEOUT must not be negative")
 	var level slog.Level
 	check(level.UnmarshalText([]byte(c.LogLevel)) != nil, "LOG_LEVEL must be debug, info, warn or error, not %q", c.LogLevel)
 	return errors.Join(errs...)

@@ -17,11 +17,14 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/metrics"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
 	"github.com/codegw/codegw/web"
@@ -48,6 +51,20 @@ type Config struct {
 	// Router, set in a multi-instance deployment, serves requests for
 	// sessions this instance does not hold; nil with a single instance.
 	Router Router
+
+	// Metrics records requests, refusals and websockets and is served at
+	// /metrics; nil records nothing and /metrics is 404.
+	Metrics *metrics.Metrics
+	// MetricsKey, when set, is the bearer token /metrics asks for; when
+	// empty, /metrics answers loopback callers only.
+	MetricsKey string
+	// RateLimit is the requests per second each key may make (0:
+	// unlimited), RateBurst the bucket's size (0: one second's worth).
+	RateLimit float64
+	RateBurst int
+	// MaxExecutionsPerKey bounds the REST and NDJSON executions a key runs
+	// at once (0: unlimited).
+	MaxExecutionsPerKey int
 }
 
 // Router forwards requests for sessions other instances hold and lists
@@ -68,6 +85,11 @@ type Server struct {
 	app  *fiber.App
 	log  *slog.Logger
 	keys map[string]string // sha256(key) -> owner id
+
+	quotas      *quotas
+	promHandler fiber.Handler
+	draining    atomic.Bool
+	inflight    atomic.Int64 // executions started by handlers, for the drain
 }
 
 // New returns a Server with every route mounted.
@@ -84,7 +106,11 @@ func New(cfg Config) *Server {
 	if cfg.PingInterval <= 0 {
 		cfg.PingInterval = 20 * time.Second
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{},
+		quotas: newQuotas(cfg.RateLimit, cfg.RateBurst, cfg.MaxExecutionsPerKey)}
+	if cfg.Metrics != nil {
+		s.promHandler = adaptor.HTTPHandler(cfg.Metrics.Handler())
+	}
 	for _, k := range cfg.APIKeys {
 		sum := sha256.Sum256([]byte(k))
 		s.keys[hex.EncodeToString(sum[:])] = "key_" + hex.EncodeToString(sum[:8])
@@ -116,6 +142,8 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.app.ShutdownWith
 
 func (s *Server) routes() {
 	a := s.app
+	a.Use(s.observe)
+	a.Get("/metrics", s.metrics)
 	a.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	a.Get("/readyz", s.readyz)
 	a.Get("/capabilities", s.capabilities)
@@ -123,7 +151,7 @@ func (s *Server) routes() {
 	a.Get("/files/:name", s.serveStore(s.cfg.Files, true))
 	web.Mount(a)
 
-	api := a.Group("/api/v1", s.auth)
+	api := a.Group("/api/v1", s.auth, s.limitRate)
 	api.Post("/execute", s.execute)
 	api.Post("/sessions", s.createSession)
 	api.Get("/sessions", s.listSessions)
@@ -149,7 +177,9 @@ func (s *Server) route(c *fiber.Ctx) error {
 	if s.cfg.Router == nil || s.cfg.Manager.Local(id) {
 		return c.Next()
 	}
-	return s.cfg.Router.Forward(c, id, owner(c))
+	err := s.cfg.Router.Forward(c, id, owner(c))
+	s.cfg.Metrics.Forward(forwardOutcome(err))
+	return err
 }
 
 // statusOf maps application error codes to HTTP statuses.
@@ -231,6 +261,9 @@ func owner(c *fiber.Ctx) string {
 }
 
 func (s *Server) readyz(c *fiber.Ctx) error {
+	if s.draining.Load() {
+		return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "draining", "error": "this instance is shutting down"})
+	}
 	if s.cfg.Ready != nil {
 		if err := s.cfg.Ready(); err != nil {
 			return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "not ready", "error": err.Error()})
@@ -348,14 +381,20 @@ func (s *Server) execute(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	release, err := s.holdExecution(c)
+	if err != nil {
+		return err
+	}
 	if wantsStream(c) {
 		return s.stream(c, func(ctx context.Context, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+			defer release()
 			return s.cfg.Manager.Execute(ctx, req, emit)
 		})
 	}
+	defer release()
 	// fasthttp does not cancel on disconnect: the execution's own deadline
-	// bounds it.
-	res, err := s.cfg.Manager.Execute(context.Background(), req, nil)
+	// bounds it. The user context carries only the log ids.
+	res, err := s.cfg.Manager.Execute(c.UserContext(), req, noteExecution(c, nil))
 	if err != nil {
 		return err
 	}
@@ -368,6 +407,7 @@ func (s *Server) stream(c *fiber.Ctx, run func(context.Context, func(codegw.Even
 	c.Set(fiber.HeaderContentType, "application/x-ndjson")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set("X-Accel-Buffering", "no")
+	ctx := c.UserContext() // the log ids; c is not valid in the writer
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		events := make(chan codegw.Event, 256)
 		type outcome struct {
@@ -376,7 +416,7 @@ func (s *Server) stream(c *fiber.Ctx, run func(context.Context, func(codegw.Even
 		}
 		done := make(chan outcome, 1)
 		go func() {
-			res, err := run(context.Background(), func(ev codegw.Event) {
+			res, err := run(ctx, func(ev codegw.Event) {
 				events <- ev
 			})
 			done <- outcome{res, err}

@@ -48,6 +48,7 @@ type envOptions struct {
 	maxPerKey  int
 	prov       kernel.Provisioner
 	replay     int
+	tune       func(*app.Config) // last word on the configuration
 }
 
 // provisionerFor returns the provisioner the suites run on: the local
@@ -119,6 +120,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 	cfg.SessionIdle, cfg.MaxSessions, cfg.MaxSessionsPerKey, cfg.ReplayEvents = o.sessIdle, o.maxSess, o.maxPerKey, o.replay
 	cfg.BodyLimit, cfg.UploadLimit, cfg.PingInterval = 1<<20, 1<<20, time.Second
 	cfg.Capabilities = func() any { return map[string]any{"python_version": "3", "packages": []string{"pandas"}} }
+	if o.tune != nil {
+		o.tune(&cfg)
+	}
 	a, err := app.Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -27,7 +27,10 @@ func (s *Server) createSession(c *fiber.Ctx) error {
 			return codegw.Errorf(codegw.EINVALID, "invalid session options: %v", err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	if s.draining.Load() {
+		return drainingError(c)
+	}
+	ctx, cancel := context.WithTimeout(c.UserContext(), 2*time.Minute)
 	defer cancel()
 	sess, err := s.cfg.Manager.Create(ctx, owner(c), session.CreateOptions{
 		IdleTimeout: time.Duration(body.IdleTimeout * float64(time.Second)), Env: body.Env,
@@ -35,6 +38,7 @@ func (s *Server) createSession(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	c.Locals(localSession, sess.ID())
 	return c.Status(fiber.StatusCreated).JSON(sess.Info())
 }
 
@@ -77,12 +81,18 @@ func (s *Server) sessionExecute(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
+	release, err := s.holdExecution(c)
+	if err != nil {
+		return err
+	}
 	if wantsStream(c) {
 		return s.stream(c, func(ctx context.Context, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+			defer release()
 			return sess.Execute(ctx, req, emit)
 		})
 	}
-	res, err := sess.Execute(context.Background(), req, nil)
+	defer release()
+	res, err := sess.Execute(c.UserContext(), req, noteExecution(c, nil))
 	if err != nil {
 		return err
 	}
@@ -214,6 +224,8 @@ func (s *Server) websocket(c *fiber.Ctx) error {
 }
 
 func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after uint64, replay bool) {
+	s.cfg.Metrics.Websocket(1)
+	defer s.cfg.Metrics.Websocket(-1)
 	sub, missed, gap := sess.Subscribe(after, replay)
 	defer sub.Close()
 	var wmu sync.Mutex

@@ -269,7 +269,7 @@ func (k *Kernel) Execute(ctx context.Context, code string, opts ExecuteOptions, 
 		err := c.Interrupt(ictx)
 		cancel()
 		if err != nil {
-			k.opts.Logger.Warn("kernel: interrupt failed", "kernel", k.id, "err", err)
+			k.opts.Logger.WarnContext(ctx, "kernel: interrupt failed", "kernel", k.id, "err", err)
 		}
 		grace := time.NewTimer(dl.Grace)
 		defer grace.Stop()
@@ -284,7 +284,7 @@ func (k *Kernel) Execute(ctx context.Context, code string, opts ExecuteOptions, 
 		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := k.proc.Kill(kctx); err != nil {
-			k.opts.Logger.Error("kernel: kill after deadline failed", "kernel", k.id, "err", err)
+			k.opts.Logger.ErrorContext(ctx, "kernel: kill after deadline failed", "kernel", k.id, "err", err)
 		}
 		select {
 		case <-finished:

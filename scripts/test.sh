@@ -62,4 +62,7 @@ if [[ ${DOCKER_STARTED:-} == 1 ]]; then
 	step "end-to-end suites again, on Docker executor containers"
 	CODEGW_TEST_EXECUTOR=docker go test -timeout 30m -count=1 ./gateway/
 fi
+step "soak: 60 s of the whole mix, every answer checked, memory flat, nothing left (bench/soak)"
+go run ./bench/soak -duration 60s
+
 step "all tests passed"

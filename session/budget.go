@@ -38,8 +38,9 @@ import (
 // image and file URLs, which have their own count limits). The streamed
 // events carry the same admitted text, so they stay within the same budget.
 type budget struct {
-	left int
-	cut  bool // some text was dropped or shortened
+	left    int
+	cut     bool // some text was dropped or shortened
+	dropped int  // bytes of text dropped (for the metrics)
 }
 
 // truncatedNote ends a copy (result or error) cut short by the budget. It
@@ -66,6 +67,7 @@ func (b *budget) take(s string) (string, bool) {
 	b.left -= cost
 	if n < len(s) {
 		b.cut = true
+		b.dropped += len(s) - n
 		return s[:n], true
 	}
 	return s, false

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -45,6 +46,9 @@ type execution struct {
 	// that differ after this run are collected, and seen is updated.
 	seen map[string]files.FileState
 
+	// log names the request, session and execution ids.
+	log *slog.Logger
+
 	// The answer being built.
 	res            codegw.ExecuteResult
 	budget         budget
@@ -70,11 +74,17 @@ const chdirInput = "import os as _cg_os; _cg_os.chdir('/code/input'); del _cg_os
 // run runs the execution to its done event. An error means it never ran:
 // the request was refused, and the done event says so.
 func (x *execution) run(ctx context.Context) (*codegw.ExecuteResult, error) {
+	ctx = codegw.WithLogAttrs(ctx, "execution", x.id)
+	x.log = x.m.log.With(codegw.LogAttrs(ctx)...)
+	start := time.Now()
 	res, err := x.steps(ctx)
+	x.observe(start, res, err)
 	if err != nil {
+		x.log.Debug("execution refused", "code", codegw.ErrorCode(err), "err", err)
 		x.send(codegw.Event{Type: codegw.EventDone, Status: codegw.StatusRejected, Error: codegw.ErrorMessage(err), Reason: codegw.ErrorCode(err)})
 		return nil, err
 	}
+	x.log.Debug("execution finished", "kernel", x.k.ID(), "status", res.Status, "took", time.Since(start))
 	done := codegw.Event{Type: codegw.EventDone, Status: res.Status, Duration: res.ExecutionTime, ExecutionCount: res.ExecutionCount, Truncated: res.Truncated}
 	if res.Error != nil {
 		done.Error = *res.Error
@@ -118,8 +128,10 @@ func (x *execution) fetch(ctx context.Context) (string, []codegw.InputFile, erro
 	}
 	code, inputs, err := x.m.cfg.Fetcher.Fetch(ctx, x.req.Files, x.code, filepath.Join(x.k.Process().Dir(), "input"))
 	if err != nil {
+		x.m.cfg.Metrics.InputDownloads(inputOutcome(err), 1)
 		return "", nil, err
 	}
+	x.m.cfg.Metrics.InputDownloads("ok", len(inputs))
 	if _, err := x.k.Execute(ctx, chdirInput, kernel.ExecuteOptions{Silent: true}, kernel.Deadline{Timeout: 10 * time.Second}); err != nil {
 		return "", nil, codegw.WrapError(codegw.EUNAVAILABLE, err, "prepare kernel")
 	}
@@ -152,6 +164,35 @@ func (x *execution) execute(ctx context.Context, code string) {
 	x.finish(o)
 }
 
+// observe records the execution's end in the metrics.
+func (x *execution) observe(start time.Time, res *codegw.ExecuteResult, err error) {
+	mt := x.m.cfg.Metrics
+	if err != nil {
+		mt.Execution(string(codegw.StatusRejected), 0)
+		return
+	}
+	mt.Execution(string(res.Status), time.Since(start))
+	if res.Truncated {
+		mt.Truncated(x.budget.dropped)
+	}
+}
+
+// inputOutcome names a failed input download for the metrics: "refused"
+// is the address guard's (SSRF) refusal.
+func inputOutcome(err error) string {
+	switch codegw.ErrorCode(err) {
+	case codegw.EFORBIDDEN:
+		return "refused"
+	case codegw.EFETCH:
+		return "fetch_failed"
+	case codegw.ETOOLARGE:
+		return "too_large"
+	case codegw.EINVALID:
+		return "invalid"
+	}
+	return "internal"
+}
+
 // pidsCounter is implemented by processes that count forks refused at their
 // pids limit (Docker containers).
 type pidsCounter interface{ PidsLimitHits() int64 }
@@ -167,10 +208,10 @@ func (x *execution) collect() []codegw.OutputFile {
 	}
 	out, skipped, err := files.Collect(dir, changed, x.m.cfg.Outputs, x.m.cfg.Files)
 	if err != nil {
-		x.m.log.Error("collect output files", "execution", x.id, "err", err)
+		x.log.Error("collect output files", "err", err)
 	}
 	for _, s := range skipped {
-		x.m.log.Info("output file skipped", "execution", x.id, "file", s.Name, "reason", s.Reason)
+		x.log.Info("output file skipped", "file", s.Name, "reason", s.Reason)
 	}
 	if out == nil {
 		out = []codegw.OutputFile{}
@@ -223,6 +264,7 @@ func (x *execution) onMessage(msg *kernel.Message) {
 	case "stream":
 		if x.budget.left <= 0 { // past the budget: not even decoded
 			x.budget.cut = true
+			x.budget.dropped += len(msg.Content)
 			x.noteCut()
 			return
 		}
@@ -395,7 +437,7 @@ func (x *execution) storeImage(out *codegw.Output, ext string, b []byte) bool {
 	}
 	name, err := x.m.cfg.Images.PutBytes(ext, b)
 	if err != nil {
-		x.m.log.Error("store image", "execution", x.id, "err", err)
+		x.log.Error("store image", "err", err)
 		return false
 	}
 	out.URL = x.m.cfg.Images.URL(name)

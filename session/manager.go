@@ -17,6 +17,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/metrics"
 	"github.com/codegw/codegw/session/files"
 	"github.com/codegw/codegw/store"
 )
@@ -56,6 +57,9 @@ type Config struct {
 	SessionQueue      int // executions queued per session
 	ReplayEvents      int // events kept per session for reconnects
 	Logger            *slog.Logger
+	// Metrics records executions, queue waits, truncation and input
+	// downloads; nil records nothing.
+	Metrics *metrics.Metrics
 }
 
 // DefaultConfig returns limits that suit a laptop; kernels and stores must
@@ -87,6 +91,8 @@ type Manager struct {
 	log     *slog.Logger
 	workers chan struct{}
 	waiting atomic.Int32
+	// stateless counts the stateless calls running (for the metrics).
+	stateless atomic.Int32
 
 	mu       sync.Mutex
 	sessions map[string]*Session
@@ -149,6 +155,8 @@ func (m *Manager) acquireWorker(ctx context.Context) (func(), error) {
 		return nil, codegw.Errorf(codegw.ELIMIT, "too many executions waiting (%d); try again later", m.cfg.MaxQueue)
 	}
 	defer m.waiting.Add(-1)
+	queued := time.Now()
+	defer func() { m.cfg.Metrics.QueueWait(time.Since(queued)) }()
 	t := time.NewTimer(m.cfg.QueueTimeout)
 	defer t.Stop()
 	select {
@@ -188,6 +196,8 @@ func (m *Manager) Execute(ctx context.Context, req codegw.ExecuteRequest, emit f
 	if err != nil {
 		return nil, err
 	}
+	m.stateless.Add(1)
+	defer m.stateless.Add(-1)
 	return m.newExecution(newExecutionID(), req, code, emit).run(ctx)
 }
 
@@ -240,6 +250,8 @@ type Stats struct {
 	Busy     int `json:"busy_workers"`
 	Waiting  int `json:"waiting"`
 	Workers  int `json:"max_workers"`
+	// Stateless counts the stateless calls running, each on its own kernel.
+	Stateless int `json:"stateless"`
 }
 
 // Stats returns a snapshot.
@@ -247,7 +259,7 @@ func (m *Manager) Stats() Stats {
 	m.mu.Lock()
 	n := len(m.sessions)
 	m.mu.Unlock()
-	return Stats{Sessions: n, Busy: len(m.workers), Waiting: int(m.waiting.Load()), Workers: cap(m.workers)}
+	return Stats{Sessions: n, Busy: len(m.workers), Waiting: int(m.waiting.Load()), Workers: cap(m.workers), Stateless: int(m.stateless.Load())}
 }
 
 // CreateOptions are the optional settings of a new session.

@@ -52,6 +52,8 @@ type job struct {
 	stdin  bool               // input() is answered by a client
 	result chan *codegw.ExecuteResult
 	err    chan error
+	// logAttrs are the submitting request's log ids.
+	logAttrs []any
 }
 
 // setEnv sets the session's environment in the kernel.
@@ -134,6 +136,12 @@ func (s *Session) Info() codegw.Session {
 // subscriber and to emit. With stdin, input() waits for Reply; without it,
 // input() fails at once.
 func (s *Session) Submit(req codegw.ExecuteRequest, execID string, emit func(codegw.Event), stdin bool) (<-chan *codegw.ExecuteResult, <-chan error, error) {
+	return s.submit(context.Background(), req, execID, emit, stdin)
+}
+
+// submit is Submit; ctx carries the log ids of the request (see
+// codegw.WithLogAttrs) to the execution.
+func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID string, emit func(codegw.Event), stdin bool) (<-chan *codegw.ExecuteResult, <-chan error, error) {
 	code, err := s.m.prepare(&req)
 	if err != nil {
 		return nil, nil, err
@@ -141,7 +149,7 @@ func (s *Session) Submit(req codegw.ExecuteRequest, execID string, emit func(cod
 	if execID == "" {
 		execID = newExecutionID()
 	}
-	j := &job{id: execID, req: req, code: code, emit: emit, stdin: stdin,
+	j := &job{id: execID, req: req, code: code, emit: emit, stdin: stdin, logAttrs: codegw.LogAttrs(ctx),
 		result: make(chan *codegw.ExecuteResult, 1), err: make(chan error, 1)}
 	s.mu.Lock()
 	closing := s.closing
@@ -163,7 +171,7 @@ func (s *Session) Submit(req codegw.ExecuteRequest, execID string, emit func(cod
 
 // Execute runs req and waits for its answer.
 func (s *Session) Execute(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
-	res, errc, err := s.Submit(req, "", emit, false)
+	res, errc, err := s.submit(ctx, req, "", emit, false)
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +235,7 @@ func (s *Session) run(j *job) {
 			}
 		}
 	}
-	res, err := x.run(s.ctx)
+	res, err := x.run(codegw.WithLogAttrs(s.ctx, append([]any{"session", s.id}, j.logAttrs...)...))
 	if err != nil {
 		j.err <- err
 		return

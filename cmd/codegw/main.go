@@ -31,7 +31,12 @@ func run() error {
 	}
 	var level slog.Level
 	level.UnmarshalText([]byte(cfg.LogLevel)) // checked by LoadConfig
-	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	} else {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
 	slog.SetDefault(cfg.Logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -48,7 +53,9 @@ func run() error {
 	case err = <-errc:
 		err = fmt.Errorf("listen %s: %w", addr, err)
 	case <-ctx.Done():
+		stop() // a second signal ends the process at once
 		cfg.Logger.Info("shutting down")
+		a.Drain(cfg.DrainTimeout)
 	}
 	a.Close()
 	return err

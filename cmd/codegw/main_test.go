@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -10,12 +12,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/store/redis"
+	"github.com/codegw/codegw/store/redis/redistest"
 )
 
 // buildBinary builds codegw once for the tests that run it as a process.
@@ -63,10 +70,15 @@ func TestRefusesBadStarts(t *testing.T) {
 	}
 }
 
-// TestServeAndShutdown runs the binary as a user would, serves one
-// execution, and checks that SIGTERM leaves no kernel process or file.
+// TestServeAndShutdown runs the binary as a user would (JSON logs, Redis
+// registry), serves one execution, and drains on SIGTERM: /readyz fails at
+// once, new work is refused, an execution in flight completes, the
+// session's websocket is closed with the reason, the instance leaves the
+// registry, and no kernel process or file is left.
 func TestServeAndShutdown(t *testing.T) {
 	bin := buildBinary(t)
+	redisURL := redistest.URL(t)
+	instance := "drain-" + strconv.Itoa(os.Getpid())
 	state, err := os.MkdirTemp("", "cgm")
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +90,7 @@ func TestServeAndShutdown(t *testing.T) {
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "STATE_DIR="+state, "POOL_SIZE=2",
+		"LOG_FORMAT=json", "DRAIN_TIMEOUT=60", "REDIS_URL="+redisURL, "EXECUTOR_INSTANCE_ID="+instance,
 		"IMAGE_STORE_PATH="+filepath.Join(cmd.Dir, "img"), "FILE_STORE_PATH="+filepath.Join(cmd.Dir, "files"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -130,11 +143,83 @@ func TestServeAndShutdown(t *testing.T) {
 	if err != nil || resp.StatusCode != 201 {
 		t.Fatalf("create session: %v %v", err, resp)
 	}
+	var sess struct{ ID string }
+	json.NewDecoder(resp.Body).Decode(&sess)
 	resp.Body.Close()
+	ws, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://127.0.0.1:%d/api/v1/sessions/%s/ws", port, sess.ID), nil)
+	if err != nil {
+		t.Fatalf("websocket: %v", err)
+	}
+	defer ws.Close()
+	closed := make(chan error, 1)
+	go func() {
+		for {
+			if _, _, err := ws.ReadMessage(); err != nil {
+				closed <- err
+				return
+			}
+		}
+	}()
+	// An execution in flight when SIGTERM comes.
+	type answer struct {
+		status int
+		res    map[string]any
+		err    error
+	}
+	long := make(chan answer, 1)
+	go func() {
+		resp, err := http.Post(base+"/api/v1/execute", "application/json", strings.NewReader(`{"code": "import time\ntime.sleep(4)\nprint('finished')"}`))
+		if err != nil {
+			long <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		var res map[string]any
+		json.NewDecoder(resp.Body).Decode(&res)
+		long <- answer{status: resp.StatusCode, res: res}
+	}()
+	for deadline := time.Now().Add(30 * time.Second); !busy(base); {
+		if time.Now().After(deadline) {
+			t.Fatal("the long execution never started")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	cmd.Process.Signal(syscall.SIGTERM)
+	signalled := time.Now()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 503 {
+				break
+			}
+		}
+		if time.Since(signalled) > 2*time.Second {
+			t.Fatalf("/readyz still not 503 %v after SIGTERM: %v", time.Since(signalled), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if resp, err := http.Post(base+"/api/v1/execute", "application/json", strings.NewReader(`{"code": "1"}`)); err != nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("new execution while draining: %v %v; want 503 with Retry-After", err, resp)
+	} else {
+		resp.Body.Close()
+	}
+	a := <-long
+	if a.err != nil || a.status != 200 || a.res["status"] != "ok" || !strings.Contains(fmt.Sprint(a.res["stdout"]), "finished") {
+		t.Errorf("the execution in flight at SIGTERM: %+v; want it completed", a)
+	}
+	select {
+	case err := <-closed:
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway || !strings.Contains(ce.Text, "shutting down") {
+			t.Errorf("websocket ended with %v; want a going-away close saying the server is shutting down", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Errorf("websocket not closed 60s after SIGTERM")
+	}
 	select {
 	case err := <-done:
 		if err != nil {
@@ -142,6 +227,33 @@ func TestServeAndShutdown(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatalf("still running 60s after SIGTERM\n%s", logs.String())
+	}
+	// The instance left the registry.
+	rs, err := redis.New(context.Background(), redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	if _, err := rs.GetInstance(context.Background(), instance); err == nil {
+		t.Errorf("instance %s still registered after shutdown", instance)
+	}
+	// The logs are JSON, one line per request, with the request id.
+	requests := 0
+	for _, line := range bytes.Split(logs.Bytes(), []byte("\n")) {
+		var m map[string]any
+		if len(line) == 0 {
+			continue
+		}
+		if err := json.Unmarshal(line, &m); err != nil {
+			t.Errorf("log line %q is not JSON", line)
+			continue
+		}
+		if m["msg"] == "request" && m["request_id"] != "" && m["route"] != nil {
+			requests++
+		}
+	}
+	if requests < 3 {
+		t.Errorf("%d request lines; want one per request", requests)
 	}
 	// No kernel process and no kernel directory is left.
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
@@ -155,6 +267,22 @@ func TestServeAndShutdown(t *testing.T) {
 	if len(kernels) != 0 {
 		t.Errorf("%d kernel directories left after shutdown", len(kernels))
 	}
+}
+
+// busy reports whether an execution is running (/readyz's stats).
+func busy(base string) bool {
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Stats struct {
+			Busy int `json:"busy_workers"`
+		} `json:"stats"`
+	}
+	json.NewDecoder(resp.Body).Decode(&r)
+	return r.Stats.Busy > 0
 }
 
 func hasPrefix(list []string, prefix string) bool {
@@ -205,6 +333,12 @@ func TestParseConfig(t *testing.T) {
 			`EXECUTOR must be local or docker, not "vm"`, "MAX_WORKERS must be at least 1", "INSTANCE_TTL must be at least 0.3 seconds", "LOG_LEVEL",
 		}},
 		{"port out of range", []string{"PORT=70000"}, nil, []string{"PORT 70000 out of range"}},
+		{"operations", []string{"RATE_LIMIT=2.5", "RATE_BURST=10", "MAX_EXECUTIONS_PER_KEY=3", "DRAIN_TIMEOUT=45", "LOG_FORMAT=json", "METRICS_KEY=m"}, func(c app.Config) bool {
+			return c.RateLimit == 2.5 && c.RateBurst == 10 && c.MaxExecutionsPerKey == 3 && c.DrainTimeout == 45*time.Second && c.LogFormat == "json" && c.MetricsKey == "m"
+		}, nil},
+		{"bad operations settings", []string{"LOG_FORMAT=xml", "RATE_LIMIT=-1", "DRAIN_TIMEOUT=-5"}, nil, []string{
+			`LOG_FORMAT must be text or json, not "xml"`, "RATE_LIMIT must not be negative", "DRAIN_TIMEOUT must not be negative",
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -64,6 +64,8 @@ type Store struct {
 	client *goredis.Client
 	prefix string
 	addr   string
+	// onError is WithErrorHook's function; nil: none.
+	onError func(op string)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -77,6 +79,7 @@ type config struct {
 	dialTimeout time.Duration
 	timeout     time.Duration
 	maxRetries  *int
+	onError     func(op string)
 }
 
 // WithPrefix sets the prefix of every key, so several deployments (or
@@ -99,6 +102,12 @@ func WithTimeout(d time.Duration) Option {
 // never.
 func WithMaxRetries(n int) Option {
 	return func(c *config) { c.maxRetries = &n }
+}
+
+// WithErrorHook calls f with the operation's name each time a command
+// fails (not when its context was canceled): the metrics count them.
+func WithErrorHook(f func(op string)) Option {
+	return func(c *config) { c.onError = f }
 }
 
 // New connects to the Redis server at rawURL ("redis://[:password@]host:port/db",
@@ -147,7 +156,7 @@ func New(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 	// probe only adds a round trip and log noise on plain Redis.
 	o.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 
-	s := &Store{client: goredis.NewClient(o), prefix: cfg.prefix, addr: o.Addr}
+	s := &Store{client: goredis.NewClient(o), prefix: cfg.prefix, addr: o.Addr, onError: cfg.onError}
 	if err := s.client.Ping(ctx).Err(); err != nil {
 		s.client.Close()
 		return nil, codegw.WrapError(codegw.EUNAVAILABLE, err,
@@ -186,6 +195,9 @@ func (s *Store) instancesKey() string                 { return s.prefix + "insta
 func (s *Store) fail(op string, err error) error {
 	if errors.Is(err, context.Canceled) {
 		return fmt.Errorf("redis store: %s: %w", op, err)
+	}
+	if s.onError != nil {
+		s.onError(op)
 	}
 	var reply goredis.Error
 	if errors.As(err, &reply) && !transient(err) {

@@ -35,6 +35,9 @@ type GatewayConfig struct {
 	// WarmUp is the pool kernels' warm-up cell (default "pass", as
 	// cmd/codegw launches them).
 	WarmUp string
+	// Tune, when set, has the last word on the configuration (keys,
+	// quotas).
+	Tune func(*app.Config)
 }
 
 // Gateway is a whole gateway on a loopback port, built by app.Open as
@@ -90,6 +93,9 @@ func StartGateway(cfg GatewayConfig) (*Gateway, error) {
 	}
 	c.ImageStorePath, c.FileStorePath, c.Retention = dir+"/images", dir+"/files", time.Hour
 	c.Capabilities = func() any { return map[string]any{} }
+	if cfg.Tune != nil {
+		cfg.Tune(&c)
+	}
 	g := &Gateway{dir: dir}
 	if g.app, err = app.Open(context.Background(), c); err != nil {
 		os.RemoveAll(dir)
