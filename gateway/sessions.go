@@ -89,16 +89,21 @@ func (s *Server) sessionExecute(c *fiber.Ctx) error {
 }
 
 func (s *Server) interrupt(c *fiber.Ctx) error {
+	if err := s.interruptSession(c); err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"status": "interrupted"})
+}
+
+// interruptSession interrupts the session (or Jupyter kernel) of the path.
+func (s *Server) interruptSession(c *fiber.Ctx) error {
 	sess, err := s.session(c)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := sess.Interrupt(ctx); err != nil {
-		return err
-	}
-	return c.JSON(fiber.Map{"status": "interrupted"})
+	return sess.Interrupt(ctx)
 }
 
 func (s *Server) restart(c *fiber.Ctx) error {
