@@ -14,6 +14,8 @@ import (
 	"github.com/gorilla/websocket"
 )
 
+const v1Protocol = "v1.kernel.websocket.jupyter.org"
+
 // jmsg is a Jupyter message as the websocket carries it.
 type jmsg struct {
 	Header       map[string]any  `json:"header"`
@@ -413,5 +415,158 @@ func TestJupyterWebsocket(t *testing.T) {
 		if _, _, err := a.conn.ReadMessage(); err != nil {
 			break // closed by the kernel's end
 		}
+	}
+}
+
+// v1Frame builds a v1.kernel.websocket.jupyter.org frame.
+func v1Frame(channel string, parts ...[]byte) []byte {
+	parts = append([][]byte{[]byte(channel)}, parts...)
+	n := len(parts) + 1
+	out := make([]byte, 8*(n+1))
+	binary.LittleEndian.PutUint64(out, uint64(n))
+	off := 8 * (n + 1)
+	for i, p := range parts {
+		binary.LittleEndian.PutUint64(out[8*(i+1):], uint64(off))
+		off += len(p)
+	}
+	binary.LittleEndian.PutUint64(out[8*n:], uint64(off))
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// splitV1Frame parses a v1 frame into its channel and parts.
+func splitV1Frame(t *testing.T, data []byte) (string, [][]byte) {
+	t.Helper()
+	n := int(binary.LittleEndian.Uint64(data))
+	offs := make([]int, n)
+	for i := range offs {
+		offs[i] = int(binary.LittleEndian.Uint64(data[8*(i+1):]))
+	}
+	var parts [][]byte
+	for i := 0; i+1 < n; i++ {
+		parts = append(parts, data[offs[i]:offs[i+1]])
+	}
+	return string(parts[0]), parts[1:]
+}
+
+// legacyFrame builds Jupyter's legacy binary frame for a message with
+// buffers.
+func legacyFrame(msg []byte, bufs ...[]byte) []byte {
+	all := append([][]byte{msg}, bufs...)
+	n := len(all)
+	out := make([]byte, 4*(n+1))
+	binary.BigEndian.PutUint32(out, uint32(n))
+	off := 4 * (n + 1)
+	for i, b := range all {
+		binary.BigEndian.PutUint32(out[4*(i+1):], uint32(off))
+		off += len(b)
+	}
+	for _, b := range all {
+		out = append(out, b...)
+	}
+	return out
+}
+
+func TestJupyterFraming(t *testing.T) {
+	e := newEnv(t, envOptions{keys: []string{"jk"}, poolSize: 1})
+	var k map[string]any
+	if st := e.do("POST", "/api/kernels?token=jk", map[string]any{}, &k, "Authorization", ""); st != 201 {
+		t.Fatalf("start: %d", st)
+	}
+	id := k["id"].(string)
+	hdr := http.Header{"Authorization": {"token jk"}}
+
+	// Legacy framing: no subprotocol unless offered; buffers in binary
+	// frames both ways (a comm echoing its buffers).
+	a, resp, err := e.jupyterDial(t, id, "", hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := resp.Header.Get("Sec-WebSocket-Protocol"); p != "" {
+		t.Errorf("subprotocol %q chosen though none was offered", p)
+	}
+	a.execute("def _t(comm, msg):\n    @comm.on_msg\n    def _r(m):\n        comm.send({'n': len(m['buffers'])}, buffers=[bytes(b)[::-1] for b in m['buffers']])\nget_ipython().kernel.comm_manager.register_target('rev', _t)")
+	a.send("shell", "comm_open", map[string]any{"comm_id": "c2", "target_name": "rev", "data": map[string]any{}}, nil)
+	msg, _ := json.Marshal(map[string]any{
+		"header":        map[string]any{"msg_id": "bin-1", "msg_type": "comm_msg", "session": "s", "username": "u", "date": "", "version": "5.3"},
+		"parent_header": map[string]any{}, "metadata": map[string]any{}, "channel": "shell",
+		"content": map[string]any{"comm_id": "c2", "data": map[string]any{}},
+	})
+	if err := a.conn.WriteMessage(websocket.BinaryMessage, legacyFrame(msg, []byte("abc"), []byte{0, 1, 2})); err != nil {
+		t.Fatal(err)
+	}
+	a.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for {
+		kind, data, err := a.conn.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kind != websocket.BinaryMessage {
+			continue
+		}
+		n := int(binary.BigEndian.Uint32(data))
+		if n != 3 {
+			t.Fatalf("binary frame with %d parts, want the message and 2 buffers", n)
+		}
+		o1, o2 := binary.BigEndian.Uint32(data[8:]), binary.BigEndian.Uint32(data[12:])
+		var m jmsg
+		if err := json.Unmarshal(data[binary.BigEndian.Uint32(data[4:]):o1], &m); err != nil || m.MsgType != "comm_msg" || m.Channel != "iopub" {
+			t.Fatalf("binary message: %v %+v", err, m)
+		}
+		if string(data[o1:o2]) != "cba" || string(data[o2:]) != "\x02\x01\x00" {
+			t.Errorf("buffers %q %q", data[o1:o2], data[o2:])
+		}
+		break
+	}
+
+	// The v1 subprotocol when offered: every frame binary, parts as sent.
+	v, resp, err := e.jupyterDial(t, id, "", hdr, v1Protocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := resp.Header.Get("Sec-WebSocket-Protocol"); p != v1Protocol {
+		t.Fatalf("subprotocol = %q", p)
+	}
+	header := []byte(`{"msg_id":"v1-1","msg_type":"execute_request","session":"s","username":"u","date":1700000000.25,"version":"5.3"}`)
+	content := []byte(`{"code":"6*7","silent":false,"store_history":true,"user_expressions":{},"allow_stdin":false}`)
+	v.conn.WriteMessage(websocket.BinaryMessage, v1Frame("shell", header, []byte("{}"), []byte("{}"), content))
+	var result, reply bool
+	v.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for !result || !reply {
+		kind, data, err := v.conn.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kind != websocket.BinaryMessage {
+			t.Fatalf("text frame under v1: %q", data)
+		}
+		ch, parts := splitV1Frame(t, data)
+		if len(parts) < 4 {
+			t.Fatalf("v1 frame with %d parts", len(parts))
+		}
+		var h, p struct {
+			MsgType string `json:"msg_type"`
+			MsgID   string `json:"msg_id"`
+			Date    any    `json:"date"`
+		}
+		json.Unmarshal(parts[0], &h)
+		json.Unmarshal(parts[1], &p)
+		if p.MsgID != "v1-1" {
+			continue
+		}
+		switch {
+		case ch == "iopub" && h.MsgType == "execute_result":
+			result = strings.Contains(string(parts[3]), `"42"`)
+		case ch == "shell" && h.MsgType == "execute_reply":
+			reply = true
+			if p.Date != 1700000000.25 {
+				t.Errorf("parent header date not intact: %v", p.Date)
+			}
+		}
+	}
+	if !result {
+		t.Error("no execute_result 42 under v1")
 	}
 }
