@@ -145,7 +145,7 @@ func (s *Server) routes() {
 // route runs before every /sessions/:id handler: local sessions go on to
 // the handler, others to the Router.
 func (s *Server) route(c *fiber.Ctx) error {
-	id := c.Params("id")
+	id := sessionID(c)
 	if s.cfg.Router == nil || s.cfg.Manager.Local(id) {
 		return c.Next()
 	}

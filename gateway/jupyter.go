@@ -12,6 +12,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,12 +37,32 @@ func (s *Server) jupyterRoutes() {
 	a.Get("/kernelspecs/:name/:resource", s.auth, s.kernelspecResource)
 	a.Get("/api/kernels", s.auth, s.listKernels)
 	a.Post("/api/kernels", s.auth, s.startKernel)
-	a.Use("/api/kernels/:id", s.auth, s.route)
+	a.Use("/api/kernels/:id", s.auth, kernelToSession, s.route)
 	a.Get("/api/kernels/:id", s.getKernel)
 	a.Delete("/api/kernels/:id", s.deleteSession) // 204, as Jupyter answers
 	a.Post("/api/kernels/:id/interrupt", s.interruptKernel)
 	a.Post("/api/kernels/:id/restart", s.restartKernel)
 	a.Get("/api/kernels/:id/channels", s.kernelChannels)
+}
+
+// Jupyter clients route kernel ids with the pattern \w+-\w+-\w+-\w+-\w+
+// (a UUID's shape), so a kernel's id is its session's id with dashes:
+// s_0123456789abcdef01234567 is kernel s_01234567-89ab-cdef-0123-4567.
+
+// kernelID is the Jupyter id of session sid.
+func kernelID(sid string) string {
+	h, ok := strings.CutPrefix(sid, "s_")
+	if !ok || len(h) != 24 || strings.Contains(h, "-") {
+		return sid
+	}
+	return "s_" + h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// kernelToSession makes the handlers after it see the session id of the
+// path's kernel id (sessionID reads it).
+func kernelToSession(c *fiber.Ctx) error {
+	c.Locals(sessionIDKey, strings.ReplaceAll(c.Params("id"), "-", ""))
+	return c.Next()
 }
 
 type kernelspecEntry struct {
@@ -132,7 +153,7 @@ func jupyterTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:0
 // modelOf describes a session as a kernel; state and connections come from
 // its bridge when this instance has one.
 func (s *Server) modelOf(info codegw.Session) kernelModel {
-	m := kernelModel{ID: info.ID, Name: kernelName, LastActivity: jupyterTime(info.LastActive), ExecutionState: info.State, Connections: 0}
+	m := kernelModel{ID: kernelID(info.ID), Name: kernelName, LastActivity: jupyterTime(info.LastActive), ExecutionState: info.State, Connections: 0}
 	switch info.State {
 	case "closed", "lost":
 		m.ExecutionState = "dead"
@@ -184,7 +205,7 @@ func (s *Server) startKernel(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	c.Set(fiber.HeaderLocation, "/api/kernels/"+sess.ID())
+	c.Set(fiber.HeaderLocation, "/api/kernels/"+kernelID(sess.ID()))
 	return c.Status(fiber.StatusCreated).JSON(s.modelOf(sess.Info()))
 }
 

@@ -214,15 +214,20 @@ func TestJupyterREST(t *testing.T) {
 	if len(list) != 1 || list[0]["id"] != id {
 		t.Errorf("list = %v", list)
 	}
-	// The session API sees the same kernel, and its env was set.
+	// Jupyter clients route ids shaped like UUIDs; the session API sees
+	// the same kernel under the id without dashes, and its env was set.
+	if !regexp.MustCompile(`^\w+-\w+-\w+-\w+-\w+$`).MatchString(id) {
+		t.Errorf("kernel id %q does not match Jupyter's \\w+-\\w+-\\w+-\\w+-\\w+", id)
+	}
+	sid := strings.ReplaceAll(id, "-", "")
 	var sess map[string]any
-	if st := e.do("GET", "/api/v1/sessions/"+id, nil, &sess); st != 200 {
+	if st := e.do("GET", "/api/v1/sessions/"+sid, nil, &sess); st != 200 {
 		t.Errorf("session API does not see kernel %s: %d", id, st)
 	}
 	var res struct {
 		Stdout string `json:"stdout"`
 	}
-	e.do("POST", "/api/v1/sessions/"+id+"/execute", map[string]any{"code": "import os; print(os.environ['KERNEL_USERNAME'])"}, &res)
+	e.do("POST", "/api/v1/sessions/"+sid+"/execute", map[string]any{"code": "import os; print(os.environ['KERNEL_USERNAME'])"}, &res)
 	if res.Stdout != "ann\n" {
 		t.Errorf("KERNEL_USERNAME in the kernel = %q", res.Stdout)
 	}

@@ -48,8 +48,20 @@ func (s *Server) listSessions(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"sessions": list})
 }
 
+// sessionIDKey is the Locals key under which a route that names sessions
+// otherwise (Jupyter kernel ids) leaves the session id.
+const sessionIDKey = "session_id"
+
+// sessionID is the session the path names.
+func sessionID(c *fiber.Ctx) string {
+	if id, ok := c.Locals(sessionIDKey).(string); ok {
+		return id
+	}
+	return c.Params("id")
+}
+
 func (s *Server) session(c *fiber.Ctx) (*session.Session, error) {
-	return s.cfg.Manager.Get(c.Params("id"), owner(c))
+	return s.cfg.Manager.Get(sessionID(c), owner(c))
 }
 
 func (s *Server) getSession(c *fiber.Ctx) error {
@@ -61,7 +73,7 @@ func (s *Server) getSession(c *fiber.Ctx) error {
 }
 
 func (s *Server) deleteSession(c *fiber.Ctx) error {
-	if err := s.cfg.Manager.Delete(c.Params("id"), owner(c)); err != nil {
+	if err := s.cfg.Manager.Delete(sessionID(c), owner(c)); err != nil {
 		return err
 	}
 	return c.SendStatus(fiber.StatusNoContent)
