@@ -302,6 +302,14 @@ func TestJupyterWebsocket(t *testing.T) {
 	if model["execution_state"] != "busy" || model["connections"] != float64(2) {
 		t.Errorf("model while running: %v", model)
 	}
+	// The session API runs code on the same kernel meanwhile: it waits
+	// its turn in the kernel and gets its own output only.
+	var rest struct {
+		Stdout string `json:"stdout"`
+	}
+	if st := e.do("POST", "/api/v1/sessions/"+strings.ReplaceAll(id, "-", "")+"/execute", map[string]any{"code": "print(x)"}, &rest); st != 200 || rest.Stdout != "41\n" {
+		t.Errorf("session execute beside a Jupyter one: %d %q", st, rest.Stdout)
+	}
 	a.until(idleOf(busyID))
 
 	// input() through stdin.

@@ -58,8 +58,22 @@ func (bs *bridges) open(s *Server, sess *session.Session) *bridge {
 	}
 	b := &bridge{s: s, sess: sess, conns: map[*jconn]bool{}, routes: map[string]*jconn{}}
 	bs.m[sess.ID()] = b
-	go func() { // the session's end ends the bridge
-		<-sess.Done()
+	go func() {
+		// A kernel busy for Jupyter clients is active even when its code
+		// prints nothing for longer than the idle timeout; the session's
+		// end ends the bridge.
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for done := false; !done; {
+			select {
+			case <-t.C:
+				if state, _ := b.stats(); state == "busy" {
+					sess.Touch()
+				}
+			case <-sess.Done():
+				done = true
+			}
+		}
 		bs.mu.Lock()
 		delete(bs.m, sess.ID())
 		bs.mu.Unlock()
