@@ -76,6 +76,16 @@ func TestJupyterCluster(t *testing.T) {
 	if r := run("x = 6\nx * 7", "e1"); r != "42" {
 		t.Fatalf("execute through b: %q", r)
 	}
+	// The v1 subprotocol, offered through b, is chosen by a.
+	d := websocket.Dialer{Subprotocols: []string{"v1.kernel.websocket.jupyter.org"}}
+	v1, resp, err := d.Dial(u, nil)
+	if err != nil {
+		t.Fatalf("v1 websocket through b: %v", err)
+	}
+	v1.Close()
+	if p := resp.Header.Get("Sec-WebSocket-Protocol"); p != "v1.kernel.websocket.jupyter.org" {
+		t.Errorf("subprotocol through b = %q", p)
+	}
 	b.must(t, "POST", "/api/kernels/"+k.ID+"/interrupt", "", map[string]any{}, 204, tok...)
 	b.must(t, "POST", "/api/kernels/"+k.ID+"/restart", "", map[string]any{}, 200, tok...)
 	if r := run("'x' in dir()", "e2"); r != "False" {
