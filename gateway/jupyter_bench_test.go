@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/codegw/codegw/kernel"
 )
@@ -41,7 +44,7 @@ func TestJupyterOverhead(t *testing.T) {
 	var viaWS, viaZMQ []time.Duration
 	for i := 0; i < n+10; i++ {
 		t0 := time.Now()
-		if r := resultText(ws.execute("1+1")); r != "2" {
+		if r := leanExecute(t, ws, i); r != `"2"` {
 			t.Fatalf("websocket 1+1 = %q", r)
 		}
 		d1 := time.Since(t0)
@@ -70,4 +73,51 @@ func TestJupyterOverhead(t *testing.T) {
 func ownerOf(key string) string {
 	sum := sha256.Sum256([]byte(key))
 	return "key_" + hex.EncodeToString(sum[:8])
+}
+
+// leanExecute runs 1+1 over the websocket decoding what the direct client
+// decodes (headers; the result's text), and returns the result.
+func leanExecute(t *testing.T, c *jupyterClient, i int) string {
+	t.Helper()
+	id := "bench-" + strconv.Itoa(i)
+	req := []byte(`{"header":{"msg_id":"` + id + `","msg_type":"execute_request","session":"b","username":"b","date":"","version":"5.3"},` +
+		`"parent_header":{},"metadata":{},"channel":"shell","content":{"code":"1+1","silent":false,"store_history":true,"user_expressions":{},"allow_stdin":false}}`)
+	if err := c.conn.WriteMessage(websocket.TextMessage, req); err != nil {
+		t.Fatal(err)
+	}
+	var result string
+	var reply, idle bool
+	for !reply || !idle {
+		_, data, err := c.conn.ReadMessage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m struct {
+			MsgType string `json:"msg_type"`
+			Parent  struct {
+				MsgID string `json:"msg_id"`
+			} `json:"parent_header"`
+			Content struct {
+				State string `json:"execution_state"`
+				Data  struct {
+					Text json.RawMessage `json:"text/plain"`
+				} `json:"data"`
+			} `json:"content"`
+		}
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.Parent.MsgID != id {
+			continue
+		}
+		switch m.MsgType {
+		case "execute_reply":
+			reply = true
+		case "execute_result":
+			result = string(m.Content.Data.Text)
+		case "status":
+			idle = idle || m.Content.State == "idle"
+		}
+	}
+	return result
 }

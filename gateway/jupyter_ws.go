@@ -152,6 +152,9 @@ func (b *bridge) watch(raw *kernel.RawConn, c *kernel.Client) {
 	case <-raw.Done():
 	case <-c.Dead():
 	}
+	if errors.Is(c.Err(), kernel.ErrDied) { // not a restart: the gateway closes the old Client first
+		b.broadcastStatus("dead")
+	}
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -288,6 +291,7 @@ type outMsg struct {
 	ids     kernel.RawIDs
 	m       *kernel.RawMessage
 	errText string // an error about the client's own message, instead of m
+	errCode string
 }
 
 // jconn is one Jupyter websocket.
@@ -371,7 +375,7 @@ func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
 			}
 			if err != nil {
 				select {
-				case c.out <- outMsg{errText: codegw.ErrorMessage(err), channel: codegw.ErrorCode(err)}:
+				case c.out <- outMsg{errText: codegw.ErrorMessage(err), errCode: codegw.ErrorCode(err)}:
 				default:
 				}
 			}
@@ -525,7 +529,7 @@ func splitV1(data []byte) ([][]byte, error) {
 // encodeClient renders one message for a websocket.
 func encodeClient(o outMsg, v1 bool) (int, []byte) {
 	if o.errText != "" {
-		b, _ := json.Marshal(fiber.Map{"error": o.errText, "code": o.channel})
+		b, _ := json.Marshal(fiber.Map{"error": o.errText, "code": o.errCode})
 		return websocket.TextMessage, b
 	}
 	m := o.m
