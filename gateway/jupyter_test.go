@@ -401,6 +401,21 @@ func TestJupyterWebsocket(t *testing.T) {
 		t.Errorf("second websocket after restart: %q", r)
 	}
 
+	// A kernel that dies is announced and reported dead; a restart
+	// revives it for the same websockets.
+	a.send("shell", "execute_request", map[string]any{"code": "import os; os._exit(1)", "silent": false}, nil)
+	a.until(func(m jmsg) bool { return m.MsgType == "status" && m.Content["execution_state"] == "dead" })
+	e.do("GET", "/api/kernels/"+id, nil, &model)
+	if model["execution_state"] != "dead" {
+		t.Errorf("model after the kernel died: %v", model)
+	}
+	if st := e.do("POST", "/api/kernels/"+id+"/restart", map[string]any{}, &model); st != 200 || model["execution_state"] == "dead" {
+		t.Fatalf("restart of a dead kernel: %d %v", st, model)
+	}
+	if r := resultText(a.execute("7 * 6")); r != "42" {
+		t.Errorf("after reviving: %q", r)
+	}
+
 	// An oversized frame closes that websocket only.
 	big := make([]byte, 2<<20)
 	for i := range big {

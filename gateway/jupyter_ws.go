@@ -143,14 +143,19 @@ func (b *bridge) ensure(ctx context.Context) error {
 	return nil
 }
 
-// watch redials when the kernel restarts (through either API): zmq
-// sockets do not survive their peer's restart.
+// watch announces the kernel's death to the websockets and redials when the
+// kernel restarts (through either API) or the RawConn broke: zmq sockets do
+// not survive their peer's restart.
 func (b *bridge) watch(raw *kernel.RawConn, c *kernel.Client) {
 	select {
 	case <-b.sess.Done():
 		return
 	case <-raw.Done():
 	case <-c.Dead():
+	}
+	select { // the RawConn may notice first: wait for the Kernel's verdict
+	case <-c.Dead():
+	case <-time.After(3 * time.Second):
 	}
 	if errors.Is(c.Err(), kernel.ErrDied) { // not a restart: the gateway closes the old Client first
 		b.broadcastStatus("dead")
@@ -169,7 +174,7 @@ func (b *bridge) watch(raw *kernel.RawConn, c *kernel.Client) {
 		if closed || current != raw {
 			return // closed, or someone else redialed
 		}
-		if nc := b.sess.Kernel().Client(); nc != nil && nc != c && nc.Err() == nil {
+		if nc := b.sess.Kernel().Client(); nc != nil && nc.Err() == nil && (nc != c || raw.Err() != nil) {
 			if err := b.ensure(context.Background()); err != nil {
 				b.s.log.Warn("jupyter: reconnect after restart", "kernel", b.sess.ID(), "err", err)
 			}
