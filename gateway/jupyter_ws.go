@@ -238,7 +238,7 @@ func (b *bridge) deliver(channel string, m *kernel.RawMessage) {
 // broadcastStatus tells every websocket the kernel's state, as Jupyter
 // Server does around restarts.
 func (b *bridge) broadcastStatus(state string) {
-	msg, err := kernel.NewMessage(kernel.NewID(), "status", map[string]string{"execution_state": state})
+	msg, err := kernel.NewMessage(b.sess.ID(), "status", map[string]string{"execution_state": state})
 	if err != nil {
 		return
 	}

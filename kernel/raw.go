@@ -82,7 +82,15 @@ func DialRaw(ctx context.Context, info ConnectionInfo, deliver func(channel stri
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
 	opts := []zmq4.Option{zmq4.WithDialerRetry(25 * time.Millisecond), zmq4.WithDialerMaxRetries(-1)}
-	id := zmq4.SocketIdentity(NewID())
+	// A fresh message's random id names this connection: its sockets'
+	// identity and its probes' session.
+	first, err := NewMessage("", "kernel_info_request", json.RawMessage("{}"))
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	self := first.Header.MsgID
+	id := zmq4.SocketIdentity(self)
 	// Shell and stdin share one identity: input_request goes to the
 	// identity that sent the execute_request.
 	r.shell = zmq4.NewDealer(cctx, append(opts, zmq4.WithID(id))...)
@@ -137,7 +145,7 @@ func DialRaw(ctx context.Context, info ConnectionInfo, deliver func(channel stri
 		})
 	}
 	probe := func() error {
-		msg, err := NewMessage(NewID(), "kernel_info_request", json.RawMessage("{}"))
+		msg, err := NewMessage(self, "kernel_info_request", json.RawMessage("{}"))
 		if err != nil {
 			return err
 		}
