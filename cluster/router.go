@@ -310,7 +310,17 @@ func (r *Router) proxySocket(c *fiber.Ctx, id string, inst store.Instance) error
 	hdr.Set(ProxyHeader, r.token)
 	hdr.Set("X-Forwarded-For", forwardedFor(c))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	up, resp, err := r.dialer.DialContext(ctx, target, hdr)
+	// Subprotocols the client offers (Jupyter's v1 kernel protocol) are
+	// offered to the holder, and its choice is the client's.
+	dialer := r.dialer
+	if offered := c.Get("Sec-WebSocket-Protocol"); offered != "" {
+		d := *r.dialer
+		for _, p := range strings.Split(offered, ",") {
+			d.Subprotocols = append(d.Subprotocols, strings.TrimSpace(p))
+		}
+		dialer = &d
+	}
+	up, resp, err := dialer.DialContext(ctx, target, hdr)
 	cancel()
 	if err != nil {
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
@@ -323,9 +333,13 @@ func (r *Router) proxySocket(c *fiber.Ctx, id string, inst store.Instance) error
 		}
 		return unreachable(id, inst, err)
 	}
+	cfg := websocket.Config{EnableCompression: false, ReadBufferSize: 4 << 10, WriteBufferSize: 16 << 10}
+	if p := up.Subprotocol(); p != "" {
+		cfg.Subprotocols = []string{p}
+	}
 	err = websocket.New(func(conn *websocket.Conn) {
 		r.pumpSocket(conn, up)
-	}, websocket.Config{EnableCompression: false, ReadBufferSize: 4 << 10, WriteBufferSize: 16 << 10})(c)
+	}, cfg)(c)
 	if err != nil { // not upgraded: the pump never runs
 		up.Close()
 	}

@@ -85,6 +85,7 @@ type Server struct {
 	app  *fiber.App
 	log  *slog.Logger
 	keys map[string]string // sha256(key) -> owner id
+	jup  bridges           // Jupyter websocket bridges by kernel id
 
 	quotas      *quotas
 	promHandler fiber.Handler
@@ -165,6 +166,7 @@ func (s *Server) routes() {
 	api.Get("/sessions/:id/files", s.listOutputs)
 	api.Get("/sessions/:id/files/:name", s.downloadOutput)
 	api.Get("/sessions/:id/ws", s.websocket)
+	s.jupyterRoutes()
 	a.Use(func(c *fiber.Ctx) error {
 		return codegw.Errorf(codegw.ENOTFOUND, "no route for %s %s", c.Method(), c.Path())
 	})
@@ -173,7 +175,7 @@ func (s *Server) routes() {
 // route runs before every /sessions/:id handler: local sessions go on to
 // the handler, others to the Router.
 func (s *Server) route(c *fiber.Ctx) error {
-	id := c.Params("id")
+	id := sessionID(c)
 	if s.cfg.Router == nil || s.cfg.Manager.Local(id) {
 		return c.Next()
 	}
@@ -235,9 +237,11 @@ func (s *Server) auth(c *fiber.Ctx) error {
 		c.Locals("owner", "anonymous")
 		return c.Next()
 	}
+	// Bearer, or Jupyter's "token" scheme and ?token= query.
 	key := ""
-	if h := c.Get(fiber.HeaderAuthorization); strings.HasPrefix(h, "Bearer ") {
-		key = strings.TrimSpace(h[len("Bearer "):])
+	h := c.Get(fiber.HeaderAuthorization)
+	if scheme, rest, ok := strings.Cut(h, " "); ok && (strings.EqualFold(scheme, "Bearer") || strings.EqualFold(scheme, "token")) {
+		key = strings.TrimSpace(rest)
 	} else if t := c.Query("token"); t != "" {
 		key = t
 	}

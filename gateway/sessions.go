@@ -53,8 +53,20 @@ func (s *Server) listSessions(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"sessions": list})
 }
 
+// sessionIDKey is the Locals key under which a route that names sessions
+// otherwise (Jupyter kernel ids) leaves the session id.
+const sessionIDKey = "session_id"
+
+// sessionID is the session the path names.
+func sessionID(c *fiber.Ctx) string {
+	if id, ok := c.Locals(sessionIDKey).(string); ok {
+		return id
+	}
+	return c.Params("id")
+}
+
 func (s *Server) session(c *fiber.Ctx) (*session.Session, error) {
-	return s.cfg.Manager.Get(c.Params("id"), owner(c))
+	return s.cfg.Manager.Get(sessionID(c), owner(c))
 }
 
 func (s *Server) getSession(c *fiber.Ctx) error {
@@ -66,7 +78,7 @@ func (s *Server) getSession(c *fiber.Ctx) error {
 }
 
 func (s *Server) deleteSession(c *fiber.Ctx) error {
-	if err := s.cfg.Manager.Delete(c.Params("id"), owner(c)); err != nil {
+	if err := s.cfg.Manager.Delete(sessionID(c), owner(c)); err != nil {
 		return err
 	}
 	return c.SendStatus(fiber.StatusNoContent)
@@ -100,16 +112,21 @@ func (s *Server) sessionExecute(c *fiber.Ctx) error {
 }
 
 func (s *Server) interrupt(c *fiber.Ctx) error {
+	if err := s.interruptSession(c); err != nil {
+		return err
+	}
+	return c.JSON(fiber.Map{"status": "interrupted"})
+}
+
+// interruptSession interrupts the session (or Jupyter kernel) of the path.
+func (s *Server) interruptSession(c *fiber.Ctx) error {
 	sess, err := s.session(c)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := sess.Interrupt(ctx); err != nil {
-		return err
-	}
-	return c.JSON(fiber.Map{"status": "interrupted"})
+	return sess.Interrupt(ctx)
 }
 
 func (s *Server) restart(c *fiber.Ctx) error {

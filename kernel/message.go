@@ -114,33 +114,12 @@ func orEmptyObject(b json.RawMessage) []byte {
 
 // Decode parses and verifies the frames of one message.
 func (s *Signer) Decode(frames [][]byte) (*Message, error) {
-	idx := -1
-	for i := 0; i < len(frames) && i <= maxIdentities; i++ {
-		if bytes.Equal(frames[i], delimiter) {
-			idx = i
-			break
-		}
+	ids, rest, err := s.verify(frames)
+	if err != nil {
+		return nil, err
 	}
-	if idx < 0 {
-		return nil, fmt.Errorf("%w: no delimiter in the first %d of %d frames", ErrMalformed, maxIdentities+1, len(frames))
-	}
-	rest := frames[idx+1:]
-	if len(rest) < 5 {
-		return nil, fmt.Errorf("%w: %d frames after the delimiter, want at least 5", ErrMalformed, len(rest))
-	}
-	sig, header, parent, meta, content := rest[0], rest[1], rest[2], rest[3], rest[4]
-	if s.mac != nil {
-		want := s.sum(header, parent, meta, content)
-		got := make([]byte, hex.DecodedLen(len(sig)))
-		n, err := hex.Decode(got, sig)
-		if err != nil || !hmac.Equal(got[:n], want) {
-			return nil, ErrSignature
-		}
-	} else if len(sig) != 0 {
-		return nil, ErrSignature
-	}
-
-	msg := &Message{Identities: frames[:idx], Metadata: meta, Content: content}
+	header, parent, meta, content := rest[1], rest[2], rest[3], rest[4]
+	msg := &Message{Identities: ids, Metadata: meta, Content: content}
 	if err := json.Unmarshal(header, &msg.Header); err != nil {
 		return nil, fmt.Errorf("%w: header: %v", ErrMalformed, err)
 	}
@@ -157,6 +136,38 @@ func (s *Signer) Decode(frames [][]byte) (*Message, error) {
 		msg.Buffers = rest[5:]
 	}
 	return msg, nil
+}
+
+// verify finds the delimiter in frames and checks the signature, returning
+// the routing identities and the frames after the delimiter (signature,
+// header, parent header, metadata, content, buffers).
+func (s *Signer) verify(frames [][]byte) (ids, rest [][]byte, err error) {
+	idx := -1
+	for i := 0; i < len(frames) && i <= maxIdentities; i++ {
+		if bytes.Equal(frames[i], delimiter) {
+			idx = i
+			break
+		}
+	}
+	if idx < 0 {
+		return nil, nil, fmt.Errorf("%w: no delimiter in the first %d of %d frames", ErrMalformed, maxIdentities+1, len(frames))
+	}
+	rest = frames[idx+1:]
+	if len(rest) < 5 {
+		return nil, nil, fmt.Errorf("%w: %d frames after the delimiter, want at least 5", ErrMalformed, len(rest))
+	}
+	sig := rest[0]
+	if s.mac != nil {
+		want := s.sum(rest[1], rest[2], rest[3], rest[4])
+		got := make([]byte, hex.DecodedLen(len(sig)))
+		n, err := hex.Decode(got, sig)
+		if err != nil || !hmac.Equal(got[:n], want) {
+			return nil, nil, ErrSignature
+		}
+	} else if len(sig) != 0 {
+		return nil, nil, ErrSignature
+	}
+	return frames[:idx], rest, nil
 }
 
 // NewMessage returns a message of msgType in session with content, ready to

@@ -19,8 +19,10 @@ if [[ "${1:-}" == "--check" ]]; then
 fi
 
 # Tools beyond the kernel side: the sandbox of local kernels, and what the
-# tests and scripts use.
-extra=(bubblewrap iproute2 ca-certificates git curl chromium)
+# tests and scripts use (chromium: the playground's browser test; Notebook
+# and websocket-client: the real Jupyter clients of
+# gateway/jupyter_clients_test.go).
+extra=(bubblewrap iproute2 ca-certificates git curl chromium python3-notebook python3-websocket)
 
 mapfile -t listed < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' executor-image/packages.txt | grep -v '^$')
 wanted=("${listed[@]}" "${extra[@]}")

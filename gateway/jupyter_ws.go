@@ -1,0 +1,613 @@
+package gateway
+
+// The Jupyter kernel websocket (/api/kernels/{id}/channels): messages pass
+// both ways with their headers, parent headers, metadata and content as
+// the client and kernel wrote them. Each kernel has one bridge: a
+// kernel.RawConn of its own beside the session's queue, shared by every
+// websocket on the kernel. Replies go to the websocket whose request they
+// answer (by the parent msg_id), iopub to all of them.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofiber/contrib/websocket"
+	"github.com/gofiber/fiber/v2"
+
+	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/session"
+)
+
+// v1Protocol is Jupyter Server's binary websocket subprotocol; it is used
+// only when the client offers it.
+const v1Protocol = "v1.kernel.websocket.jupyter.org"
+
+// jconnQueue is how many messages may wait for a slow websocket before it
+// is dropped (its peers and the kernel go on).
+const jconnQueue = 4096
+
+// bridges holds this instance's bridges by session id.
+type bridges struct {
+	mu sync.Mutex
+	m  map[string]*bridge
+}
+
+func (bs *bridges) get(id string) *bridge {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return bs.m[id]
+}
+
+// open returns the session's bridge, creating it on first use.
+func (bs *bridges) open(s *Server, sess *session.Session) *bridge {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if bs.m == nil {
+		bs.m = map[string]*bridge{}
+	}
+	if b := bs.m[sess.ID()]; b != nil {
+		return b
+	}
+	b := &bridge{s: s, sess: sess, conns: map[*jconn]bool{}, routes: map[string]*jconn{}}
+	bs.m[sess.ID()] = b
+	go func() {
+		// A kernel busy for Jupyter clients is active even when its code
+		// prints nothing for longer than the idle timeout; the session's
+		// end ends the bridge.
+		t := time.NewTicker(5 * time.Second)
+		defer t.Stop()
+		for done := false; !done; {
+			select {
+			case <-t.C:
+				if state, _ := b.stats(); state == "busy" {
+					sess.Touch()
+				}
+			case <-sess.Done():
+				done = true
+			}
+		}
+		bs.mu.Lock()
+		delete(bs.m, sess.ID())
+		bs.mu.Unlock()
+		b.close()
+	}()
+	return b
+}
+
+// bridge connects a session's kernel to its Jupyter websockets.
+type bridge struct {
+	s    *Server
+	sess *session.Session
+
+	dialMu sync.Mutex // one (re)dial at a time
+
+	mu     sync.Mutex
+	raw    *kernel.RawConn
+	client *kernel.Client // the Kernel's Client when raw was dialed: a new one means a restart
+	conns  map[*jconn]bool
+	routes map[string]*jconn // request msg_id -> the websocket that sent it
+	state  string            // the latest execution_state on iopub
+	closed bool
+}
+
+func (b *bridge) stats() (string, int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state, len(b.conns)
+}
+
+// ensure makes sure a live RawConn talks to the kernel's current process.
+func (b *bridge) ensure(ctx context.Context) error {
+	b.dialMu.Lock()
+	defer b.dialMu.Unlock()
+	k := b.sess.Kernel()
+	c := k.Client()
+	b.mu.Lock()
+	old, oldClient, closed := b.raw, b.client, b.closed
+	b.mu.Unlock()
+	if closed {
+		return codegw.Errorf(codegw.ENOTFOUND, "kernel %q has ended", b.sess.ID())
+	}
+	if old != nil && oldClient == c && old.Err() == nil {
+		return nil
+	}
+	if old != nil {
+		old.Close()
+	}
+	if c == nil || c.Err() != nil {
+		return codegw.Errorf(codegw.EUNAVAILABLE, "kernel %q is dead; restart it", b.sess.ID())
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	raw, err := kernel.DialRaw(ctx, k.Process().ConnectionInfo(), b.deliver)
+	if err != nil {
+		return codegw.WrapError(codegw.EUNAVAILABLE, err, "could not connect to kernel %q", b.sess.ID())
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		raw.Close()
+		return codegw.Errorf(codegw.ENOTFOUND, "kernel %q has ended", b.sess.ID())
+	}
+	b.raw, b.client = raw, c
+	b.mu.Unlock()
+	go b.watch(raw, c)
+	return nil
+}
+
+// watch announces the kernel's death to the websockets and redials when the
+// kernel restarts (through either API) or the RawConn broke: zmq sockets do
+// not survive their peer's restart.
+func (b *bridge) watch(raw *kernel.RawConn, c *kernel.Client) {
+	select {
+	case <-b.sess.Done():
+		return
+	case <-raw.Done():
+	case <-c.Dead():
+	}
+	select { // the RawConn may notice first: wait for the Kernel's verdict
+	case <-c.Dead():
+	case <-time.After(3 * time.Second):
+	}
+	if errors.Is(c.Err(), kernel.ErrDied) { // not a restart: the gateway closes the old Client first
+		b.broadcastStatus("dead")
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.sess.Done():
+			return
+		case <-t.C:
+		}
+		b.mu.Lock()
+		current, closed := b.raw, b.closed
+		b.mu.Unlock()
+		if closed || current != raw {
+			return // closed, or someone else redialed
+		}
+		if nc := b.sess.Kernel().Client(); nc != nil && nc.Err() == nil && (nc != c || raw.Err() != nil) {
+			if err := b.ensure(context.Background()); err != nil {
+				b.s.log.Warn("jupyter: reconnect after restart", "kernel", b.sess.ID(), "err", err)
+			}
+			return
+		}
+	}
+}
+
+func (b *bridge) close() {
+	b.mu.Lock()
+	b.closed = true
+	raw := b.raw
+	conns := make([]*jconn, 0, len(b.conns))
+	for c := range b.conns {
+		conns = append(conns, c)
+	}
+	b.mu.Unlock()
+	if raw != nil {
+		raw.Close()
+	}
+	for _, c := range conns {
+		c.end(websocket.CloseGoingAway, "kernel ended")
+	}
+}
+
+// deliver routes one message from the kernel.
+func (b *bridge) deliver(channel string, m *kernel.RawMessage) {
+	b.sess.Touch()
+	ids, err := m.IDs()
+	if err != nil {
+		return
+	}
+	out := outMsg{channel: channel, ids: ids, m: m}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if channel == kernel.IOPub {
+		if ids.MsgType == "status" {
+			var st struct {
+				State string `json:"execution_state"`
+			}
+			if json.Unmarshal(m.Content, &st) == nil && st.State != "" {
+				b.state = st.State
+			}
+		}
+		for c := range b.conns {
+			c.push(out)
+		}
+		return
+	}
+	parent := m.ParentID()
+	c := b.routes[parent]
+	if c == nil {
+		return // a reply to a request of a websocket that left
+	}
+	if channel != kernel.Stdin && strings.HasSuffix(ids.MsgType, "_reply") {
+		delete(b.routes, parent)
+	}
+	c.push(out)
+}
+
+// broadcastStatus tells every websocket the kernel's state, as Jupyter
+// Server does around restarts.
+func (b *bridge) broadcastStatus(state string) {
+	msg, err := kernel.NewMessage(b.sess.ID(), "status", map[string]string{"execution_state": state})
+	if err != nil {
+		return
+	}
+	h, _ := json.Marshal(msg.Header)
+	out := outMsg{channel: kernel.IOPub, ids: kernel.RawIDs{MsgID: msg.Header.MsgID, MsgType: "status"},
+		m: &kernel.RawMessage{Header: h, ParentHeader: json.RawMessage("{}"), Metadata: json.RawMessage("{}"), Content: msg.Content}}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for c := range b.conns {
+		c.push(out)
+	}
+}
+
+// send passes a websocket's message to the kernel.
+func (b *bridge) send(from *jconn, channel string, m *kernel.RawMessage, ids kernel.RawIDs) error {
+	if err := b.ensure(context.Background()); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	raw := b.raw
+	if channel != kernel.Stdin {
+		b.routes[ids.MsgID] = from
+	}
+	b.mu.Unlock()
+	b.sess.Touch()
+	if err := raw.Send(channel, m); err != nil {
+		b.mu.Lock()
+		delete(b.routes, ids.MsgID)
+		b.mu.Unlock()
+		return codegw.WrapError(codegw.EUNAVAILABLE, err, "kernel %q did not take the message", b.sess.ID())
+	}
+	return nil
+}
+
+func (b *bridge) join(c *jconn) {
+	b.mu.Lock()
+	b.conns[c] = true
+	b.mu.Unlock()
+}
+
+func (b *bridge) leave(c *jconn) {
+	b.mu.Lock()
+	delete(b.conns, c)
+	for id, rc := range b.routes {
+		if rc == c {
+			delete(b.routes, id)
+		}
+	}
+	b.mu.Unlock()
+}
+
+// outMsg is one message for a websocket.
+type outMsg struct {
+	channel string
+	ids     kernel.RawIDs
+	m       *kernel.RawMessage
+	errText string // an error about the client's own message, instead of m
+	errCode string
+}
+
+// jconn is one Jupyter websocket.
+type jconn struct {
+	ws     *websocket.Conn
+	v1     bool
+	out    chan outMsg
+	closed chan struct{}
+	once   sync.Once
+	code   int
+	reason string
+}
+
+// push queues m; a websocket too slow to keep up is dropped. Called with
+// the bridge's lock held.
+func (c *jconn) push(m outMsg) {
+	select {
+	case c.out <- m:
+	case <-c.closed:
+	default:
+		c.end(websocket.CloseTryAgainLater, "client too slow: too many messages waiting")
+	}
+}
+
+func (c *jconn) end(code int, reason string) {
+	c.once.Do(func() {
+		c.code, c.reason = code, reason
+		close(c.closed)
+	})
+}
+
+// kernelChannels upgrades GET /api/kernels/{id}/channels.
+func (s *Server) kernelChannels(c *fiber.Ctx) error {
+	if !websocket.IsWebSocketUpgrade(c) {
+		return codegw.Errorf(codegw.EINVALID, "this endpoint needs a websocket upgrade")
+	}
+	sess, err := s.session(c)
+	if err != nil {
+		return err
+	}
+	b := s.jup.open(s, sess)
+	if err := b.ensure(context.Background()); err != nil {
+		return err
+	}
+	return websocket.New(func(ws *websocket.Conn) {
+		s.serveChannels(ws, b)
+	}, websocket.Config{Subprotocols: []string{v1Protocol}, EnableCompression: false,
+		ReadBufferSize: 16 << 10, WriteBufferSize: 16 << 10})(c)
+}
+
+func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
+	c := &jconn{ws: ws, v1: ws.Subprotocol() == v1Protocol, out: make(chan outMsg, jconnQueue), closed: make(chan struct{})}
+	b.join(c)
+	defer b.leave(c)
+	ws.SetReadLimit(int64(s.cfg.BodyLimit))
+	// Clients that answer pings only while they read (websocket-client)
+	// may not read for minutes: a broken peer is found by failed pings.
+	live := max(3*s.cfg.PingInterval, 10*time.Minute)
+	ws.SetReadDeadline(time.Now().Add(live))
+	ws.SetPongHandler(func(string) error {
+		ws.SetReadDeadline(time.Now().Add(live))
+		return nil
+	})
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		for {
+			kind, data, err := ws.ReadMessage()
+			if err != nil {
+				if strings.Contains(err.Error(), "read limit") {
+					c.end(websocket.CloseMessageTooBig, "message over "+strconv.Itoa(s.cfg.BodyLimit)+" bytes")
+				} else {
+					c.end(websocket.CloseNormalClosure, "")
+				}
+				return
+			}
+			ws.SetReadDeadline(time.Now().Add(live))
+			channel, m, ids, err := decodeClient(kind, data, c.v1)
+			if err == nil {
+				err = b.send(c, channel, m, ids)
+			}
+			if err != nil {
+				select {
+				case c.out <- outMsg{errText: codegw.ErrorMessage(err), errCode: codegw.ErrorCode(err)}:
+				default:
+				}
+			}
+		}
+	}()
+	ping := time.NewTicker(s.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case m := <-c.out:
+			kind, data := encodeClient(m, c.v1)
+			ws.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			if err := ws.WriteMessage(kind, data); err != nil {
+				c.end(websocket.CloseNormalClosure, "")
+			}
+		case <-ping.C:
+			if err := ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(10*time.Second)); err != nil {
+				c.end(websocket.CloseNormalClosure, "")
+			}
+		case <-c.closed:
+			ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(c.code, c.reason), time.Now().Add(5*time.Second))
+			ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+			<-readDone
+			return
+		}
+	}
+}
+
+// clientMsg is a message as Jupyter clients send it in JSON.
+type clientMsg struct {
+	Header       json.RawMessage `json:"header"`
+	ParentHeader json.RawMessage `json:"parent_header"`
+	Metadata     json.RawMessage `json:"metadata"`
+	Content      json.RawMessage `json:"content"`
+	Channel      *string         `json:"channel"`
+}
+
+var errBadFrame = errors.New("bad frame")
+
+// decodeClient parses one websocket frame: JSON text (legacy), the legacy
+// binary layout for messages with buffers, or the v1 subprotocol's layout.
+func decodeClient(kind int, data []byte, v1 bool) (string, *kernel.RawMessage, kernel.RawIDs, error) {
+	var (
+		channel = kernel.Shell
+		m       = &kernel.RawMessage{}
+		ids     kernel.RawIDs
+	)
+	bad := func(format string, args ...any) (string, *kernel.RawMessage, kernel.RawIDs, error) {
+		return "", nil, ids, codegw.Errorf(codegw.EINVALID, format, args...)
+	}
+	switch {
+	case v1 && kind == websocket.BinaryMessage:
+		parts, err := splitV1(data)
+		if err != nil || len(parts) < 5 {
+			return bad("malformed v1.kernel.websocket.jupyter.org frame")
+		}
+		channel = string(parts[0])
+		m.Header, m.ParentHeader, m.Metadata, m.Content = parts[1], parts[2], parts[3], parts[4]
+		m.Buffers = parts[5:]
+		for _, p := range parts[1:5] {
+			if len(p) > 0 && !json.Valid(p) {
+				return bad("malformed message: a part is not JSON")
+			}
+		}
+	default:
+		body := data
+		if kind == websocket.BinaryMessage {
+			parts, err := splitLegacy(data)
+			if err != nil {
+				return bad("malformed binary message: %v", err)
+			}
+			body, m.Buffers = parts[0], parts[1:]
+		}
+		var in clientMsg
+		if err := json.Unmarshal(body, &in); err != nil {
+			return bad("malformed message: %v", err)
+		}
+		if in.Channel != nil {
+			channel = *in.Channel
+		}
+		m.Header, m.ParentHeader, m.Metadata, m.Content = in.Header, in.ParentHeader, in.Metadata, in.Content
+	}
+	for _, p := range []*json.RawMessage{&m.ParentHeader, &m.Metadata, &m.Content} {
+		if t := bytes.TrimSpace(*p); len(t) == 0 || string(t) == "null" {
+			*p = nil
+		} else if t[0] != '{' {
+			return bad("malformed message: parent_header, metadata and content must be objects")
+		}
+	}
+	if err := json.Unmarshal(m.Header, &ids); err != nil || ids.MsgID == "" || ids.MsgType == "" {
+		return bad("malformed message: the header needs msg_id and msg_type")
+	}
+	switch channel {
+	case kernel.Shell, kernel.Control, kernel.Stdin:
+	default:
+		return bad("no channel %q: send on shell, control or stdin", channel)
+	}
+	return channel, m, ids, nil
+}
+
+// splitLegacy splits Jupyter's legacy binary frame: a big-endian u32 count,
+// that many u32 offsets, then the JSON message and its buffers.
+func splitLegacy(data []byte) ([][]byte, error) {
+	if len(data) < 8 {
+		return nil, errBadFrame
+	}
+	n := int(binary.BigEndian.Uint32(data))
+	if n < 1 || n > 1024 || len(data) < 4*(n+1) {
+		return nil, errBadFrame
+	}
+	offs := make([]int, n+1)
+	for i := 0; i < n; i++ {
+		offs[i] = int(binary.BigEndian.Uint32(data[4*(i+1):]))
+	}
+	offs[n] = len(data)
+	parts := make([][]byte, n)
+	for i := 0; i < n; i++ {
+		if offs[i] < 4*(n+1) || offs[i] > offs[i+1] {
+			return nil, errBadFrame
+		}
+		parts[i] = data[offs[i]:offs[i+1]]
+	}
+	return parts, nil
+}
+
+// splitV1 splits a v1 subprotocol frame: a little-endian u64 count of
+// offsets, the u64 offsets, then the channel, header, parent header,
+// metadata, content and buffers between consecutive offsets.
+func splitV1(data []byte) ([][]byte, error) {
+	if len(data) < 8 {
+		return nil, errBadFrame
+	}
+	n := binary.LittleEndian.Uint64(data)
+	if n < 2 || n > 1024 || uint64(len(data)) < 8*(n+1) {
+		return nil, errBadFrame
+	}
+	offs := make([]uint64, n)
+	for i := range offs {
+		offs[i] = binary.LittleEndian.Uint64(data[8*(i+1):])
+	}
+	parts := make([][]byte, 0, n-1)
+	for i := 0; i+1 < int(n); i++ {
+		if offs[i] > offs[i+1] || offs[i+1] > uint64(len(data)) || offs[i] < 8*(n+1) {
+			return nil, errBadFrame
+		}
+		parts = append(parts, data[offs[i]:offs[i+1]])
+	}
+	return parts, nil
+}
+
+// encodeClient renders one message for a websocket.
+func encodeClient(o outMsg, v1 bool) (int, []byte) {
+	if o.errText != "" {
+		b, _ := json.Marshal(fiber.Map{"error": o.errText, "code": o.errCode})
+		return websocket.TextMessage, b
+	}
+	m := o.m
+	if v1 {
+		parts := [][]byte{[]byte(o.channel), m.Header, orEmpty(m.ParentHeader), orEmpty(m.Metadata), orEmpty(m.Content)}
+		parts = append(parts, m.Buffers...)
+		n := len(parts) + 1
+		size := 8 * (n + 1)
+		for _, p := range parts {
+			size += len(p)
+		}
+		out := make([]byte, 8*(n+1), size)
+		binary.LittleEndian.PutUint64(out, uint64(n))
+		off := 8 * (n + 1)
+		for i, p := range parts {
+			binary.LittleEndian.PutUint64(out[8*(i+1):], uint64(off))
+			off += len(p)
+		}
+		binary.LittleEndian.PutUint64(out[8*n:], uint64(off))
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return websocket.BinaryMessage, out
+	}
+	js := make([]byte, 0, 128+len(m.Header)+len(m.ParentHeader)+len(m.Metadata)+len(m.Content))
+	js = append(js, `{"header":`...)
+	js = append(js, m.Header...)
+	js = append(js, `,"parent_header":`...)
+	js = append(js, orEmpty(m.ParentHeader)...)
+	js = append(js, `,"metadata":`...)
+	js = append(js, orEmpty(m.Metadata)...)
+	js = append(js, `,"content":`...)
+	js = append(js, orEmpty(m.Content)...)
+	js = append(js, `,"channel":`...)
+	js = appendJSONString(js, o.channel)
+	js = append(js, `,"msg_id":`...)
+	js = appendJSONString(js, o.ids.MsgID)
+	js = append(js, `,"msg_type":`...)
+	js = appendJSONString(js, o.ids.MsgType)
+	if len(m.Buffers) == 0 {
+		js = append(js, `,"buffers":[]}`...)
+		return websocket.TextMessage, js
+	}
+	js = append(js, '}')
+	n := len(m.Buffers) + 1
+	size := 4*(n+1) + len(js)
+	for _, b := range m.Buffers {
+		size += len(b)
+	}
+	out := make([]byte, 4*(n+1), size)
+	binary.BigEndian.PutUint32(out, uint32(n))
+	off := 4 * (n + 1)
+	binary.BigEndian.PutUint32(out[4:], uint32(off))
+	off += len(js)
+	for i, b := range m.Buffers {
+		binary.BigEndian.PutUint32(out[4*(i+2):], uint32(off))
+		off += len(b)
+	}
+	out = append(out, js...)
+	for _, b := range m.Buffers {
+		out = append(out, b...)
+	}
+	return websocket.BinaryMessage, out
+}
+
+func orEmpty(b []byte) []byte {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return []byte("{}")
+	}
+	return b
+}
+
+func appendJSONString(dst []byte, s string) []byte {
+	b, _ := json.Marshal(s)
+	return append(dst, b...)
+}
