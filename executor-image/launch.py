@@ -200,6 +200,17 @@ def preload(shell):
             shell.enable_matplotlib("inline")
         except Exception as e:
             log("matplotlib inline setup failed: %s" % e)
+    else:
+        # The inline backend hooks itself into the shell when it is first
+        # imported. A kernel forked from a zygote that had already imported
+        # it (with no shell yet) must do that now, or its figures arrive as
+        # text only.
+        backend = sys.modules.get("matplotlib_inline.backend_inline")
+        if backend is not None:
+            try:
+                backend._enable_matplotlib_integration()
+            except Exception as e:
+                log("matplotlib inline setup failed: %s" % e)
 
 
 def bound_stream_buffers(limit=1 << 20):

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -240,15 +241,24 @@ func (s *Server) websocket(c *fiber.Ctx) error {
 	}, websocket.Config{EnableCompression: false, ReadBufferSize: 4 << 10, WriteBufferSize: 16 << 10})(c)
 }
 
+// errSocketGone is what a write after the websocket's handler returned gets.
+var errSocketGone = errors.New("websocket closed")
+
 func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after uint64, replay bool) {
 	s.cfg.Metrics.Websocket(1)
 	defer s.cfg.Metrics.Websocket(-1)
 	sub, missed, gap := sess.Subscribe(after, replay)
 	defer sub.Close()
-	var wmu sync.Mutex
+	var (
+		wmu  sync.Mutex
+		gone bool // the handler returned: conn went back to Fiber's pool
+	)
 	write := func(v any) error {
 		wmu.Lock()
 		defer wmu.Unlock()
+		if gone {
+			return errSocketGone
+		}
 		conn.SetWriteDeadline(time.Now().Add(30 * time.Second))
 		return conn.WriteJSON(v)
 	}
@@ -284,6 +294,15 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 				fail(err)
 			}
 		}
+	}()
+	// The reader, and interrupts or restarts running aside, must be done
+	// with conn before the handler returns it to Fiber.
+	defer func() {
+		wmu.Lock()
+		gone = true
+		wmu.Unlock()
+		conn.Close()
+		<-readDone
 	}()
 	ping := time.NewTicker(s.cfg.PingInterval)
 	defer ping.Stop()
