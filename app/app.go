@@ -22,6 +22,7 @@ import (
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/docker"
 	"github.com/codegw/codegw/kernel/local"
+	"github.com/codegw/codegw/mcpserver"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
 	"github.com/codegw/codegw/store"
@@ -160,6 +161,8 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		Manager: a.Manager, Images: a.Images, Files: a.Files, APIKeys: cfg.APIKeys,
 		BodyLimit: cfg.BodyLimit, UploadLimit: cfg.UploadLimit, PingInterval: cfg.PingInterval,
 		Capabilities: caps, Ready: a.ready, Logger: log, Router: router,
+		MCP: mcpserver.NewHandler(&mcpserver.Config{Backend: mcpserver.Manager{M: a.Manager, UploadLimit: cfg.UploadLimit}, Fetcher: fetcher},
+			mcpserver.HandlerOptions{SessionTimeout: cfg.SessionIdle, BaseURL: cfg.PublicBaseURL}),
 	})
 	if a.membership != nil {
 		a.membership.Start(a.Manager.Local)

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -44,6 +45,9 @@ type Config struct {
 	Logger *slog.Logger
 	// PingInterval keeps idle websockets open (default 20s).
 	PingInterval time.Duration
+	// MCP, when set, serves the Model Context Protocol at /mcp for
+	// authenticated callers (see mcpserver.WithOwner).
+	MCP http.Handler
 	// Router, set in a multi-instance deployment, serves requests for
 	// sessions this instance does not hold; nil with a single instance.
 	Router Router
@@ -135,6 +139,9 @@ func (s *Server) routes() {
 	api.Get("/sessions/:id/files", s.listOutputs)
 	api.Get("/sessions/:id/files/:name", s.downloadOutput)
 	api.Get("/sessions/:id/ws", s.websocket)
+	if s.cfg.MCP != nil {
+		a.All("/mcp", s.auth, s.mcp)
+	}
 	a.Use(func(c *fiber.Ctx) error {
 		return codegw.Errorf(codegw.ENOTFOUND, "no route for %s %s", c.Method(), c.Path())
 	})
