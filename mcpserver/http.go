@@ -116,9 +116,10 @@ func (h *Handler) server(r *http.Request) *mcp.Server {
 	h.mu.Lock()
 	h.owners[id] = owner
 	h.mu.Unlock()
-	return newServer(h.cfg, owner, resolve, func() {
+	s, _ := newServer(h.cfg, owner, resolve, func() {
 		h.mu.Lock()
 		delete(h.owners, id)
 		h.mu.Unlock()
 	}, id)
+	return s
 }

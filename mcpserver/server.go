@@ -60,11 +60,20 @@ type state struct {
 // NewServer returns an MCP server with the tools bound to one session of
 // owner; end runs when that session ends (after its kernel is deleted).
 func NewServer(cfg *Config, owner string, resolve func(string) string, end func()) *mcp.Server {
-	return newServer(cfg, owner, resolve, end, "")
+	s, _ := newServer(cfg, owner, resolve, end, "")
+	return s
+}
+
+// Run serves one MCP session of owner over t (e.g. &mcp.StdioTransport{})
+// until it ends, then deletes its kernel.
+func Run(ctx context.Context, cfg *Config, owner string, resolve func(string) string, t mcp.Transport) error {
+	s, st := newServer(cfg, owner, resolve, nil, "")
+	defer st.close()
+	return s.Run(ctx, t)
 }
 
 // newServer is NewServer whose session gets id, when not empty.
-func newServer(cfg *Config, owner string, resolve func(string) string, end func(), id string) *mcp.Server {
+func newServer(cfg *Config, owner string, resolve func(string) string, end func(), id string) (*mcp.Server, *state) {
 	st := &state{cfg: cfg, owner: owner, resolve: resolve, onEnd: end}
 	if st.resolve == nil {
 		st.resolve = func(u string) string { return u }
@@ -80,7 +89,7 @@ func newServer(cfg *Config, owner string, resolve func(string) string, end func(
 	}
 	s := mcp.NewServer(&mcp.Implementation{Name: "codegw", Title: "codegw Python interpreter", Version: Version}, opts)
 	st.tools(s)
-	return s
+	return s, st
 }
 
 // watch closes the kernel when the MCP session ends.

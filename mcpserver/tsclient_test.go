@@ -111,3 +111,49 @@ func TestTypeScriptClientHTTP(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// buildCodegw builds cmd/codegw into a temporary directory.
+func buildCodegw(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "codegw")
+	out, err := exec.Command("go", "build", "-o", bin, "../cmd/codegw").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestTypeScriptClientStdio runs the same client over stdio against
+// `codegw mcp`, through a gateway (--url, env) and on local kernels.
+func TestTypeScriptClientStdio(t *testing.T) {
+	dir := tsclient(t)
+	bin := buildCodegw(t)
+	t.Run("gateway", func(t *testing.T) {
+		const key = "mcp-stdio-key"
+		a, base := serveApp(t, key)
+		out := runClient(t, dir, []string{"CODEGW_URL=" + base, "CODEGW_KEY=" + key}, "stdio", bin, "mcp")
+		if !strings.Contains(out, "ok file link downloads") {
+			t.Error("no file link download")
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for a.Manager.Stats().Sessions != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d sessions left after codegw mcp ended", a.Manager.Stats().Sessions)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	t.Run("local", func(t *testing.T) {
+		state, err := os.MkdirTemp("", "cgmcps")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(state) })
+		tmp := t.TempDir()
+		out := runClient(t, dir, []string{"CODEGW_URL=", "CODEGW_KEY=", "STATE_DIR=" + state, "POOL_SIZE=1",
+			"IMAGE_STORE_PATH=" + filepath.Join(tmp, "img"), "FILE_STORE_PATH=" + filepath.Join(tmp, "files")}, "stdio", bin, "mcp")
+		if !strings.Contains(out, "ok file link on disk") {
+			t.Error("no file link on disk")
+		}
+	})
+}

@@ -4,6 +4,8 @@
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 
 const [mode, ...args] = process.argv.slice(2);
 
@@ -33,7 +35,7 @@ async function connect(key) {
   return { client, transport };
 }
 
-const key = args[1];
+const key = mode === "http" ? args[1] : process.env.CODEGW_KEY;
 if (mode === "http") {
   let refused = false;
   try {
@@ -78,7 +80,10 @@ check(r.isError === true && text(r).includes("ZeroDivisionError") && !text(r).in
 r = await call("execute_python", { code: "open('/code/output/out.csv', 'w').write('a,b\\n1,2\\n')" });
 const link = r.content.find((c) => c.type === "resource_link");
 check(!r.isError && link && link.uri, "file link", r.content);
-if (mode === "http" || link.uri.startsWith("http")) {
+if (link.uri.startsWith("file:")) {
+  const body = readFileSync(fileURLToPath(link.uri), "utf8");
+  check(body === "a,b\n1,2\n", "file link on disk", { uri: link.uri, body });
+} else {
   const resp = await fetch(link.uri, { headers: key ? { Authorization: `Bearer ${key}` } : {} });
   const body = await resp.text();
   check(resp.ok && body === "a,b\n1,2\n", "file link downloads", { status: resp.status, body });
