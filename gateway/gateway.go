@@ -71,6 +71,10 @@ type Server struct {
 	app  *fiber.App
 	log  *slog.Logger
 	keys map[string]string // sha256(key) -> owner id
+	// mcpCtx parents the requests bridged to Config.MCP; Shutdown cancels
+	// it so open event streams end.
+	mcpCtx  context.Context
+	stopMCP context.CancelFunc
 }
 
 // New returns a Server with every route mounted.
@@ -88,6 +92,7 @@ func New(cfg Config) *Server {
 		cfg.PingInterval = 20 * time.Second
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{}}
+	s.mcpCtx, s.stopMCP = context.WithCancel(context.Background())
 	for _, k := range cfg.APIKeys {
 		sum := sha256.Sum256([]byte(k))
 		s.keys[hex.EncodeToString(sum[:])] = "key_" + hex.EncodeToString(sum[:8])
@@ -115,13 +120,17 @@ func (s *Server) App() *fiber.App { return s.app }
 func (s *Server) Listen(addr string) error { return s.app.Listen(addr) }
 
 // Shutdown stops accepting requests and waits for those in flight.
-func (s *Server) Shutdown(ctx context.Context) error { return s.app.ShutdownWithContext(ctx) }
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopMCP()
+	return s.app.ShutdownWithContext(ctx)
+}
 
 func (s *Server) routes() {
 	a := s.app
 	a.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	a.Get("/readyz", s.readyz)
 	a.Get("/capabilities", s.capabilities)
+	a.Get("/openapi.json", s.openapi)
 	a.Get("/images/:name", s.serveStore(s.cfg.Images, false))
 	a.Get("/files/:name", s.serveStore(s.cfg.Files, true))
 
@@ -140,7 +149,9 @@ func (s *Server) routes() {
 	api.Get("/sessions/:id/files/:name", s.downloadOutput)
 	api.Get("/sessions/:id/ws", s.websocket)
 	if s.cfg.MCP != nil {
-		a.All("/mcp", s.auth, s.mcp)
+		for _, m := range []string{fiber.MethodGet, fiber.MethodPost, fiber.MethodDelete} {
+			a.Add(m, "/mcp", s.auth, s.mcp)
+		}
 	}
 	a.Use(func(c *fiber.Ctx) error {
 		return codegw.Errorf(codegw.ENOTFOUND, "no route for %s %s", c.Method(), c.Path())

@@ -20,7 +20,7 @@ import (
 // The request is copied out of fasthttp's buffers, as the handler outlives
 // this Fiber handler; a client going away cancels its context.
 func (s *Server) mcp(c *fiber.Ctx) error {
-	ctx, cancel := context.WithCancel(mcpserver.WithOwner(context.Background(), owner(c)))
+	ctx, cancel := context.WithCancel(mcpserver.WithOwner(s.mcpCtx, owner(c)))
 	r, err := http.NewRequestWithContext(ctx, c.Method(), c.OriginalURL(), bytes.NewReader(bytes.Clone(c.Body())))
 	if err != nil {
 		cancel()
