@@ -24,6 +24,7 @@ import (
 	"github.com/codegw/codegw/kernel/docker"
 	"github.com/codegw/codegw/kernel/local"
 	"github.com/codegw/codegw/metrics"
+	"github.com/codegw/codegw/mcpserver"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
 	"github.com/codegw/codegw/store"
@@ -177,6 +178,8 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		Capabilities: caps, Ready: a.ready, Logger: log, Router: router,
 		Metrics: a.Metrics, MetricsKey: cfg.MetricsKey,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, MaxExecutionsPerKey: cfg.MaxExecutionsPerKey,
+		MCP: mcpserver.NewHandler(&mcpserver.Config{Backend: mcpserver.Manager{M: a.Manager, UploadLimit: cfg.UploadLimit}, Fetcher: fetcher},
+			mcpserver.HandlerOptions{SessionTimeout: cfg.SessionIdle, BaseURL: cfg.PublicBaseURL}),
 	})
 	a.watch()
 	if a.membership != nil {

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -48,6 +49,9 @@ type Config struct {
 	Logger *slog.Logger
 	// PingInterval keeps idle websockets open (default 20s).
 	PingInterval time.Duration
+	// MCP, when set, serves the Model Context Protocol at /mcp for
+	// authenticated callers (see mcpserver.WithOwner).
+	MCP http.Handler
 	// Router, set in a multi-instance deployment, serves requests for
 	// sessions this instance does not hold; nil with a single instance.
 	Router Router
@@ -91,6 +95,10 @@ type Server struct {
 	promHandler fiber.Handler
 	draining    atomic.Bool
 	inflight    atomic.Int64 // executions started by handlers, for the drain
+	// mcpCtx parents the requests bridged to Config.MCP; Shutdown cancels
+	// it so open event streams end.
+	mcpCtx  context.Context
+	stopMCP context.CancelFunc
 }
 
 // New returns a Server with every route mounted.
@@ -112,6 +120,7 @@ func New(cfg Config) *Server {
 	if cfg.Metrics != nil {
 		s.promHandler = adaptor.HTTPHandler(cfg.Metrics.Handler())
 	}
+	s.mcpCtx, s.stopMCP = context.WithCancel(context.Background())
 	for _, k := range cfg.APIKeys {
 		sum := sha256.Sum256([]byte(k))
 		s.keys[hex.EncodeToString(sum[:])] = "key_" + hex.EncodeToString(sum[:8])
@@ -139,7 +148,10 @@ func (s *Server) App() *fiber.App { return s.app }
 func (s *Server) Listen(addr string) error { return s.app.Listen(addr) }
 
 // Shutdown stops accepting requests and waits for those in flight.
-func (s *Server) Shutdown(ctx context.Context) error { return s.app.ShutdownWithContext(ctx) }
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopMCP()
+	return s.app.ShutdownWithContext(ctx)
+}
 
 func (s *Server) routes() {
 	a := s.app
@@ -148,6 +160,7 @@ func (s *Server) routes() {
 	a.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	a.Get("/readyz", s.readyz)
 	a.Get("/capabilities", s.capabilities)
+	a.Get("/openapi.json", s.openapi)
 	a.Get("/images/:name", s.serveStore(s.cfg.Images, false))
 	a.Get("/files/:name", s.serveStore(s.cfg.Files, true))
 	web.Mount(a)
@@ -167,6 +180,11 @@ func (s *Server) routes() {
 	api.Get("/sessions/:id/files/:name", s.downloadOutput)
 	api.Get("/sessions/:id/ws", s.websocket)
 	s.jupyterRoutes()
+	if s.cfg.MCP != nil {
+		for _, m := range []string{fiber.MethodGet, fiber.MethodPost, fiber.MethodDelete} {
+			a.Add(m, "/mcp", s.auth, s.mcp)
+		}
+	}
 	a.Use(func(c *fiber.Ctx) error {
 		return codegw.Errorf(codegw.ENOTFOUND, "no route for %s %s", c.Method(), c.Path())
 	})

@@ -8,6 +8,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -18,10 +20,32 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "codegw:", err)
+	err := dispatch(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(2)
+	}
+	if err != nil {
+		if !errors.Is(err, errFailed) {
+			fmt.Fprintln(os.Stderr, "codegw:", err)
+		}
 		os.Exit(1)
 	}
+}
+
+// dispatch runs the subcommand in args; none (or serve) is the gateway.
+func dispatch(args []string) error {
+	if len(args) == 0 || args[0] == "serve" {
+		return run()
+	}
+	if cmd, ok := commands[args[0]]; ok {
+		return cmd(args[1:])
+	}
+	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Print(usage)
+		return nil
+	}
+	fmt.Fprint(os.Stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
 }
 
 func run() error {

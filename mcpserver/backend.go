@@ -1,0 +1,172 @@
+package mcpserver
+
+import (
+	"context"
+	"io"
+
+	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/client"
+	"github.com/codegw/codegw/session"
+)
+
+// Backend runs code for MCP sessions: a session.Manager in the gateway and
+// in `codegw mcp` with local kernels, or a remote gateway through the
+// client SDK.
+type Backend interface {
+	// Execute runs req on a fresh kernel; stdout gets the stdout text as
+	// it arrives.
+	Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error)
+	// Open starts the kernel of one MCP session of owner.
+	Open(ctx context.Context, owner string) (Kernel, error)
+}
+
+// Kernel is the session kernel of one MCP session.
+type Kernel interface {
+	// Execute runs req; cancelling ctx interrupts the kernel and the answer
+	// (status "interrupted") still comes back.
+	Execute(ctx context.Context, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error)
+	Restart(ctx context.Context) error
+	// Files lists /code/output.
+	Files(ctx context.Context) ([]File, error)
+	// Read writes the output file name to w.
+	Read(ctx context.Context, name string, w io.Writer) (int64, error)
+	// Upload writes r into /code/input/name.
+	Upload(ctx context.Context, name string, r io.Reader) (File, error)
+	// Close deletes the session and its kernel.
+	Close() error
+}
+
+// File is a file in /code/output or /code/input.
+type File struct {
+	Name string
+	Size int64
+	// URL downloads it, relative to the server or absolute.
+	URL string
+}
+
+// Manager is the Backend of a session.Manager; UploadLimit caps uploads
+// (default 100 MiB).
+type Manager struct {
+	M           *session.Manager
+	UploadLimit int64
+}
+
+// Execute implements Backend.
+func (b Manager) Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
+	return b.M.Execute(ctx, req, streamTo(stdout))
+}
+
+// Open implements Backend.
+func (b Manager) Open(ctx context.Context, owner string) (Kernel, error) {
+	s, err := b.M.Create(ctx, owner, session.CreateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	limit := b.UploadLimit
+	if limit <= 0 {
+		limit = 100 << 20
+	}
+	return &managerKernel{m: b.M, s: s, owner: owner, limit: limit}, nil
+}
+
+func streamTo(stdout func(string)) func(codegw.Event) {
+	return func(ev codegw.Event) {
+		if stdout != nil && ev.Type == codegw.EventStream && ev.Name == "stdout" {
+			stdout(ev.Text)
+		}
+	}
+}
+
+type managerKernel struct {
+	m     *session.Manager
+	s     *session.Session
+	owner string
+	limit int64
+}
+
+func (k *managerKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
+	stop := context.AfterFunc(ctx, func() { k.s.Interrupt(context.Background()) })
+	defer stop()
+	return k.s.Execute(context.WithoutCancel(ctx), req, streamTo(stdout))
+}
+
+func (k *managerKernel) Restart(ctx context.Context) error { return k.s.Restart(ctx) }
+
+func (k *managerKernel) Files(ctx context.Context) ([]File, error) {
+	list, err := k.s.Outputs()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]File, len(list))
+	for i, f := range list {
+		out[i] = File{Name: f.Name, Size: f.Size, URL: "/api/v1/sessions/" + k.s.ID() + "/files/" + f.Name}
+	}
+	return out, nil
+}
+
+func (k *managerKernel) Read(ctx context.Context, name string, w io.Writer) (int64, error) {
+	f, _, err := k.s.OpenOutput(name)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return io.Copy(w, f)
+}
+
+func (k *managerKernel) Upload(ctx context.Context, name string, r io.Reader) (File, error) {
+	fi, err := k.s.Upload(name, r, k.limit)
+	return File{Name: fi.Name, Size: fi.Size}, err
+}
+
+func (k *managerKernel) Close() error { return k.m.Delete(k.s.ID(), k.owner) }
+
+// Remote is the Backend of a running gateway, reached through the client
+// SDK with the client's key; owners are ignored (the key is the owner).
+type Remote struct{ C *client.Client }
+
+// Execute implements Backend.
+func (b Remote) Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
+	return b.C.ExecuteStream(ctx, req, client.Handler{Stdout: stdout})
+}
+
+// Open implements Backend.
+func (b Remote) Open(ctx context.Context, owner string) (Kernel, error) {
+	s, err := b.C.CreateSession(ctx, client.SessionOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return remoteKernel{s}, nil
+}
+
+type remoteKernel struct{ s *client.Session }
+
+func (k remoteKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
+	stop := context.AfterFunc(ctx, func() { k.s.Interrupt(context.Background()) })
+	defer stop()
+	return k.s.ExecuteStream(context.WithoutCancel(ctx), req, client.Handler{Stdout: stdout})
+}
+
+func (k remoteKernel) Restart(ctx context.Context) error { return k.s.Restart(ctx) }
+
+func (k remoteKernel) Files(ctx context.Context) ([]File, error) {
+	list, err := k.s.Files(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]File, len(list))
+	for i, f := range list {
+		out[i] = File{Name: f.Name, Size: f.Size, URL: f.URL}
+	}
+	return out, nil
+}
+
+func (k remoteKernel) Read(ctx context.Context, name string, w io.Writer) (int64, error) {
+	return k.s.Download(ctx, name, w)
+}
+
+func (k remoteKernel) Upload(ctx context.Context, name string, r io.Reader) (File, error) {
+	fi, err := k.s.Upload(ctx, name, r)
+	return File{Name: fi.Name, Size: fi.Size, URL: fi.URL}, err
+}
+
+func (k remoteKernel) Close() error { return k.s.Delete(context.Background()) }
