@@ -399,6 +399,13 @@ func wantsStream(c *fiber.Ctx) bool {
 }
 
 func (s *Server) execute(c *fiber.Ctx) error {
+	return s.answerExecute(c, s.cfg.Manager.Execute)
+}
+
+// answerExecute answers an execute call with run (stateless, or a
+// session's): it decodes the body, holds one of the caller's executions
+// while run goes, and answers NDJSON events or one JSON answer.
+func (s *Server) answerExecute(c *fiber.Ctx, run func(context.Context, codegw.ExecuteRequest, func(codegw.Event)) (*codegw.ExecuteResult, error)) error {
 	req, err := s.decodeExecute(c)
 	if err != nil {
 		return err
@@ -410,13 +417,13 @@ func (s *Server) execute(c *fiber.Ctx) error {
 	if wantsStream(c) {
 		return s.stream(c, func(ctx context.Context, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
 			defer release()
-			return s.cfg.Manager.Execute(ctx, req, emit)
+			return run(ctx, req, emit)
 		})
 	}
 	defer release()
 	// fasthttp does not cancel on disconnect: the execution's own deadline
 	// bounds it. The user context carries only the log ids.
-	res, err := s.cfg.Manager.Execute(c.UserContext(), req, noteExecution(c, nil))
+	res, err := run(c.UserContext(), req, noteExecution(c, nil))
 	if err != nil {
 		return err
 	}

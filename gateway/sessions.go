@@ -90,26 +90,7 @@ func (s *Server) sessionExecute(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	req, err := s.decodeExecute(c)
-	if err != nil {
-		return err
-	}
-	release, err := s.holdExecution(c)
-	if err != nil {
-		return err
-	}
-	if wantsStream(c) {
-		return s.stream(c, func(ctx context.Context, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
-			defer release()
-			return sess.Execute(ctx, req, emit)
-		})
-	}
-	defer release()
-	res, err := sess.Execute(c.UserContext(), req, noteExecution(c, nil))
-	if err != nil {
-		return err
-	}
-	return c.JSON(res)
+	return s.answerExecute(c, sess.Execute)
 }
 
 func (s *Server) interrupt(c *fiber.Ctx) error {
