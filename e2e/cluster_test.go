@@ -192,6 +192,27 @@ func processesUnder(dir string) []string {
 	return out
 }
 
+// kernelsUnder counts the kernel processes of the instance whose state
+// directory is dir: spawned kernels run launch.py; forked ones are children
+// of the zygote and share its command line (zygote.py), so the zygote
+// itself is taken off. bwrap and the lifeline shell name the scripts too.
+func kernelsUnder(dir string) int {
+	spawned, zygote := 0, 0
+	for _, p := range processesUnder(dir) {
+		_, cmd, _ := strings.Cut(p, ": ")
+		if strings.Contains(cmd, "bwrap") || strings.HasPrefix(cmd, "/bin/sh") {
+			continue
+		}
+		switch {
+		case strings.Contains(cmd, "launch.py"):
+			spawned++
+		case strings.Contains(cmd, "zygote.py"):
+			zygote++
+		}
+	}
+	return spawned + max(zygote-1, 0)
+}
+
 type answer struct {
 	status  int
 	body    []byte
@@ -563,13 +584,7 @@ func TestCluster(t *testing.T) {
 		// outlive the gateway. That is the local provisioner's to close;
 		// this test checks that started kernels die with their instance.
 		eventually(t, 20*time.Second, "a's two kernels running", func() string {
-			n := 0
-			for _, p := range processesUnder(a.state) {
-				// bwrap's own command lines name launch.py too: count the kernels.
-				if _, cmd, _ := strings.Cut(p, ": "); strings.Contains(cmd, "launch.py") && !strings.Contains(cmd, "bwrap") {
-					n++
-				}
-			}
+			n := kernelsUnder(a.state)
 			if n != 2 {
 				return fmt.Sprintf("%d kernel processes", n)
 			}
