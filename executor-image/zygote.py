@@ -455,6 +455,16 @@ def run_kernel(req, zr):
 
     tempfile.tempdir = None
     launch.setup_environment()
+    # Modules imported in the zygote computed paths from its environment:
+    # jedi and parso (completion) cache under the zygote's HOME, which the
+    # child cannot write (completion then finds nothing).
+    parso_cache = sys.modules.get("parso.cache")
+    if parso_cache is not None:
+        parso_cache._default_cache_path = parso_cache._get_default_cache_path()
+    jedi_settings = sys.modules.get("jedi.settings")
+    if jedi_settings is not None:
+        jedi_settings.cache_directory = os.path.expanduser(
+            os.path.join(os.getenv("XDG_CACHE_HOME") or "~/.cache", "jedi"))
 
     import random
 
