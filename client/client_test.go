@@ -4,16 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/codegw/codegw"
-	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/app/apptest"
 	"github.com/codegw/codegw/client"
 )
 
@@ -21,27 +18,10 @@ import (
 // preloaded but matplotlib for the plot test) and one API key.
 func server(t *testing.T) string {
 	t.Helper()
-	state, err := os.MkdirTemp("", "cgcl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	c := app.DefaultConfig()
-	c.StateDir, c.Preload, c.PoolSize = state, []string{}, 2
-	c.ImageStorePath, c.FileStorePath = filepath.Join(t.TempDir(), "img"), filepath.Join(t.TempDir(), "files")
-	c.APIKeys = []string{"k1", "k2"}
-	a, err := app.Open(context.Background(), c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		a.Close()
-		t.Fatal(err)
-	}
-	go a.Serve(ln)
-	t.Cleanup(func() { a.Close() })
-	return "http://" + ln.Addr().String()
+	c := apptest.Config(t)
+	c.Preload, c.PoolSize, c.APIKeys = []string{}, 2, []string{"k1", "k2"}
+	_, base := apptest.Serve(t, c)
+	return base
 }
 
 func newClient(t *testing.T, base, key string) *client.Client {

@@ -2,7 +2,6 @@ package mcpserver_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/app/apptest"
 )
 
 // tsclient installs the official TypeScript MCP client (npm ci, once) and
@@ -53,27 +53,9 @@ var (
 // serveApp opens a gateway with key on a loopback port.
 func serveApp(t *testing.T, key string) (*app.App, string) {
 	t.Helper()
-	state, err := os.MkdirTemp("", "cgmcp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	c := app.DefaultConfig()
-	c.StateDir, c.PoolSize = state, 1
-	c.ImageStorePath, c.FileStorePath = filepath.Join(t.TempDir(), "img"), filepath.Join(t.TempDir(), "files")
+	c := apptest.Config(t)
 	c.APIKeys = []string{key}
-	a, err := app.Open(context.Background(), c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		a.Close()
-		t.Fatal(err)
-	}
-	go a.Serve(ln)
-	t.Cleanup(func() { a.Close() })
-	return a, "http://" + ln.Addr().String()
+	return apptest.Serve(t, c)
 }
 
 // runClient runs client.mjs and checks it passed every check.

@@ -2,10 +2,8 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,32 +15,17 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/app/apptest"
 )
 
 // cliGateway serves a gateway with key on a loopback port for the client
 // commands and returns the environment that points them at it.
 func cliGateway(t *testing.T, key string) (*app.App, []string) {
 	t.Helper()
-	state, err := os.MkdirTemp("", "cgcli")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	c := app.DefaultConfig()
-	c.StateDir, c.PoolSize, c.APIKeys = state, 1, []string{key}
-	c.ImageStorePath, c.FileStorePath = filepath.Join(t.TempDir(), "img"), filepath.Join(t.TempDir(), "files")
-	a, err := app.Open(context.Background(), c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		a.Close()
-		t.Fatal(err)
-	}
-	go a.Serve(ln)
-	t.Cleanup(func() { a.Close() })
-	return a, append(os.Environ(), "CODEGW_URL=http://"+ln.Addr().String(), "CODEGW_KEY="+key)
+	c := apptest.Config(t)
+	c.APIKeys = []string{key}
+	a, base := apptest.Serve(t, c)
+	return a, append(os.Environ(), "CODEGW_URL="+base, "CODEGW_KEY="+key)
 }
 
 // cli runs the binary and returns its stdout, stderr and exit status.
