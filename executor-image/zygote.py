@@ -12,11 +12,15 @@ protocol, like a kernel started by launch.py.
 Fork hygiene: the zygote creates no thread, no event loop, no ZeroMQ context
 and no jupyter_client Session; BLAS runs single-threaded (OPENBLAS_NUM_THREADS
 and friends are 1 before numpy loads), so no thread pool is torn by the fork.
-It checks that it has exactly one thread before it says it is ready. Each
-kernel is born in the child: IPKernelApp.clear_instance(), instance() and
-initialize() create the sockets, the IO and heartbeat threads and the loop
-there. Python's and numpy's global random generators are reseeded in the
-child and tempfile forgets the zygote's directory.
+It checks that it has exactly one thread before it says it is ready. The
+zygote prepares what of a kernel can cross a fork (prepare_kernel: the
+IPKernelApp with its parsed options and config, and the IPython shell); each
+child makes the rest (initialize_prepared: connection, ZeroMQ context and
+sockets, Session, heartbeat and IO threads, the kernel object, the loop) and
+points the shell at its own environment, directories and IPython profile.
+EXECUTOR_ZYGOTE_PREPARE=0 makes each child build its kernel whole instead.
+Python's and numpy's global random generators are reseeded in the child and
+tempfile forgets the zygote's directory.
 
 Descriptors (set by the provisioner):
 
@@ -149,8 +153,70 @@ def load():
             importlib.import_module(name)
         except Exception:
             pass
+    global PREPARED
+    if os.environ.get("EXECUTOR_ZYGOTE_PREPARE", "1") != "0":
+        try:
+            PREPARED = prepare_kernel()
+        except Exception as e:
+            log("kernel not prepared (each kernel builds it whole): %s: %s" % (type(e).__name__, e))
     gc.collect()
     gc.freeze()
+
+
+# (app, shell, excepthook) built by prepare_kernel, or None.
+PREPARED = None
+# The zygote's own __main__, which IPython's shell replaces in sys.modules.
+_MAIN = None
+
+
+def prepare_kernel():
+    """Build, once, the parts of a kernel that may cross a fork.
+
+    IPKernelApp.initialize() costs a forked child ~200 ms of CPU, most of it
+    copy-on-write faults as traitlets, IPython and zmq touch the zygote's
+    pages. Whatever holds no socket, thread, loop or process id is built
+    here instead and inherited by every child ready-made: the application
+    with its parsed command line and config files, and the IPython shell
+    (magics, completer, formatters, display hooks: InteractiveShell's
+    __init__ is most of the cost). The child makes the rest, see
+    initialize_prepared: the connection, the ZeroMQ sockets, the heartbeat
+    and IO threads, the Session (its pid check drops a forked process's
+    messages) and the kernel object, which ipykernel builds around the shell
+    it finds (ZMQInteractiveShell.instance() returns this one).
+
+    Nothing here creates a thread, socket or loop; run() checks that the
+    zygote still has one thread before it says it is ready.
+    """
+    global _MAIN
+    from ipykernel.compiler import XCachingCompiler
+    from ipykernel.kernelapp import IPKernelApp
+    from ipykernel.zmqshell import ZMQInteractiveShell
+
+    _MAIN = sys.modules.get("__main__")
+    hook = sys.excepthook
+    app = IPKernelApp.instance()
+    app._init_asyncio_patch()
+    # BaseIPythonApplication.initialize: the command line, the profile and
+    # config files (IPKernelApp.initialize would go on to the sockets).
+    super(IPKernelApp, app).initialize(KERNEL_ARGS)
+    app.init_pdb()
+    app.init_blackhole()
+    # IPython's crash handler, installed above, is the kernel's: the zygote
+    # keeps Python's.
+    kernel_hook, sys.excepthook = sys.excepthook, hook
+    shell = ZMQInteractiveShell.instance(
+        parent=app,
+        profile_dir=app.profile_dir,
+        user_module=None,
+        user_ns=app.user_ns,
+        kernel=None,
+        compiler_class=XCachingCompiler,
+    )
+    return app, shell, kernel_hook
+
+
+# The options every kernel gets (as launch.py gives them).
+KERNEL_ARGS = ["--HistoryManager.enabled=False", "--IPKernelApp.parent_handle=1"]
 
 
 def threads():
@@ -476,16 +542,69 @@ def run_kernel(req, zr):
         except Exception as e:
             log("numpy reseed failed: %s" % e)
 
-    from ipykernel.kernelapp import IPKernelApp
+    if PREPARED is not None:
+        app = initialize_prepared(req["conn"], *PREPARED)
+    else:
+        from ipykernel.kernelapp import IPKernelApp
 
-    IPKernelApp.clear_instance()
-    app = IPKernelApp.instance()
-    app.initialize(["-f", req["conn"], "--HistoryManager.enabled=False", "--IPKernelApp.parent_handle=1"])
+        IPKernelApp.clear_instance()
+        app = IPKernelApp.instance()
+        app.initialize(["-f", req["conn"]] + KERNEL_ARGS)
     if os.getpid() == 1:
         interrupt_as_init(app.kernel)
     launch.preload(app.shell)
     app.start()
     os._exit(0)
+
+
+def initialize_prepared(conn, app, shell, excepthook):
+    """Finish, in the child, the kernel prepare_kernel began in the zygote.
+
+    The rest of IPKernelApp.initialize(), in its order, plus what the shell
+    computed from the zygote's environment: the child's environment,
+    working and home directories and IPython directory differ.
+    """
+    import tempfile
+
+    from IPython.core.profiledir import ProfileDir
+    from IPython.utils.path import get_home_dir
+    from pickleshare import PickleShareDB
+
+    sys.excepthook = excepthook
+    shell.init_environment()
+    shell.starting_dir = os.getcwd()
+    shell.home_dir = get_home_dir()
+    shell.logger.home_dir = shell.home_dir
+    # The zygote's IPython directory is not the child's (nor, in the sandbox,
+    # even visible to it): the profile, %cd's bookmarks database and the
+    # extension directory move to the child's IPYTHONDIR.
+    ipython_dir = os.environ.get("IPYTHONDIR") or os.path.join(tempfile.gettempdir(), ".ipython")
+    profile = ProfileDir.create_profile_dir_by_name(ipython_dir, "default")
+    app.ipython_dir = shell.ipython_dir = ipython_dir
+    app.profile_dir = shell.profile_dir = profile
+    shell.db = PickleShareDB(os.path.join(profile.location, "db"))
+    app.connection_file = conn
+    app.init_connection_file()
+    app.init_poller()
+    app.init_sockets()
+    app.init_heartbeat()
+    app.write_connection_file()
+    app.log_connection_info()
+    app.init_io()
+    app.init_signal()
+    app.init_kernel()
+    # IPythonKernel took the prepared shell from ZMQInteractiveShell.instance(),
+    # which ignores the arguments naming the kernel.
+    shell.kernel = app.kernel
+    app.init_path()
+    app.init_shell()
+    if app.shell:
+        app.init_gui_pylab()
+        app.init_extensions()
+        app.init_code()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return app
 
 
 def interrupt_as_init(kernel):

@@ -3,6 +3,7 @@
 // process, on what gatewaybench does not measure:
 //
 //		go run ./bench/forkbench [-n 20] [-start fork,spawn] [-json]
+//		go run ./bench/forkbench -start fork,fork-whole   # what the zygote's prepared kernel saves
 //
 //	  - start to first answer: n kernels started one after the other with no
 //	    pool (a drained pool: what a burst of session creations meets), each
@@ -60,7 +61,7 @@ func main() {
 	flag.StringVar(&c.Python, "python", "/usr/bin/python3", "interpreter with ipykernel")
 	flag.StringVar(&c.Sandbox, "sandbox", local.SandboxAuto, "kernel sandbox: auto, bwrap or none")
 	flag.IntVar(&c.N, "n", 20, "kernels per mode")
-	flag.StringVar(&c.Start, "start", "fork,spawn", "KERNEL_START modes, in order")
+	flag.StringVar(&c.Start, "start", "fork,spawn", "KERNEL_START modes, in order (and fork-whole: fork without the zygote's prepared kernel)")
 	flag.BoolVar(&c.JSON, "json", false, "print JSON")
 	flag.BoolVar(&c.Verbose, "v", false, "log provisioner events")
 	flag.Parse()
@@ -96,9 +97,18 @@ func run(ctx context.Context, c config, out io.Writer) error {
 	return tw.Flush()
 }
 
-func measure(ctx context.Context, c config, start string, log *slog.Logger) (*Result, error) {
+// modeWhole is KERNEL_START=fork with EXECUTOR_ZYGOTE_PREPARE=0: each
+// child builds its kernel whole instead of finishing one the zygote
+// prepared (the zygote as it was before), to measure what preparing saves.
+const modeWhole = "fork-whole"
+
+func measure(ctx context.Context, c config, mode string, log *slog.Logger) (*Result, error) {
+	start, env := mode, map[string]string(nil)
+	if mode == modeWhole {
+		start, env = "fork", map[string]string{"EXECUTOR_ZYGOTE_PREPARE": "0"}
+	}
 	prov, err := local.New(local.Config{Python: c.Python, Sandbox: c.Sandbox, Start: start, Logger: log,
-		Memory: 1 << 30, PidsLimit: 256})
+		Memory: 1 << 30, PidsLimit: 256, Env: env})
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +116,7 @@ func measure(ctx context.Context, c config, start string, log *slog.Logger) (*Re
 	if prov.StartMode() != start {
 		return nil, fmt.Errorf("the provisioner fell back to %s", prov.StartMode())
 	}
-	fmt.Fprintf(os.Stderr, "forkbench: %s: %d kernels...\n", start, c.N)
+	fmt.Fprintf(os.Stderr, "forkbench: %s: %d kernels...\n", mode, c.N)
 	// One untimed kernel first, as a pool's first start would be.
 	if k, err := benchkit.Launch(ctx, prov, nil, log); err == nil {
 		k.Close(context.Background())
@@ -143,7 +153,7 @@ func measure(ctx context.Context, c config, start string, log *slog.Logger) (*Re
 	rss1, pss1, _ := benchkit.TreeMem()
 	n := float64(c.N)
 	return &Result{
-		Start: start, Limits: prov.LimitMode(), FirstAnswer: benchkit.Summarize(lat), CPUPerStart: cpu / n,
+		Start: mode, Limits: prov.LimitMode(), FirstAnswer: benchkit.Summarize(lat), CPUPerStart: cpu / n,
 		PSSPerMiB: float64(pss1-pss0) / n / (1 << 20), RSSPerMiB: float64(rss1-rss0) / n / (1 << 20),
 		Kernels: c.N, Load: benchkit.LoadAvg(),
 	}, nil

@@ -120,6 +120,25 @@ print(os.getpid(), os.getuid(), any("sleep" in c for c in cmds), len(pids) <= 3)
 			t.Errorf("same random numbers in two children: %v %v", fa, fb)
 		}
 	})
+	t.Run("prepared shell", func(t *testing.T) {
+		// The shell was built in the zygote (prepare_kernel): it must be
+		// wired to this child's kernel and see the child's environment.
+		execute(t, cb, "class Point:\n    pass\nimport pickle\nblob = pickle.dumps(Point())\nshell_x = 41")
+		got := lines(t, cb, `import os, sys, pickle
+ip = get_ipython()
+print(ip.kernel is not None and ip.kernel.shell is ip, os.getcwd(), ip.starting_dir, os.environ.get("PAGER"))
+print(type(pickle.loads(blob)).__name__, sys.modules["__main__"].__dict__ is ip.user_ns, ip.user_ns["shell_x"] + 1)
+print(os.path.isdir(ip.profile_dir.location), ip.profile_dir.location.startswith(os.environ["IPYTHONDIR"]))
+print(ip.home_dir == os.path.expanduser("~"), sys.excepthook is not sys.__excepthook__)`)
+		want := []string{"True /code /code cat", "Point True 42", "True True", "True True"}
+		if strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Errorf("prepared shell in the child:\n got %q\nwant %q", got, want)
+		}
+		// %cd and the completer work from the child's state.
+		if got := lines(t, cb, "%cd /tmp\nimport os; print(os.getcwd())"); got[len(got)-1] != "/tmp" {
+			t.Errorf("%%cd: %q", got)
+		}
+	})
 	t.Run("signals", func(t *testing.T) {
 		// b can neither signal a's processes nor end itself as pid 1.
 		got := lines(t, cb, fmt.Sprintf(`import os
