@@ -34,8 +34,8 @@ type Pool struct {
 
 	mu       sync.Mutex
 	ready    []*Kernel
+	waiters  []chan *Kernel // Acquire calls waiting, oldest first; each gets one kernel
 	starting int
-	avail    chan struct{} // closed and replaced when a kernel becomes ready
 	lastErr  error
 	failures int
 	closed   bool
@@ -50,7 +50,7 @@ func NewPool(cfg PoolConfig) *Pool {
 		cfg.Logger = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Pool{cfg: cfg, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), avail: make(chan struct{})}
+	p := &Pool{cfg: cfg, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
 	p.wg.Add(1)
 	go p.fill()
 	return p
@@ -112,13 +112,28 @@ func (p *Pool) startOne() {
 		return
 	}
 	p.failures, p.lastErr = 0, nil
-	p.ready = append(p.ready, k)
-	close(p.avail)
-	p.avail = make(chan struct{})
-	p.mu.Unlock()
 	p.cfg.Logger.Debug("pool: kernel ready", "kernel", k.ID(), "took", time.Since(begin))
+	if p.handOver(k) {
+		p.mu.Unlock()
+		return
+	}
+	p.ready = append(p.ready, k)
+	p.mu.Unlock()
 	p.wg.Add(1)
 	go p.guard(k)
+}
+
+// handOver gives k to the oldest waiting Acquire, if any, reporting
+// whether it did. Kernels go to callers in the order they asked: under
+// saturation no caller loses the race for every new kernel. p.mu is held.
+func (p *Pool) handOver(k *Kernel) bool {
+	if len(p.waiters) == 0 {
+		return false
+	}
+	w := p.waiters[0]
+	p.waiters = p.waiters[1:]
+	w <- k // buffered: never blocks
+	return true
 }
 
 // guard replaces k if it dies while it waits in the pool.
@@ -161,31 +176,70 @@ func (p *Pool) Acquire(ctx context.Context) (*Kernel, error) {
 			p.mu.Unlock()
 			return nil, fmt.Errorf("kernel pool: %w", ErrClosed)
 		}
-		if n := len(p.ready); n > 0 {
-			k := p.ready[0]
+		var k *Kernel
+		if len(p.ready) > 0 && len(p.waiters) == 0 {
+			k = p.ready[0]
 			p.ready = p.ready[1:]
 			p.mu.Unlock()
-			p.nudge()
-			if k.Err() != nil { // died between its guard's check and now
-				p.discard(k)
-				continue
-			}
-			return k, nil
-		}
-		avail := p.avail
-		p.mu.Unlock()
-		select {
-		case <-avail:
-		case <-ctx.Done():
-			p.mu.Lock()
-			lastErr := p.lastErr
+		} else {
+			w := make(chan *Kernel, 1)
+			p.waiters = append(p.waiters, w)
 			p.mu.Unlock()
-			if lastErr != nil {
-				return nil, fmt.Errorf("kernel pool: no kernel ready (last start failed: %v): %w", lastErr, ctx.Err())
+			var err error
+			if k, err = p.wait(ctx, w); err != nil {
+				return nil, err
 			}
-			return nil, fmt.Errorf("kernel pool: no kernel ready: %w", ctx.Err())
+		}
+		p.nudge()
+		if k.Err() != nil { // died between its guard's check and now
+			p.discard(k)
+			continue
+		}
+		return k, nil
+	}
+}
+
+// wait waits for the kernel handed to waiter w. On ctx's end it leaves the
+// queue; a kernel handed over meanwhile goes to the next in line.
+func (p *Pool) wait(ctx context.Context, w chan *Kernel) (*Kernel, error) {
+	select {
+	case k := <-w:
+		return k, nil
+	case <-ctx.Done():
+	case <-p.ctx.Done(): // the pool closed
+	}
+	p.mu.Lock()
+	for i, x := range p.waiters {
+		if x == w {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			break
 		}
 	}
+	lastErr := p.lastErr
+	var orphan *Kernel
+	select {
+	case k := <-w: // handed over just before we left the queue
+		switch {
+		case p.closed:
+			orphan = k
+		case !p.handOver(k):
+			p.ready = append([]*Kernel{k}, p.ready...)
+			p.wg.Add(1)
+			go p.guard(k)
+		}
+	default:
+	}
+	p.mu.Unlock()
+	if orphan != nil {
+		p.discard(orphan)
+	}
+	if ctx.Err() == nil {
+		return nil, fmt.Errorf("kernel pool: %w", ErrClosed)
+	}
+	if lastErr != nil {
+		return nil, fmt.Errorf("kernel pool: no kernel ready (last start failed: %v): %w", lastErr, ctx.Err())
+	}
+	return nil, fmt.Errorf("kernel pool: no kernel ready: %w", ctx.Err())
 }
 
 // PoolStats is a snapshot of the pool.
@@ -193,6 +247,7 @@ type PoolStats struct {
 	Ready    int    `json:"ready"`
 	Starting int    `json:"starting"`
 	Size     int    `json:"size"`
+	Waiting  int    `json:"waiting"` // Acquire calls waiting for a kernel
 	LastErr  string `json:"last_error,omitempty"`
 }
 
@@ -200,7 +255,7 @@ type PoolStats struct {
 func (p *Pool) Stats() PoolStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	s := PoolStats{Ready: len(p.ready), Starting: p.starting, Size: p.cfg.Size}
+	s := PoolStats{Ready: len(p.ready), Starting: p.starting, Size: p.cfg.Size, Waiting: len(p.waiters)}
 	if p.lastErr != nil {
 		s.LastErr = p.lastErr.Error()
 	}

@@ -2,6 +2,7 @@ package kernel_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -139,5 +140,97 @@ func TestPoolStartFailure(t *testing.T) {
 	}
 	if calls.Load() == 0 {
 		t.Error("pool never tried to start a kernel")
+	}
+}
+
+// Kernels go to waiting callers in the order they asked, and a caller that
+// gives up leaves the queue without taking a kernel from the next.
+func TestPoolFIFO(t *testing.T) {
+	dir, err := os.MkdirTemp("", "kp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	f := &poolFixture{dir: dir}
+	p := kernel.NewPool(kernel.PoolConfig{Size: 1, MaxStarting: 1, Launch: f.launch})
+	defer p.Close(context.Background())
+	waitFor(t, "pool to fill", func() bool { return p.Stats().Ready == 1 })
+	first, err := p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close(context.Background())
+
+	const n = 4
+	var (
+		mu    sync.Mutex
+		order []int
+		wg    sync.WaitGroup
+	)
+	// Caller 1 gives up while it waits; 0, 2 and 3 wait their turn.
+	giveUp, cancel := context.WithCancel(context.Background())
+	for i := range n {
+		ctx := context.Background()
+		if i == 1 {
+			ctx = giveUp
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k, err := p.Acquire(ctx)
+			if i == 1 {
+				if err == nil {
+					k.Close(context.Background())
+					t.Error("caller 1 got a kernel after giving up")
+				}
+				return
+			}
+			if err != nil {
+				t.Errorf("caller %d: %v", i, err)
+				return
+			}
+			mu.Lock()
+			order = append(order, i)
+			mu.Unlock()
+			k.Close(context.Background())
+		}()
+		// The next caller asks only once this one waits.
+		waitFor(t, "caller to wait", func() bool {
+			mu.Lock()
+			served := len(order)
+			mu.Unlock()
+			return p.Stats().Waiting+served >= i+1
+		})
+	}
+	cancel()
+	wg.Wait()
+	if fmt.Sprint(order) != "[0 2 3]" {
+		t.Errorf("kernels handed out in order %v, want [0 2 3]", order)
+	}
+	if s := p.Stats(); s.Waiting != 0 {
+		t.Errorf("%d waiters left", s.Waiting)
+	}
+}
+
+// Closing the pool ends the wait of callers that have no kernel yet.
+func TestPoolCloseWakesWaiters(t *testing.T) {
+	p := kernel.NewPool(kernel.PoolConfig{Size: 1, Launch: func(ctx context.Context) (*kernel.Kernel, error) {
+		<-ctx.Done() // never ready
+		return nil, ctx.Err()
+	}})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := p.Acquire(context.Background())
+		errc <- err
+	}()
+	waitFor(t, "caller to wait", func() bool { return p.Stats().Waiting == 1 })
+	p.Close(context.Background())
+	select {
+	case err := <-errc:
+		if !errors.Is(err, kernel.ErrClosed) {
+			t.Errorf("Acquire after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a waiting Acquire outlived the pool's Close")
 	}
 }
