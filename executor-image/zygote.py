@@ -212,6 +212,24 @@ def prepare_kernel():
         kernel=None,
         compiler_class=XCachingCompiler,
     )
+    # What IPKernelApp.initialize() does with the shell once the kernel has
+    # made it (init_shell and after): none of it needs the kernel. The
+    # startup code (init_code: startup files, exec_lines) runs here, once,
+    # in the zygote's environment.
+    app.shell = shell
+    shell.configurables.append(app)
+    app.init_path()
+    app.init_gui_pylab()
+    app.init_extensions()
+    app.init_code()
+    # The preload's inline matplotlib set-up (figure formats, the hook that
+    # sends figures after each cell) too. It asks the kernel for the inline
+    # backend's event loop, which is none: there is no kernel to ask yet.
+    shell.enable_gui = lambda gui=None: None
+    try:
+        launch.preload(shell)
+    finally:
+        del shell.enable_gui
     return app, shell, kernel_hook
 
 
@@ -552,7 +570,8 @@ def run_kernel(req, zr):
         app.initialize(["-f", req["conn"]] + KERNEL_ARGS)
     if os.getpid() == 1:
         interrupt_as_init(app.kernel)
-    launch.preload(app.shell)
+    if PREPARED is None:
+        launch.preload(app.shell)
     app.start()
     os._exit(0)
 
@@ -594,14 +613,9 @@ def initialize_prepared(conn, app, shell, excepthook):
     app.init_signal()
     app.init_kernel()
     # IPythonKernel took the prepared shell from ZMQInteractiveShell.instance(),
-    # which ignores the arguments naming the kernel.
+    # which ignores the arguments naming the kernel. The shell's own set-up
+    # (init_shell to init_code, and the preload's) was done in the zygote.
     shell.kernel = app.kernel
-    app.init_path()
-    app.init_shell()
-    if app.shell:
-        app.init_gui_pylab()
-        app.init_extensions()
-        app.init_code()
     sys.stdout.flush()
     sys.stderr.flush()
     return app
