@@ -73,16 +73,16 @@ type Config struct {
 	LogFormat string `env:"LOG_FORMAT"` // text | json (read by cmd/codegw)
 
 	// Operations: see package metrics and gateway's quotas and drain.
-	MetricsKey          string        `env:"METRICS_KEY"`            // bearer token for /metrics; empty: loopback callers only
-	RateLimit           float64       `env:"RATE_LIMIT"`             // API requests per second per key; 0: unlimited
-	RateBurst           int           `env:"RATE_BURST"`             // token bucket size; 0: one second's worth
-	MaxExecutionsPerKey int           `env:"MAX_EXECUTIONS_PER_KEY"` // executions at once per key, every way in; 0: unlimited
+	MetricsKey          string  `env:"METRICS_KEY"`            // bearer token for /metrics; empty: loopback callers only
+	RateLimit           float64 `env:"RATE_LIMIT"`             // API requests per second per key; 0: unlimited
+	RateBurst           int     `env:"RATE_BURST"`             // token bucket size; 0: one second's worth
+	MaxExecutionsPerKey int     `env:"MAX_EXECUTIONS_PER_KEY"` // executions at once per key, every way in; 0: unlimited
 	// MaxKernelMemoryPerKey bounds the memory of the kernels one key holds
 	// on this instance (sessions, stateless executions), each counted at
 	// KERNEL_MEMORY; 0: unlimited. It needs a per-kernel limit the
 	// executor enforces: Open refuses it for kernels without one.
 	MaxKernelMemoryPerKey Bytes         `env:"MAX_KERNEL_MEMORY_PER_KEY"`
-	DrainTimeout        time.Duration `env:"DRAIN_TIMEOUT"`          // how long SIGTERM waits for running executions
+	DrainTimeout          time.Duration `env:"DRAIN_TIMEOUT"` // how long SIGTERM waits for running executions
 
 	// Multi-instance (REDIS_URL set): see package cluster.
 	InternalAddr  string        `env:"INTERNAL_ADDR"`  // URL other instances reach this one at; "{ip}" is this host's address

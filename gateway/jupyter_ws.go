@@ -339,7 +339,7 @@ func (b *bridge) refuse(to *jconn, req *kernel.RawMessage, err error) {
 	reply := map[string]any{"status": "error", "execution_count": nil, "ename": ename, "evalue": evalue, "traceback": failure["traceback"]}
 	msgs := []struct {
 		channel, typ string
-		content  any
+		content      any
 	}{
 		{kernel.IOPub, "status", map[string]string{"execution_state": "busy"}},
 		{kernel.IOPub, "error", failure},
