@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -588,4 +589,74 @@ func TestWebsocketQuotasAndDrain(t *testing.T) {
 			t.Errorf("executions held after the drain: %+v", u)
 		}
 	})
+}
+
+// bearer adds an API key to every request of an HTTP client.
+type bearer struct{ key string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.key)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestMCPQuotaAndDrain checks that MCP tool calls count against
+// MAX_EXECUTIONS_PER_KEY with REST ones, fresh (stateless) and in the MCP
+// session's kernel alike, and are refused while the instance drains: the
+// refusal is an error result the model can read, and the MCP session
+// stays usable.
+func TestMCPQuotaAndDrain(t *testing.T) {
+	e := newEnv(t, envOptions{keys: []string{"mk"}, poolSize: 2, tune: func(c *app.Config) { c.MaxExecutionsPerKey = 1 }})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	client := mcp.NewClient(&mcp.Implementation{Name: "ops-test", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: e.base + "/mcp",
+		HTTPClient: &http.Client{Transport: bearer{"mk"}}, DisableStandaloneSSE: true}, nil)
+	if err != nil {
+		t.Fatalf("MCP connect: %v", err)
+	}
+	defer cs.Close()
+	call := func(code string, fresh bool) (string, bool) {
+		t.Helper()
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "execute_python", Arguments: map[string]any{"code": code, "fresh": fresh}})
+		if err != nil {
+			t.Fatalf("execute_python: %v", err)
+		}
+		var text strings.Builder
+		for _, c := range res.Content {
+			if tc, ok := c.(*mcp.TextContent); ok {
+				text.WriteString(tc.Text)
+			}
+		}
+		return text.String(), res.IsError
+	}
+	if text, isErr := call("print(6*7)", false); isErr || !strings.Contains(text, "42") {
+		t.Fatalf("first call: %q (error %v)", text, isErr)
+	}
+	slow := make(chan int, 1)
+	go func() {
+		st, _ := e.post("/api/v1/execute", map[string]any{"code": "import time; time.sleep(3)"}, &codegw.ExecuteResult{})
+		slow <- st
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for e.mgr.Stats().Executions == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, fresh := range []bool{false, true} {
+		if text, isErr := call("print(1)", fresh); !isErr || !strings.Contains(text, "at most 1 executions at once per key") {
+			t.Errorf("MCP call (fresh %v) while the key's REST execution runs: %q (error %v); want the quota's refusal", fresh, text, isErr)
+		}
+	}
+	if st := <-slow; st != 200 {
+		t.Errorf("the REST execution: %d", st)
+	}
+	if text, isErr := call("print(7*6)", false); isErr || !strings.Contains(text, "42") {
+		t.Errorf("MCP call after the slot came back: %q (error %v)", text, isErr)
+	}
+	if !e.app.Drain(30 * time.Second) {
+		t.Error("Drain timed out with nothing running")
+	}
+	if text, isErr := call("print(1)", false); !isErr || !strings.Contains(text, "shutting down") {
+		t.Errorf("MCP call while draining: %q (error %v); want the drain's refusal", text, isErr)
+	}
 }
