@@ -461,7 +461,10 @@ func (s *Server) stream(c *fiber.Ctx, events chan codegw.Event, wait func() (*co
 	c.Set(fiber.HeaderContentType, "application/x-ndjson")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set("X-Accel-Buffering", "no")
+	ended := make(chan struct{}) // for the request line (see observe)
+	c.Locals(localStream, ended)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
+		defer close(ended)
 		type outcome struct {
 			res *codegw.ExecuteResult
 			err error

@@ -36,6 +36,13 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+// String returns what was written so far.
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // lines parses the JSON log lines written so far.
 func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 	t.Helper()
@@ -152,7 +159,7 @@ func TestMetricsAndRequestLogs(t *testing.T) {
 	// execution the events carry.
 	ndjsonExec := map[string]string{}
 	for rid, path := range map[string]string{"req-ndjson-s": "/api/v1/sessions/" + sess.ID + "/execute", "req-ndjson-x": "/api/v1/execute"} {
-		hreq, _ := http.NewRequest("POST", e.base+path+"?stream=1", strings.NewReader(`{"code":"print(7)"}`))
+		hreq, _ := http.NewRequest("POST", e.base+path+"?stream=1", strings.NewReader(`{"code":"import time; time.sleep(0.5); print(7)"}`))
 		hreq.Header.Set("Authorization", "Bearer secret-key-1")
 		hreq.Header.Set("X-Request-Id", rid)
 		resp, err := http.DefaultClient.Do(hreq)
@@ -259,11 +266,19 @@ func TestMetricsAndRequestLogs(t *testing.T) {
 		if kernelLine == nil || kernelLine["execution"] != exec || kernelLine["session"] != sess.ID || kernelLine["kernel"] == nil {
 			t.Errorf("execution line %v does not carry the request's ids (execution %q)", kernelLine, exec)
 		}
+		// A stream's line is written when the stream ends, just after the
+		// client read its last line.
+		for i := 0; i < 100 && !strings.Contains(logs.String(), `"request_id":"req-ndjson-x","method"`); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
 		for _, l := range logs.lines(t) {
 			rid, _ := l["request_id"].(string)
 			if want, ok := ndjsonExec[rid]; ok && l["msg"] == "request" {
 				if l["execution"] != want {
 					t.Errorf("NDJSON request line %v: execution %v; want %q", l, l["execution"], want)
+				}
+				if d, _ := l["duration"].(float64); d < 0.5e9 {
+					t.Errorf("NDJSON request line %v: duration %v ns; want the whole stream's (over 0.5 s)", l, l["duration"])
 				}
 				delete(ndjsonExec, rid)
 			}
