@@ -93,6 +93,17 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		})
 	}
 
+	limitMode := "" // Docker enforces KERNEL_MEMORY
+	if m, ok := a.prov.(startModer); ok {
+		limitMode = m.LimitMode()
+	}
+	if limitMode == "none" && cfg.MemoryBytes > 0 {
+		if cfg.MaxKernelMemoryPerKey > 0 {
+			return nil, fmt.Errorf("MAX_KERNEL_MEMORY_PER_KEY is set but kernels are spawned (KERNEL_START=spawn, or the fork server is unavailable: it needs root to sandbox), and spawned kernels have no memory limit: KERNEL_MEMORY would not be enforced; unset MAX_KERNEL_MEMORY_PER_KEY or run with forked kernels or Docker")
+		}
+		log.Warn("KERNEL_MEMORY is not enforced: spawned kernels have no memory limit (forked kernels and Docker containers do)", "memory_bytes", int64(cfg.MemoryBytes))
+	}
+
 	var seq atomic.Uint64
 	runID := codegw.NewID()[:6] // replicas of a compose service share STATE_DIR: kernel ids must not collide
 	launch := func(ctx context.Context) (*kernel.Kernel, error) {
@@ -157,6 +168,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		MaxWorkers: cfg.MaxWorkers, MaxQueue: cfg.MaxQueue, QueueTimeout: cfg.QueueTimeout,
 		MaxSessions: cfg.MaxSessions, MaxSessionsPerKey: cfg.MaxSessionsPerKey, SessionIdle: cfg.SessionIdle,
 		ReplayEvents: cfg.ReplayEvents, Logger: log, Metrics: a.Metrics,
+		MaxExecutionsPerKey: cfg.MaxExecutionsPerKey, KernelMemory: int64(cfg.MemoryBytes), MaxKernelMemoryPerKey: int64(cfg.MaxKernelMemoryPerKey),
 	})
 	if err != nil {
 		return nil, err
@@ -166,7 +178,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	if caps == nil {
 		c := &capabilities{cfg: cfg, launch: launch, log: log}
 		if m, ok := a.prov.(startModer); ok {
-			c.start, c.limitMode = m.StartMode(), m.LimitMode()
+			c.start, c.limitMode = m.StartMode(), limitMode
 		}
 		a.bg.Add(1)
 		go func() { defer a.bg.Done(); c.probe(bgCtx) }()
@@ -177,7 +189,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		BodyLimit: cfg.BodyLimit, UploadLimit: cfg.UploadLimit, PingInterval: cfg.PingInterval,
 		Capabilities: caps, Ready: a.ready, Logger: log, Router: router,
 		Metrics: a.Metrics, MetricsKey: cfg.MetricsKey,
-		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst, MaxExecutionsPerKey: cfg.MaxExecutionsPerKey,
+		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
 		MCP: mcpserver.NewHandler(&mcpserver.Config{Backend: mcpserver.Manager{M: a.Manager, UploadLimit: cfg.UploadLimit}, Fetcher: fetcher},
 			mcpserver.HandlerOptions{SessionTimeout: cfg.SessionIdle, BaseURL: cfg.PublicBaseURL}),
 	})

@@ -119,6 +119,9 @@ func TestOpenRefuses(t *testing.T) {
 			c.Host, c.APIKeys, c.RedisURL = "0.0.0.0", []string{"k"}, redisURL
 		}, "INTERNAL_ADDR"},
 		{"an unreachable Redis", func(c *app.Config) { c.RedisURL = "redis://127.0.0.1:1/0" }, "unavailable"},
+		{"kernel memory per key on spawned kernels, which have no memory limit", func(c *app.Config) {
+			c.KernelStart, c.MaxKernelMemoryPerKey = "spawn", 4<<30
+		}, "KERNEL_MEMORY would not be enforced"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -85,6 +85,10 @@ func (c *capabilities) get() any {
 			"max_sessions_per_key":      c.cfg.MaxSessionsPerKey,
 			"session_idle_timeout":      c.cfg.SessionIdle.Seconds(),
 			"memory_bytes":              c.cfg.MemoryBytes,
+			"memory_enforced":           c.cfg.MemoryBytes > 0 && c.limitMode != "none",
+			"max_kernel_memory_per_key": c.cfg.MaxKernelMemoryPerKey,
+			"max_executions_per_key":    c.cfg.MaxExecutionsPerKey,
+			"rate_limit":                c.cfg.RateLimit,
 			"pids_limit":                c.cfg.PidsLimit,
 		},
 	}

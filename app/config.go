@@ -73,11 +73,16 @@ type Config struct {
 	LogFormat string `env:"LOG_FORMAT"` // text | json (read by cmd/codegw)
 
 	// Operations: see package metrics and gateway's quotas and drain.
-	MetricsKey          string        `env:"METRICS_KEY"`            // bearer token for /metrics; empty: loopback callers only
-	RateLimit           float64       `env:"RATE_LIMIT"`             // API requests per second per key; 0: unlimited
-	RateBurst           int           `env:"RATE_BURST"`             // token bucket size; 0: one second's worth
-	MaxExecutionsPerKey int           `env:"MAX_EXECUTIONS_PER_KEY"` // REST/NDJSON executions at once per key; 0: unlimited
-	DrainTimeout        time.Duration `env:"DRAIN_TIMEOUT"`          // how long SIGTERM waits for running executions
+	MetricsKey          string  `env:"METRICS_KEY"`            // bearer token for /metrics; empty: loopback callers only
+	RateLimit           float64 `env:"RATE_LIMIT"`             // API requests per second per key; 0: unlimited
+	RateBurst           int     `env:"RATE_BURST"`             // token bucket size; 0: one second's worth
+	MaxExecutionsPerKey int     `env:"MAX_EXECUTIONS_PER_KEY"` // executions at once per key, every way in; 0: unlimited
+	// MaxKernelMemoryPerKey bounds the memory of the kernels one key holds
+	// on this instance (sessions, stateless executions), each counted at
+	// KERNEL_MEMORY; 0: unlimited. It needs a per-kernel limit the
+	// executor enforces: Open refuses it for kernels without one.
+	MaxKernelMemoryPerKey Bytes         `env:"MAX_KERNEL_MEMORY_PER_KEY"`
+	DrainTimeout          time.Duration `env:"DRAIN_TIMEOUT"` // how long SIGTERM waits for running executions
 
 	// Multi-instance (REDIS_URL set): see package cluster.
 	InternalAddr  string        `env:"INTERNAL_ADDR"`  // URL other instances reach this one at; "{ip}" is this host's address
@@ -164,6 +169,11 @@ func (c Config) Validate() error {
 	check(c.RateBurst < 0, "RATE_BURST must not be negative")
 	check(c.MaxExecutionsPerKey < 0, "MAX_EXECUTIONS_PER_KEY must not be negative")
 	check(c.DrainTimeout < 0, "DRAIN_TIMEOUT must not be negative")
+	check(c.MemoryBytes < 0, "KERNEL_MEMORY must not be negative")
+	check(c.MaxKernelMemoryPerKey < 0, "MAX_KERNEL_MEMORY_PER_KEY must not be negative")
+	check(c.MaxKernelMemoryPerKey > 0 && c.MemoryBytes == 0, "MAX_KERNEL_MEMORY_PER_KEY needs KERNEL_MEMORY, the limit each kernel counts for")
+	check(c.MaxKernelMemoryPerKey > 0 && c.MemoryBytes > 0 && c.MaxKernelMemoryPerKey < c.MemoryBytes,
+		"MAX_KERNEL_MEMORY_PER_KEY (%d bytes) is less than one kernel's KERNEL_MEMORY (%d bytes): no key could run anything", c.MaxKernelMemoryPerKey, c.MemoryBytes)
 	var level slog.Level
 	check(level.UnmarshalText([]byte(c.LogLevel)) != nil, "LOG_LEVEL must be debug, info, warn or error, not %q", c.LogLevel)
 	return errors.Join(errs...)

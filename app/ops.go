@@ -24,13 +24,15 @@ func (a *App) watch() {
 }
 
 // Drain stops taking new work and waits, up to timeout, for the running
-// executions to finish: /readyz fails at once, new executions and sessions
-// are refused with 503, and executions in flight (REST, NDJSON and
-// websocket) run on. Close then ends the sessions (websocket clients are
+// executions to finish: /readyz fails at once, new executions (every way
+// in: REST, NDJSON, websockets, Jupyter, MCP) and sessions are refused
+// with 503 or an error message in the protocol at hand, and executions in
+// flight, queued ones included, run on. Close then ends the sessions (websocket clients are
 // told the server is shutting down), leaves the registry and stops every
 // kernel. Drain reports whether everything finished in time.
 func (a *App) Drain(timeout time.Duration) bool {
 	a.gateway.Drain()
+	a.Manager.Drain()
 	a.log.Info("draining: new work is refused", "timeout", timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -38,7 +40,7 @@ func (a *App) Drain(timeout time.Duration) bool {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for err == nil {
-		if s := a.Manager.Stats(); s.Busy == 0 && s.Waiting == 0 {
+		if s := a.Manager.Stats(); s.Busy == 0 && s.Waiting == 0 && s.Executions == 0 {
 			break
 		}
 		select {
@@ -49,7 +51,7 @@ func (a *App) Drain(timeout time.Duration) bool {
 	}
 	if err != nil {
 		s := a.Manager.Stats()
-		a.log.Warn("drain timed out: executions still running are stopped", "busy", s.Busy, "waiting", s.Waiting)
+		a.log.Warn("drain timed out: executions still running are stopped", "busy", s.Busy, "waiting", s.Waiting, "executions", s.Executions)
 		return false
 	}
 	a.log.Info("drained: no execution running")

@@ -66,9 +66,6 @@ type Config struct {
 	// unlimited), RateBurst the bucket's size (0: one second's worth).
 	RateLimit float64
 	RateBurst int
-	// MaxExecutionsPerKey bounds the REST and NDJSON executions a key runs
-	// at once (0: unlimited).
-	MaxExecutionsPerKey int
 }
 
 // Router forwards requests for sessions other instances hold and lists
@@ -116,7 +113,7 @@ func New(cfg Config) *Server {
 		cfg.PingInterval = 20 * time.Second
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{},
-		quotas: newQuotas(cfg.RateLimit, cfg.RateBurst, cfg.MaxExecutionsPerKey)}
+		quotas: newQuotas(cfg.RateLimit, cfg.RateBurst)}
 	if cfg.Metrics != nil {
 		s.promHandler = adaptor.HTTPHandler(cfg.Metrics.Handler())
 	}
@@ -243,6 +240,8 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	if status == 0 {
 		status = fiber.StatusInternalServerError
 	}
+	noteLimit(c, err)
+	noteLimit(c, err)
 	if code == codegw.EINTERNAL {
 		s.log.Error("internal error", "method", c.Method(), "path", c.Path(), "err", err)
 	}
@@ -399,13 +398,25 @@ func wantsStream(c *fiber.Ctx) bool {
 }
 
 func (s *Server) execute(c *fiber.Ctx) error {
-	return s.answerExecute(c, s.cfg.Manager.Execute)
+	return s.answerExecute(c, func(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (string, func() (*codegw.ExecuteResult, error), error) {
+		r, err := s.cfg.Manager.Reserve(owner(c))
+		if err != nil {
+			return "", nil, err
+		}
+		return r.ID(), func() (*codegw.ExecuteResult, error) { return r.Execute(ctx, req, emit) }, nil
+	})
 }
 
-// answerExecute answers an execute call with run (stateless, or a
-// session's): it decodes the body, holds one of the caller's executions
-// while run goes, and answers NDJSON events or one JSON answer.
-func (s *Server) answerExecute(c *fiber.Ctx, run func(context.Context, codegw.ExecuteRequest, func(codegw.Event)) (*codegw.ExecuteResult, error)) error {
+// starter takes an execution's place (its key's quotas, a session's
+// queue) and returns its id and a wait that runs it to its answer. A
+// refusal comes from the starter itself, in time for a 4xx.
+type starter func(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (id string, wait func() (*codegw.ExecuteResult, error), err error)
+
+// answerExecute answers an execute call started by start (stateless, or a
+// session's): it decodes the body, holds the execution for the drain while
+// it goes, and answers NDJSON events or one JSON answer. Refusals are
+// answered before a stream starts; the request line names the execution.
+func (s *Server) answerExecute(c *fiber.Ctx, start starter) error {
 	req, err := s.decodeExecute(c)
 	if err != nil {
 		return err
@@ -414,40 +425,53 @@ func (s *Server) answerExecute(c *fiber.Ctx, run func(context.Context, codegw.Ex
 	if err != nil {
 		return err
 	}
+	// fasthttp does not cancel on disconnect: the execution's own deadline
+	// bounds it. The user context carries only the log ids.
+	ctx := c.UserContext()
+	var events chan codegw.Event
+	var emit func(codegw.Event)
 	if wantsStream(c) {
-		return s.stream(c, func(ctx context.Context, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+		events = make(chan codegw.Event, 256)
+		emit = func(ev codegw.Event) { events <- ev }
+	}
+	id, wait, err := start(ctx, req, emit)
+	if err != nil {
+		release()
+		return err
+	}
+	c.Locals(localExecution, id)
+	if events != nil {
+		return s.stream(c, events, func() (*codegw.ExecuteResult, error) {
 			defer release()
-			return run(ctx, req, emit)
+			return wait()
 		})
 	}
 	defer release()
-	// fasthttp does not cancel on disconnect: the execution's own deadline
-	// bounds it. The user context carries only the log ids.
-	res, err := run(c.UserContext(), req, noteExecution(c, nil))
+	res, err := wait()
 	if err != nil {
 		return err
 	}
 	return c.JSON(res)
 }
 
-// stream answers with NDJSON: one event per line, flushed as it happens,
-// and the full answer as the last line {"type":"response",...}.
-func (s *Server) stream(c *fiber.Ctx, run func(context.Context, func(codegw.Event)) (*codegw.ExecuteResult, error)) error {
+// stream answers with NDJSON: one event per line (from events, which the
+// execution's emit fills), flushed as it happens, and the full answer of
+// wait as the last line {"type":"response",...}.
+func (s *Server) stream(c *fiber.Ctx, events chan codegw.Event, wait func() (*codegw.ExecuteResult, error)) error {
 	c.Set(fiber.HeaderContentType, "application/x-ndjson")
 	c.Set(fiber.HeaderCacheControl, "no-cache")
 	c.Set("X-Accel-Buffering", "no")
-	ctx := c.UserContext() // the log ids; c is not valid in the writer
+	ended := make(chan struct{}) // for the request line (see observe)
+	c.Locals(localStream, ended)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		events := make(chan codegw.Event, 256)
+		defer close(ended)
 		type outcome struct {
 			res *codegw.ExecuteResult
 			err error
 		}
 		done := make(chan outcome, 1)
 		go func() {
-			res, err := run(ctx, func(ev codegw.Event) {
-				events <- ev
-			})
+			res, err := wait()
 			done <- outcome{res, err}
 		}()
 		enc := json.NewEncoder(w)

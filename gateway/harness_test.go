@@ -31,6 +31,7 @@ type env struct {
 	files  *files.Store
 	keys   []string
 	prov   kernel.Provisioner
+	app    *app.App
 }
 
 type envOptions struct {
@@ -132,7 +133,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	go a.Serve(ln)
-	e := &env{t: t, base: "http://" + ln.Addr().String(), mgr: a.Manager, pool: a.Pool, images: a.Images, files: a.Files, keys: o.keys, prov: prov}
+	e := &env{t: t, base: "http://" + ln.Addr().String(), mgr: a.Manager, pool: a.Pool, images: a.Images, files: a.Files, keys: o.keys, prov: prov, app: a}
 	t.Cleanup(func() { a.Close() })
 	return e
 }

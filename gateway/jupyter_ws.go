@@ -56,7 +56,7 @@ func (bs *bridges) open(s *Server, sess *session.Session) *bridge {
 	if b := bs.m[sess.ID()]; b != nil {
 		return b
 	}
-	b := &bridge{s: s, sess: sess, conns: map[*jconn]bool{}, routes: map[string]*jconn{}}
+	b := &bridge{s: s, sess: sess, conns: map[*jconn]bool{}, routes: map[string]*jconn{}, holds: map[string]hold{}}
 	bs.m[sess.ID()] = b
 	go func() {
 		// A kernel busy for Jupyter clients is active even when its code
@@ -94,8 +94,29 @@ type bridge struct {
 	client *kernel.Client // the Kernel's Client when raw was dialed: a new one means a restart
 	conns  map[*jconn]bool
 	routes map[string]*jconn // request msg_id -> the websocket that sent it
-	state  string            // the latest execution_state on iopub
+	// holds are the execute_requests counted against the key's executions
+	// (and the drain) until their execute_reply, by msg_id.
+	holds  map[string]hold
+	state  string // the latest execution_state on iopub
 	closed bool
+}
+
+// hold is one execute_request's place among its key's executions.
+type hold struct {
+	from    *jconn
+	release func()
+}
+
+// releaseHolds gives back the places of the execute_requests that will
+// not be answered (the kernel died or restarted, the bridge closed), or,
+// with from set, those of one websocket that left. Called with b.mu held.
+func (b *bridge) releaseHolds(from *jconn) {
+	for id, h := range b.holds {
+		if from == nil || h.from == from {
+			h.release()
+			delete(b.holds, id)
+		}
+	}
 }
 
 func (b *bridge) stats() (string, int) {
@@ -160,6 +181,11 @@ func (b *bridge) watch(raw *kernel.RawConn, c *kernel.Client) {
 	if errors.Is(c.Err(), kernel.ErrDied) { // not a restart: the gateway closes the old Client first
 		b.broadcastStatus("dead")
 	}
+	if c.Err() != nil { // dead or restarted: the requests sent to it get no reply
+		b.mu.Lock()
+		b.releaseHolds(nil)
+		b.mu.Unlock()
+	}
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -186,6 +212,7 @@ func (b *bridge) watch(raw *kernel.RawConn, c *kernel.Client) {
 func (b *bridge) close() {
 	b.mu.Lock()
 	b.closed = true
+	b.releaseHolds(nil)
 	raw := b.raw
 	conns := make([]*jconn, 0, len(b.conns))
 	for c := range b.conns {
@@ -231,6 +258,10 @@ func (b *bridge) deliver(channel string, m *kernel.RawMessage) {
 	}
 	if channel != kernel.Stdin && strings.HasSuffix(ids.MsgType, "_reply") {
 		delete(b.routes, parent)
+		if h, ok := b.holds[parent]; ok {
+			h.release()
+			delete(b.holds, parent)
+		}
 	}
 	c.push(out)
 }
@@ -252,25 +283,80 @@ func (b *bridge) broadcastStatus(state string) {
 	}
 }
 
-// send passes a websocket's message to the kernel.
+// send passes a websocket's message to the kernel. An execute_request
+// counts against its key's executions until its reply; one refused (the
+// quota, the drain) is answered as the kernel would answer an error, to
+// the sender only, and the websocket stays open.
 func (b *bridge) send(from *jconn, channel string, m *kernel.RawMessage, ids kernel.RawIDs) error {
 	if err := b.ensure(context.Background()); err != nil {
 		return err
+	}
+	var release func()
+	if channel == kernel.Shell && ids.MsgType == "execute_request" {
+		var err error
+		if release, err = b.s.cfg.Manager.HoldExecution(b.sess.Owner()); err != nil {
+			b.refuse(from, m, err)
+			return nil
+		}
 	}
 	b.mu.Lock()
 	raw := b.raw
 	if channel != kernel.Stdin {
 		b.routes[ids.MsgID] = from
 	}
+	if release != nil {
+		if old, ok := b.holds[ids.MsgID]; ok { // a client reusing a msg_id
+			old.release()
+		}
+		b.holds[ids.MsgID] = hold{from: from, release: release}
+	}
 	b.mu.Unlock()
 	b.sess.Touch()
 	if err := raw.Send(channel, m); err != nil {
 		b.mu.Lock()
 		delete(b.routes, ids.MsgID)
+		if h, ok := b.holds[ids.MsgID]; ok {
+			h.release()
+			delete(b.holds, ids.MsgID)
+		}
 		b.mu.Unlock()
 		return codegw.WrapError(codegw.EUNAVAILABLE, err, "kernel %q did not take the message", b.sess.ID())
 	}
 	return nil
+}
+
+// refuse answers a refused execute_request in the protocol: iopub status
+// busy, an error (ename LimitError for a quota, Unavailable otherwise),
+// status idle, and an execute_reply with status error, all with the
+// request as parent, so a client waiting for the reply or for idle stops.
+func (b *bridge) refuse(to *jconn, req *kernel.RawMessage, err error) {
+	ename := "Unavailable"
+	if codegw.ErrorCode(err) == codegw.ELIMIT {
+		ename = "LimitError"
+	}
+	evalue := codegw.ErrorMessage(err)
+	failure := map[string]any{"ename": ename, "evalue": evalue, "traceback": []string{ename + ": " + evalue}}
+	reply := map[string]any{"status": "error", "execution_count": nil, "ename": ename, "evalue": evalue, "traceback": failure["traceback"]}
+	msgs := []struct {
+		channel, typ string
+		content      any
+	}{
+		{kernel.IOPub, "status", map[string]string{"execution_state": "busy"}},
+		{kernel.IOPub, "error", failure},
+		{kernel.IOPub, "status", map[string]string{"execution_state": "idle"}},
+		{kernel.Shell, "execute_reply", reply},
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, x := range msgs {
+		msg, err := kernel.NewMessage(b.sess.ID(), x.typ, x.content)
+		if err != nil {
+			return
+		}
+		h, _ := json.Marshal(msg.Header)
+		to.push(outMsg{channel: x.channel, ids: kernel.RawIDs{MsgID: msg.Header.MsgID, MsgType: x.typ},
+			m: &kernel.RawMessage{Header: h, ParentHeader: req.Header, Metadata: json.RawMessage("{}"), Content: msg.Content}})
+	}
 }
 
 func (b *bridge) join(c *jconn) {
@@ -282,6 +368,7 @@ func (b *bridge) join(c *jconn) {
 func (b *bridge) leave(c *jconn) {
 	b.mu.Lock()
 	delete(b.conns, c)
+	b.releaseHolds(c)
 	for id, rc := range b.routes {
 		if rc == c {
 			delete(b.routes, id)

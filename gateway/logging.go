@@ -22,7 +22,8 @@ const RequestIDHeader = "X-Request-Id"
 const (
 	localSession   = "log_session"
 	localExecution = "log_execution"
-	localLimit     = "log_limit" // which limit refused the request (metrics label)
+	localLimit     = "log_limit"  // which limit refused the request (metrics label)
+	localStream    = "log_stream" // a chan closed when the response's body stream ends
 )
 
 // observe runs first on every request: it names the request with an id
@@ -46,7 +47,6 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	status := c.Response().StatusCode()
 	method := strings.Clone(c.Method()) // fasthttp reuses its bytes; labels are kept
 	route := routeOf(c)
-	took := time.Since(start)
 	if status == fiber.StatusTooManyRequests {
 		limit, _ := c.Locals(localLimit).(string)
 		if limit == "" {
@@ -54,11 +54,10 @@ func (s *Server) observe(c *fiber.Ctx) error {
 		}
 		s.cfg.Metrics.Refused(limit)
 	}
-	s.cfg.Metrics.Request(method, route, status, took)
 
 	attrs := make([]slog.Attr, 0, 10)
 	attrs = append(attrs, slog.String("request_id", rid), slog.String("method", method),
-		slog.String("route", route), slog.Int("status", status), slog.Duration("duration", took))
+		slog.String("route", route), slog.Int("status", status))
 	if o := owner(c); o != "" {
 		attrs = append(attrs, slog.String("key_id", o)) // a hash of the key, never the key
 	}
@@ -75,7 +74,19 @@ func (s *Server) observe(c *fiber.Ctx) error {
 	if route == "/healthz" || route == "/readyz" || route == "/metrics" {
 		level = slog.LevelDebug // probes every few seconds would drown the rest
 	}
-	s.log.LogAttrs(context.Background(), level, "request", attrs...) // rid is in attrs already
+	finish := func() {
+		took := time.Since(start)
+		s.cfg.Metrics.Request(method, route, status, took)
+		attrs = append(attrs, slog.Duration("duration", took))
+		s.log.LogAttrs(context.Background(), level, "request", attrs...) // rid is in attrs already
+	}
+	// An NDJSON answer is written after the handler returned: its line and
+	// duration wait for the stream's end (the writer always runs to it).
+	if done, ok := c.Locals(localStream).(chan struct{}); ok && err == nil {
+		go func() { <-done; finish() }()
+	} else {
+		finish()
+	}
 	return nil
 }
 

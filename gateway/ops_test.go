@@ -3,7 +3,9 @@ package gateway_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -11,12 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/kernel/local"
+	"github.com/codegw/codegw/session"
 )
 
 // syncBuffer is a log sink the server writes from many goroutines.
@@ -29,6 +34,13 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // lines parses the JSON log lines written so far.
@@ -143,6 +155,30 @@ func TestMetricsAndRequestLogs(t *testing.T) {
 	if got := resp.Header.Get("X-Request-Id"); got != "req-ops-42" {
 		t.Errorf("X-Request-Id back = %q; want the one sent", got)
 	}
+	// NDJSON streams, session and stateless: the request line names the
+	// execution the events carry.
+	ndjsonExec := map[string]string{}
+	for rid, path := range map[string]string{"req-ndjson-s": "/api/v1/sessions/" + sess.ID + "/execute", "req-ndjson-x": "/api/v1/execute"} {
+		hreq, _ := http.NewRequest("POST", e.base+path+"?stream=1", strings.NewReader(`{"code":"import time; time.sleep(0.5); print(7)"}`))
+		hreq.Header.Set("Authorization", "Bearer secret-key-1")
+		hreq.Header.Set("X-Request-Id", rid)
+		resp, err := http.DefaultClient.Do(hreq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			var ev codegw.Event
+			json.Unmarshal(sc.Bytes(), &ev)
+			if ev.Type == codegw.EventDone {
+				ndjsonExec[rid] = ev.ExecutionID
+			}
+		}
+		resp.Body.Close()
+		if ndjsonExec[rid] == "" {
+			t.Fatalf("%s: no done event with an execution id", path)
+		}
+	}
 	st, hdr, _ := e.get("/healthz")
 	if id := hdr.Get("X-Request-Id"); st != 200 || len(id) < 16 {
 		t.Errorf("healthz: status %d, made request id %q", st, id)
@@ -230,6 +266,26 @@ func TestMetricsAndRequestLogs(t *testing.T) {
 		if kernelLine == nil || kernelLine["execution"] != exec || kernelLine["session"] != sess.ID || kernelLine["kernel"] == nil {
 			t.Errorf("execution line %v does not carry the request's ids (execution %q)", kernelLine, exec)
 		}
+		// A stream's line is written when the stream ends, just after the
+		// client read its last line.
+		for i := 0; i < 100 && !strings.Contains(logs.String(), `"request_id":"req-ndjson-x","method"`); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		for _, l := range logs.lines(t) {
+			rid, _ := l["request_id"].(string)
+			if want, ok := ndjsonExec[rid]; ok && l["msg"] == "request" {
+				if l["execution"] != want {
+					t.Errorf("NDJSON request line %v: execution %v; want %q", l, l["execution"], want)
+				}
+				if d, _ := l["duration"].(float64); d < 0.5e9 {
+					t.Errorf("NDJSON request line %v: duration %v ns; want the whole stream's (over 0.5 s)", l, l["duration"])
+				}
+				delete(ndjsonExec, rid)
+			}
+		}
+		if len(ndjsonExec) > 0 {
+			t.Errorf("no request line for the NDJSON requests %v", ndjsonExec)
+		}
 		logs.mu.Lock()
 		leaked := strings.Contains(logs.b.String(), "secret-key-1")
 		logs.mu.Unlock()
@@ -311,4 +367,311 @@ func rawDo(t *testing.T, e *env, method, path, body, key string) (int, http.Head
 	var b bytes.Buffer
 	b.ReadFrom(resp.Body)
 	return resp.StatusCode, resp.Header, b.Bytes()
+}
+
+// checkRefusal checks a 429 with the limit code and the Retry-After want
+// ("" for any).
+func checkRefusal(t *testing.T, what string, st int, hdr http.Header, body []byte, retry string) {
+	t.Helper()
+	var ae apiError
+	json.Unmarshal(body, &ae)
+	if st != 429 || ae.Code != codegw.ELIMIT || hdr.Get("Retry-After") == "" || retry != "" && hdr.Get("Retry-After") != retry {
+		t.Errorf("%s: status %d, code %q, Retry-After %q (%s); want 429, %q and Retry-After %q", what, st, ae.Code, hdr.Get("Retry-After"), ae.Error, codegw.ELIMIT, retry)
+	}
+}
+
+// TestKernelMemoryQuota checks MAX_KERNEL_MEMORY_PER_KEY on forked kernels
+// limited to KERNEL_MEMORY: each session and each stateless execution
+// reserves one kernel's limit; past the key's total both are refused with
+// 429 (REST and NDJSON alike), another key is served, and the reservation
+// ends with the session (deleted, expired) but not with a restart or the
+// kernel's death. A memory bomb in a reserved kernel ends as "oom".
+func TestKernelMemoryQuota(t *testing.T) {
+	prov, err := local.New(local.Config{StateDir: shortDir(t, "cgwm"), Memory: 256 << 20})
+	if err != nil {
+		t.Fatalf("local provisioner: %v", err)
+	}
+	t.Cleanup(func() { prov.Close() }) // after the app's Close, registered later
+	tune := func(c *app.Config) { c.MemoryBytes, c.MaxKernelMemoryPerKey = 256<<20, 512<<20 }
+	if prov.LimitMode() == "none" {
+		cfg := app.DefaultConfig()
+		cfg.Provisioner, cfg.ImageStorePath, cfg.FileStorePath = prov, t.TempDir(), t.TempDir()
+		tune(&cfg)
+		if a, err := app.Open(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "MAX_KERNEL_MEMORY_PER_KEY") {
+			if a != nil {
+				a.Close()
+			}
+			t.Fatalf("Open with spawned kernels (no memory limit) and MAX_KERNEL_MEMORY_PER_KEY: %v; want a refusal", err)
+		}
+		t.Skip("spawned kernels have no memory limit (not root): the setting is refused, as checked")
+	}
+	e := newEnv(t, envOptions{keys: []string{"key-a", "key-b"}, prov: prov, poolSize: 2, tune: tune})
+	asB := []string{"Authorization", "Bearer key-b"}
+	s1 := e.createSession(t, nil)
+	s2 := e.createSession(t, nil)
+	if u := e.mgr.Usage(ownerOf("key-a")); u.Kernels != 2 || u.KernelMemory != 512<<20 {
+		t.Errorf("usage with two sessions: %+v", u)
+	}
+
+	st, hdr, body := rawDo(t, e, "POST", "/api/v1/execute", `{"code":"print(1)"}`, "key-a")
+	checkRefusal(t, "stateless execution past the total", st, hdr, body, "30")
+	st, hdr, body = rawDo(t, e, "POST", "/api/v1/execute?stream=1", `{"code":"print(1)"}`, "key-a")
+	checkRefusal(t, "NDJSON execution past the total", st, hdr, body, "30")
+	st, hdr, body = rawDo(t, e, "POST", "/api/v1/sessions", `{}`, "key-a")
+	checkRefusal(t, "third session", st, hdr, body, "")
+	var res codegw.ExecuteResult
+	if st := e.do("POST", "/api/v1/execute", map[string]any{"code": "print(2)"}, &res, asB...); st != 200 || res.Status != codegw.StatusOK {
+		t.Errorf("key b while key a is at its total: %d %+v", st, res)
+	}
+	if r := e.sexec(t, s1.ID, map[string]any{"code": "print(3)"}); r.Status != codegw.StatusOK {
+		t.Errorf("a session of the full key still runs: %+v", r)
+	}
+
+	t.Run("restart keeps it", func(t *testing.T) {
+		if st := e.do("POST", "/api/v1/sessions/"+s2.ID+"/restart", map[string]any{}, nil); st != 200 {
+			t.Fatalf("restart: %d", st)
+		}
+		st, hdr, body := rawDo(t, e, "POST", "/api/v1/sessions", `{}`, "key-a")
+		checkRefusal(t, "session after a restart", st, hdr, body, "")
+	})
+	t.Run("delete frees it", func(t *testing.T) {
+		if st := e.do("DELETE", "/api/v1/sessions/"+s1.ID, nil, nil); st != 204 {
+			t.Fatalf("delete: %d", st)
+		}
+		r := e.exec(map[string]any{"code": "x = []\nwhile True: x.append(b'x' * (16 << 20))"})
+		if r.Status != codegw.StatusOOM {
+			t.Errorf("memory bomb past KERNEL_MEMORY: status %q (%v); want oom", r.Status, r.Error)
+		}
+	})
+	t.Run("a running stateless execution holds it", func(t *testing.T) {
+		done := make(chan int, 1)
+		go func() {
+			var r codegw.ExecuteResult
+			st, _ := e.post("/api/v1/execute", map[string]any{"code": "import time; time.sleep(3)"}, &r)
+			done <- st
+		}()
+		deadline := time.Now().Add(30 * time.Second)
+		for e.mgr.Stats().Stateless == 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		st, hdr, body := rawDo(t, e, "POST", "/api/v1/sessions", `{}`, "key-a")
+		checkRefusal(t, "session while a stateless execution holds the rest", st, hdr, body, "1")
+		if st := <-done; st != 200 {
+			t.Errorf("the stateless execution: %d", st)
+		}
+		s3 := e.createSession(t, nil)
+		e.do("DELETE", "/api/v1/sessions/"+s3.ID, nil, nil)
+	})
+	t.Run("expiry frees it", func(t *testing.T) {
+		s4 := e.createSession(t, map[string]any{"idle_timeout": 1})
+		deadline := time.Now().Add(20 * time.Second)
+		for e.do("GET", "/api/v1/sessions/"+s4.ID, nil, nil) != 404 && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+		}
+		s5 := e.createSession(t, nil)
+		e.do("DELETE", "/api/v1/sessions/"+s5.ID, nil, nil)
+	})
+	t.Run("a dead kernel holds it until the session ends", func(t *testing.T) {
+		if r := e.sexec(t, s2.ID, map[string]any{"code": "import os; os._exit(1)"}); r.Status != codegw.StatusDied {
+			t.Errorf("exit: %+v", r)
+		}
+		s6 := e.createSession(t, nil)
+		st, hdr, body := rawDo(t, e, "POST", "/api/v1/sessions", `{}`, "key-a")
+		checkRefusal(t, "session while a dead kernel's session is open", st, hdr, body, "")
+		for _, id := range []string{s2.ID, s6.ID} {
+			if st := e.do("DELETE", "/api/v1/sessions/"+id, nil, nil); st != 204 {
+				t.Errorf("delete %s: %d", id, st)
+			}
+		}
+	})
+	if u := e.mgr.Usage(ownerOf("key-a")); u != (session.KeyUsage{}) {
+		t.Errorf("key a holds %+v after every session ended; want nothing", u)
+	}
+	_, fams := scrape(t, e, "")
+	if v, _ := sample(fams, "codegw_limit_refusals_total", map[string]string{"limit": "memory"}); v < 5 {
+		t.Errorf("codegw_limit_refusals_total{limit=memory} = %v; want at least 5", v)
+	}
+}
+
+// TestWebsocketQuotasAndDrain checks that executions over the session
+// websocket and the Jupyter websocket count against MAX_EXECUTIONS_PER_KEY
+// with REST ones, and are refused while the instance drains, each with an
+// answer in its protocol on a connection that stays usable.
+func TestWebsocketQuotasAndDrain(t *testing.T) {
+	e := newEnv(t, envOptions{keys: []string{"wk"}, poolSize: 2, tune: func(c *app.Config) { c.MaxExecutionsPerKey = 1 }})
+	sess := e.createSession(t, nil)
+	w := e.mustDial(t, sess.ID, "")
+	var k map[string]any
+	if st := e.do("POST", "/api/kernels", map[string]any{}, &k); st != 201 {
+		t.Fatalf("start a Jupyter kernel: %d", st)
+	}
+	j, _, err := e.jupyterDial(t, k["id"].(string), "?token=wk", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusal := func(want, code string) map[string]any {
+		t.Helper()
+		select {
+		case m := <-w.raw:
+			if m["id"] != want || m["code"] != code {
+				t.Errorf("error frame %v; want id %q, code %q", m, want, code)
+			}
+			return m
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no error frame for %q", want)
+		}
+		return nil
+	}
+	jupyterRefusal := func(id, ename string) {
+		t.Helper()
+		var reply, idle bool
+		j.until(func(m jmsg) bool {
+			if m.parent() == id && m.MsgType == "execute_reply" {
+				reply = true
+				if m.Content["status"] != "error" || m.Content["ename"] != ename || fmt.Sprint(m.Content["evalue"]) == "" {
+					t.Errorf("refused execute_reply %v; want status error, ename %s", m.Content, ename)
+				}
+			}
+			idle = idle || idleOf(id)(m)
+			return reply && idle
+		})
+	}
+	execRequest := func(code string) string {
+		return j.send("shell", "execute_request", map[string]any{"code": code, "silent": false, "store_history": true,
+			"user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true}, nil)
+	}
+
+	t.Run("quota", func(t *testing.T) {
+		w.send(map[string]any{"type": "execute", "id": "slow", "code": "import time; time.sleep(2); print('slow')"})
+		w.send(map[string]any{"type": "execute", "id": "fast", "code": "print(1)"})
+		if m := refusal("fast", codegw.ELIMIT); m != nil && (m["limit"] != "concurrency" || m["retry_after"] != float64(1)) {
+			t.Errorf("refusal frame %v; want limit concurrency, retry_after 1", m)
+		}
+		st, hdr, body := rawDo(t, e, "POST", "/api/v1/sessions/"+sess.ID+"/execute", `{"code":"print(2)"}`, "wk")
+		checkRefusal(t, "REST execution while the websocket's runs", st, hdr, body, "1")
+		jupyterRefusal(execRequest("1+1"), "LimitError")
+		evs := w.until(doneFor("slow"), 60*time.Second)
+		if last := evs[len(evs)-1]; last.Status != codegw.StatusOK {
+			t.Errorf("slow: %+v", last)
+		}
+		w.send(map[string]any{"type": "execute", "id": "after", "code": "print(3)"})
+		if evs := w.until(doneFor("after"), 60*time.Second); evs[len(evs)-1].Status != codegw.StatusOK {
+			t.Errorf("the websocket after a refusal: %s", eventTypes(evs))
+		}
+		// A Jupyter execution holds the key's slot until its reply.
+		slowJ := execRequest("import time; time.sleep(2); 6*7")
+		deadline := time.Now().Add(10 * time.Second)
+		for e.mgr.Stats().Executions == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		w.send(map[string]any{"type": "execute", "id": "while-jupyter", "code": "print(4)"})
+		refusal("while-jupyter", codegw.ELIMIT)
+		msgs := j.until(func(m jmsg) bool { return idleOf(slowJ)(m) })
+		if r := resultText(msgs); r != "42" {
+			t.Errorf("the Jupyter execution: %q", r)
+		}
+		if r := j.execute("1+1"); resultText(r) != "2" {
+			t.Errorf("Jupyter execution after the slot came back: %v", r)
+		}
+	})
+	t.Run("drain", func(t *testing.T) {
+		w.send(map[string]any{"type": "execute", "id": "long", "code": "import time; time.sleep(2); print('long')"})
+		deadline := time.Now().Add(10 * time.Second)
+		for e.mgr.Stats().Executions == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		drained := make(chan bool, 1)
+		go func() { drained <- e.app.Drain(60 * time.Second) }()
+		for st, _, _ := e.get("/readyz"); st != 503; st, _, _ = e.get("/readyz") {
+			time.Sleep(10 * time.Millisecond)
+		}
+		w.send(map[string]any{"type": "execute", "id": "late", "code": "print(5)"})
+		refusal("late", codegw.EUNAVAILABLE)
+		jupyterRefusal(execRequest("1+1"), "Unavailable")
+		evs := w.until(doneFor("long"), 60*time.Second)
+		if last := evs[len(evs)-1]; last.Status != codegw.StatusOK {
+			t.Errorf("the execution running at the drain: %+v", last)
+		}
+		select {
+		case ok := <-drained:
+			if !ok {
+				t.Error("Drain reported a timeout")
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("Drain did not return after the last execution")
+		}
+		if u := e.mgr.Usage(ownerOf("wk")); u.Executions != 0 {
+			t.Errorf("executions held after the drain: %+v", u)
+		}
+	})
+}
+
+// bearer adds an API key to every request of an HTTP client.
+type bearer struct{ key string }
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.key)
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestMCPQuotaAndDrain checks that MCP tool calls count against
+// MAX_EXECUTIONS_PER_KEY with REST ones, fresh (stateless) and in the MCP
+// session's kernel alike, and are refused while the instance drains: the
+// refusal is an error result the model can read, and the MCP session
+// stays usable.
+func TestMCPQuotaAndDrain(t *testing.T) {
+	e := newEnv(t, envOptions{keys: []string{"mk"}, poolSize: 2, tune: func(c *app.Config) { c.MaxExecutionsPerKey = 1 }})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	client := mcp.NewClient(&mcp.Implementation{Name: "ops-test", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: e.base + "/mcp",
+		HTTPClient: &http.Client{Transport: bearer{"mk"}}, DisableStandaloneSSE: true}, nil)
+	if err != nil {
+		t.Fatalf("MCP connect: %v", err)
+	}
+	defer cs.Close()
+	call := func(code string, fresh bool) (string, bool) {
+		t.Helper()
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "execute_python", Arguments: map[string]any{"code": code, "fresh": fresh}})
+		if err != nil {
+			t.Fatalf("execute_python: %v", err)
+		}
+		var text strings.Builder
+		for _, c := range res.Content {
+			if tc, ok := c.(*mcp.TextContent); ok {
+				text.WriteString(tc.Text)
+			}
+		}
+		return text.String(), res.IsError
+	}
+	if text, isErr := call("print(6*7)", false); isErr || !strings.Contains(text, "42") {
+		t.Fatalf("first call: %q (error %v)", text, isErr)
+	}
+	slow := make(chan int, 1)
+	go func() {
+		st, _ := e.post("/api/v1/execute", map[string]any{"code": "import time; time.sleep(3)"}, &codegw.ExecuteResult{})
+		slow <- st
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for e.mgr.Stats().Executions == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, fresh := range []bool{false, true} {
+		if text, isErr := call("print(1)", fresh); !isErr || !strings.Contains(text, "at most 1 executions at once per key") {
+			t.Errorf("MCP call (fresh %v) while the key's REST execution runs: %q (error %v); want the quota's refusal", fresh, text, isErr)
+		}
+	}
+	if st := <-slow; st != 200 {
+		t.Errorf("the REST execution: %d", st)
+	}
+	if text, isErr := call("print(7*6)", false); isErr || !strings.Contains(text, "42") {
+		t.Errorf("MCP call after the slot came back: %q (error %v)", text, isErr)
+	}
+	if !e.app.Drain(30 * time.Second) {
+		t.Error("Drain timed out with nothing running")
+	}
+	if text, isErr := call("print(1)", false); !isErr || !strings.Contains(text, "shutting down") {
+		t.Errorf("MCP call while draining: %q (error %v); want the drain's refusal", text, isErr)
+	}
 }

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"math"
 	"strconv"
 	"sync"
@@ -10,29 +11,30 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/session"
 )
 
-// quotas bound each key: a token bucket of requests and a count of
-// executions running at once. Keys are the configured ones (or
-// "anonymous"), so the map stays as small as API_KEYS.
+// quotas bound each key's request rate with a token bucket. Keys are the
+// configured ones (or "anonymous"), so the map stays as small as API_KEYS.
+// The executions at once and the kernel memory of each key are counted by
+// the session manager, which every way in goes through (see
+// session.LimitError).
 type quotas struct {
 	rate     rate.Limit // requests per second; 0: unlimited
 	burst    int
-	maxConc  int // executions at once; 0: unlimited
 	mu       sync.Mutex
 	perOwner map[string]*keyQuota
 }
 
 type keyQuota struct {
-	lim     *rate.Limiter
-	running int
+	lim *rate.Limiter
 }
 
-func newQuotas(perSecond float64, burst, maxConc int) *quotas {
+func newQuotas(perSecond float64, burst int) *quotas {
 	if burst <= 0 {
 		burst = max(1, int(math.Ceil(perSecond)))
 	}
-	return &quotas{rate: rate.Limit(perSecond), burst: burst, maxConc: maxConc, perOwner: map[string]*keyQuota{}}
+	return &quotas{rate: rate.Limit(perSecond), burst: burst, perOwner: map[string]*keyQuota{}}
 }
 
 func (q *quotas) of(owner string) *keyQuota {
@@ -65,32 +67,16 @@ func (s *Server) limitRate(c *fiber.Ctx) error {
 	return c.Next()
 }
 
-// holdExecution counts an execution against its key's concurrency quota
-// and the drain; release, called once when the execution is over, gives
-// the slot back.
+// holdExecution refuses a REST or NDJSON execution while draining, and
+// counts it for WaitIdle until release (once; more calls do nothing). The
+// per-key quotas are the session manager's.
 func (s *Server) holdExecution(c *fiber.Ctx) (release func(), err error) {
 	if s.draining.Load() {
 		return nil, drainingError(c)
 	}
-	q, o := s.quotas, owner(c)
-	q.mu.Lock()
-	k := q.of(o)
-	if q.maxConc > 0 && k.running >= q.maxConc {
-		q.mu.Unlock()
-		return nil, refuse(c, "concurrency", time.Second, "at most %d executions at once per key; wait for one to finish", q.maxConc)
-	}
-	k.running++
-	q.mu.Unlock()
 	s.inflight.Add(1)
 	var once sync.Once
-	return func() {
-		once.Do(func() {
-			q.mu.Lock()
-			k.running--
-			q.mu.Unlock()
-			s.inflight.Add(-1)
-		})
-	}, nil
+	return func() { once.Do(func() { s.inflight.Add(-1) }) }, nil
 }
 
 // refuse answers 429 with the limit code and Retry-After (whole seconds,
@@ -99,6 +85,16 @@ func refuse(c *fiber.Ctx, limit string, retry time.Duration, format string, args
 	c.Set(fiber.HeaderRetryAfter, strconv.Itoa(max(1, int(math.Ceil(retry.Seconds())))))
 	c.Locals(localLimit, limit)
 	return codegw.Errorf(codegw.ELIMIT, format, args...)
+}
+
+// noteLimit sets Retry-After and the metrics label of a refusal by one of
+// the session manager's per-key quotas.
+func noteLimit(c *fiber.Ctx, err error) {
+	var le *session.LimitError
+	if errors.As(err, &le) {
+		c.Set(fiber.HeaderRetryAfter, strconv.Itoa(max(1, int(math.Ceil(le.RetryAfter.Seconds())))))
+		c.Locals(localLimit, le.Limit)
+	}
 }
 
 // drainingError is the answer to new work while the instance drains.

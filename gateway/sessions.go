@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -90,7 +91,7 @@ func (s *Server) sessionExecute(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return s.answerExecute(c, sess.Execute)
+	return s.answerExecute(c, sess.Start)
 }
 
 func (s *Server) interrupt(c *fiber.Ctx) error {
@@ -268,11 +269,9 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 				return
 			}
 			conn.SetReadDeadline(time.Now().Add(3 * s.cfg.PingInterval))
-			fail := func(err error) {
-				write(fiber.Map{"type": "error_response", "error": codegw.ErrorMessage(err), "code": codegw.ErrorCode(err)})
-			}
+			fail := func(err error, id string) { write(errorFrame(err, id)) }
 			if err := s.handleClientMessage(sess, data, fail); err != nil {
-				fail(err)
+				fail(err, messageID(data))
 			}
 		}
 	}()
@@ -314,7 +313,38 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 	}
 }
 
-func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail func(error)) error {
+// errorFrame is the answer to a client message that was refused: the
+// connection stays open. id is the message's own id, when it had one; a
+// quota's refusal names the limit and when to try again.
+func errorFrame(err error, id string) fiber.Map {
+	f := fiber.Map{"type": "error_response", "error": codegw.ErrorMessage(err), "code": codegw.ErrorCode(err)}
+	if id != "" {
+		f["id"] = id
+	}
+	var le *session.LimitError
+	if errors.As(err, &le) {
+		f["limit"] = le.Limit
+		f["retry_after"] = max(1, int(math.Ceil(le.RetryAfter.Seconds())))
+	}
+	return f
+}
+
+// messageID is the id of a client message, if it has one.
+func messageID(data []byte) string {
+	var m struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal(data, &m)
+	if len(m.ID) > 64 {
+		return ""
+	}
+	return m.ID
+}
+
+// handleClientMessage acts on one message of a session websocket. Each
+// execution counts against its key's quotas and is refused while the
+// instance drains, like a REST one: the refusal is an error_response frame.
+func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail func(error, string)) error {
 	var m clientMessage
 	if err := json.Unmarshal(data, &m); err != nil {
 		return codegw.Errorf(codegw.EINVALID, "message is not JSON: %v", err)
@@ -343,7 +373,7 @@ func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail fu
 				cancel()
 			}
 			if err != nil {
-				fail(err)
+				fail(err, m.ID)
 			}
 		}()
 		return nil

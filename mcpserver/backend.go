@@ -53,7 +53,7 @@ type Manager struct {
 
 // Execute implements Backend.
 func (b Manager) Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
-	return b.M.Execute(ctx, req, streamTo(stdout))
+	return b.M.ExecuteFor(ctx, owner, req, streamTo(stdout))
 }
 
 // Open implements Backend.

@@ -56,7 +56,16 @@ type Config struct {
 	MaxSessionIdle    time.Duration
 	SessionQueue      int // executions queued per session
 	ReplayEvents      int // events kept per session for reconnects
-	Logger            *slog.Logger
+	// MaxExecutionsPerKey bounds the executions one key has submitted and
+	// not seen finish on this instance, every way in (0: unlimited).
+	MaxExecutionsPerKey int
+	// KernelMemory is the memory limit the provisioner enforces on each
+	// kernel; every kernel a key holds (a session, a stateless execution)
+	// reserves it against MaxKernelMemoryPerKey (0: unlimited). The caller
+	// must not set a total without an enforced per-kernel limit.
+	KernelMemory          int64
+	MaxKernelMemoryPerKey int64
+	Logger                *slog.Logger
 	// Metrics records executions, queue waits, truncation and input
 	// downloads; nil records nothing.
 	Metrics *metrics.Metrics
@@ -93,6 +102,8 @@ type Manager struct {
 	waiting atomic.Int32
 	// stateless counts the stateless calls running (for the metrics).
 	stateless atomic.Int32
+
+	adm admission // per-key executions and kernel memory; the drain
 
 	mu       sync.Mutex
 	sessions map[string]*Session
@@ -134,6 +145,8 @@ func New(cfg Config) (*Manager, error) {
 		workers:  make(chan struct{}, cfg.MaxWorkers),
 		sessions: make(map[string]*Session),
 		ctx:      ctx, cancel: cancel,
+		adm: admission{maxExec: cfg.MaxExecutionsPerKey, kernelMem: cfg.KernelMemory, maxMem: cfg.MaxKernelMemoryPerKey,
+			use: map[string]*keyUse{}},
 	}
 	m.bg.Add(1)
 	go m.cull()
@@ -190,15 +203,86 @@ func (m *Manager) prepare(req *codegw.ExecuteRequest) (string, error) {
 // Execute runs req on a fresh kernel from the pool, which is destroyed
 // afterwards. emit, when not nil, receives events as they happen. Errors
 // are the caller's fault or a capacity problem; a failed execution is an
-// answer with a non-ok status.
+// answer with a non-ok status. The execution is counted under no key in
+// particular (the empty owner): callers serving a key use ExecuteFor.
 func (m *Manager) Execute(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+	return m.ExecuteFor(ctx, "", req, emit)
+}
+
+// ExecuteFor is Execute for owner: the execution, and its kernel's memory,
+// count against owner's quotas (a *LimitError when over), and it is
+// refused while the manager drains.
+func (m *Manager) ExecuteFor(ctx context.Context, owner string, req codegw.ExecuteRequest, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+	if _, err := m.prepare(&req); err != nil {
+		return nil, err
+	}
+	r, err := m.Reserve(owner)
+	if err != nil {
+		return nil, err
+	}
+	return r.Execute(ctx, req, emit)
+}
+
+// Reservation is what a stateless execution of one key holds before it
+// runs: its slot among the key's executions and its kernel's memory. It
+// lets a caller learn of a refusal, and the execution's id, before it
+// commits to an answer (an NDJSON stream starts with a 200).
+type Reservation struct {
+	m       *Manager
+	id      string
+	release []func()
+	once    sync.Once
+}
+
+// Reserve takes a stateless execution's share of owner's quotas: a
+// *LimitError when over, EUNAVAILABLE while draining. The reservation ends
+// with Execute or Release.
+func (m *Manager) Reserve(owner string) (*Reservation, error) {
+	release, err := m.adm.holdExecution(owner)
+	if err != nil {
+		return nil, err
+	}
+	releaseKernel, err := m.adm.holdKernel(owner, true)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return &Reservation{m: m, id: newExecutionID(), release: []func(){releaseKernel, release}}, nil
+}
+
+// ID is the id the execution will have.
+func (r *Reservation) ID() string { return r.id }
+
+// Release ends the reservation unused; after Execute it does nothing.
+func (r *Reservation) Release() {
+	r.once.Do(func() {
+		for _, f := range r.release {
+			f()
+		}
+	})
+}
+
+// Execute runs req as Manager.Execute does, on the reservation, which ends
+// with it. A reservation runs one execution: later calls are refused.
+func (r *Reservation) Execute(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+	first := false
+	r.once.Do(func() { first = true })
+	if !first {
+		return nil, codegw.Errorf(codegw.ECONFLICT, "this reservation was used or released")
+	}
+	defer func() {
+		for _, f := range r.release {
+			f()
+		}
+	}()
+	m := r.m
 	code, err := m.prepare(&req)
 	if err != nil {
 		return nil, err
 	}
 	m.stateless.Add(1)
 	defer m.stateless.Add(-1)
-	return m.newExecution(newExecutionID(), req, code, emit).run(ctx)
+	return m.newExecution(r.id, req, code, emit).run(ctx)
 }
 
 // freshKernel takes a kernel nobody used from the pool.
@@ -252,6 +336,9 @@ type Stats struct {
 	Workers  int `json:"max_workers"`
 	// Stateless counts the stateless calls running, each on its own kernel.
 	Stateless int `json:"stateless"`
+	// Executions counts the executions submitted and not finished, every
+	// way in, queued ones included.
+	Executions int `json:"executions"`
 }
 
 // Stats returns a snapshot.
@@ -259,7 +346,10 @@ func (m *Manager) Stats() Stats {
 	m.mu.Lock()
 	n := len(m.sessions)
 	m.mu.Unlock()
-	return Stats{Sessions: n, Busy: len(m.workers), Waiting: int(m.waiting.Load()), Workers: cap(m.workers), Stateless: int(m.stateless.Load())}
+	m.adm.mu.Lock()
+	x := m.adm.running
+	m.adm.mu.Unlock()
+	return Stats{Sessions: n, Busy: len(m.workers), Waiting: int(m.waiting.Load()), Workers: cap(m.workers), Stateless: int(m.stateless.Load()), Executions: x}
 }
 
 // CreateOptions are the optional settings of a new session.
@@ -268,8 +358,10 @@ type CreateOptions struct {
 	Env         map[string]string
 }
 
-// Create starts a session for owner on a warm kernel.
-func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) (*Session, error) {
+// Create starts a session for owner on a warm kernel. The kernel's memory
+// counts against owner's quota until the session ends (a *LimitError when
+// over); sessions are refused while the manager drains.
+func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) (_ *Session, err error) {
 	idle := m.cfg.SessionIdle
 	if opts.IdleTimeout < 0 {
 		return nil, codegw.Errorf(codegw.EINVALID, "idle_timeout must be positive")
@@ -284,6 +376,15 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 			return nil, codegw.Errorf(codegw.EINVALID, "invalid environment variable %q", k)
 		}
 	}
+	releaseKernel, err := m.adm.holdKernel(owner, false)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			releaseKernel()
+		}
+	}()
 	id := "s_" + codegw.NewID()[:24]
 	m.mu.Lock()
 	if m.closed {
@@ -313,7 +414,7 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 		jobs:  make(chan *job, m.cfg.SessionQueue),
 		owner: owner, created: now, idle: idle, env: opts.Env,
 		input: make(chan string), lastActive: now,
-		outputs: map[string]files.FileState{},
+		outputs: map[string]files.FileState{}, releaseKernel: releaseKernel,
 	}
 	if len(opts.Env) > 0 {
 		if err := s.setEnv(ctx); err != nil {
@@ -426,6 +527,10 @@ func (m *Manager) remove(s *Session, reason string) {
 	s.hub.publish(codegw.Event{Type: codegw.EventClosed, Reason: reason})
 	s.cancel()
 	m.destroy(s.k)
+	// The memory is free once the kernel is destroyed, which goes on in
+	// the background: the reservation ends now so that the key can open
+	// another session at once (the destroy takes milliseconds).
+	s.releaseKernel()
 	m.forget(s.id)
 	m.log.Info("session closed", "session", s.id, "reason", reason)
 }

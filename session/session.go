@@ -38,6 +38,8 @@ type Session struct {
 	lastActive time.Time
 	executions int
 	closing    bool
+	// releaseKernel ends the session's kernel memory reservation.
+	releaseKernel func()
 
 	// outputs is /code/output as the last execution left it; only the
 	// loop touches it.
@@ -52,6 +54,8 @@ type job struct {
 	stdin  bool               // input() is answered by a client
 	result chan *codegw.ExecuteResult
 	err    chan error
+	// release gives back the key's execution slot when the job is over.
+	release func()
 	// logAttrs are the submitting request's log ids.
 	logAttrs []any
 }
@@ -149,19 +153,29 @@ func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID 
 	if execID == "" {
 		execID = newExecutionID()
 	}
+	release, err := s.m.adm.holdExecution(s.owner)
+	if err != nil {
+		return nil, nil, err
+	}
 	j := &job{id: execID, req: req, code: code, emit: emit, stdin: stdin, logAttrs: codegw.LogAttrs(ctx),
-		result: make(chan *codegw.ExecuteResult, 1), err: make(chan error, 1)}
+		result: make(chan *codegw.ExecuteResult, 1), err: make(chan error, 1), release: release}
+	// Under the lock that remove takes to mark the session closing: a job
+	// queued here is run or failed by the loop (see drain), never left
+	// holding its slot.
 	s.mu.Lock()
-	closing := s.closing
-	s.mu.Unlock()
-	if closing {
+	if s.closing {
+		s.mu.Unlock()
+		release()
 		return nil, nil, codegw.Errorf(codegw.ENOTFOUND, "session %q has ended", s.id)
 	}
 	select {
 	case s.jobs <- j:
 	default:
+		s.mu.Unlock()
+		release()
 		return nil, nil, codegw.Errorf(codegw.ELIMIT, "session %q has %d executions queued; wait for them", s.id, cap(s.jobs))
 	}
+	s.mu.Unlock()
 	s.touch()
 	if len(s.jobs) > 0 || s.executing.Load() {
 		s.publish(j, codegw.Event{Type: codegw.EventStatus, ExecutionID: execID, State: "queued"})
@@ -171,18 +185,32 @@ func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID 
 
 // Execute runs req and waits for its answer.
 func (s *Session) Execute(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
-	res, errc, err := s.submit(ctx, req, "", emit, false)
+	_, wait, err := s.Start(ctx, req, emit)
 	if err != nil {
 		return nil, err
 	}
-	select {
-	case r := <-res:
-		return r, nil
-	case err := <-errc:
-		return nil, err
-	case <-s.ctx.Done():
-		return nil, codegw.Errorf(codegw.ENOTFOUND, "session %q ended during the execution", s.id)
+	return wait()
+}
+
+// Start queues req, as Submit does with the log ids of ctx (see
+// codegw.WithLogAttrs), and returns the execution's id and a wait for its
+// answer. A refusal (a quota, a full queue, the drain) comes at once.
+func (s *Session) Start(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (id string, wait func() (*codegw.ExecuteResult, error), err error) {
+	id = newExecutionID()
+	res, errc, err := s.submit(ctx, req, id, emit, false)
+	if err != nil {
+		return "", nil, err
 	}
+	return id, func() (*codegw.ExecuteResult, error) {
+		select {
+		case r := <-res:
+			return r, nil
+		case err := <-errc:
+			return nil, err
+		case <-s.ctx.Done():
+			return nil, codegw.Errorf(codegw.ENOTFOUND, "session %q ended during the execution", s.id)
+		}
+	}, nil
 }
 
 func (s *Session) publish(j *job, ev codegw.Event) {
@@ -211,6 +239,7 @@ func (s *Session) drain() {
 	for {
 		select {
 		case j := <-s.jobs:
+			j.release()
 			j.err <- codegw.Errorf(codegw.ENOTFOUND, "session %q has ended", s.id)
 		default:
 			return
@@ -219,6 +248,7 @@ func (s *Session) drain() {
 }
 
 func (s *Session) run(j *job) {
+	defer j.release()
 	s.executing.Store(true)
 	defer s.executing.Store(false)
 	defer s.touch()

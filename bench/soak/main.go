@@ -7,8 +7,14 @@
 // The mix, spread over -clients workers: stateless calls, session calls over
 // REST and websocket, plots (the stored image is fetched), output files
 // (downloaded and compared), input files from a local HTTP server, an
-// interrupt of a long session call, errors, and faults: a timeout and a
-// kernel process ending abruptly. At the end it reports wrong answers (must be 0),
+// interrupt of a long session call, errors, and faults: a timeout, a kernel
+// process ending abruptly, and a memory bomb past KERNEL_MEMORY (-memory),
+// which must end as "oom" (forked kernels in a memory cgroup, as root; under
+// RLIMIT_AS it must raise MemoryError; spawned kernels have no limit, so the
+// bomb is left out of the mix and the report says so). The key's kernel
+// memory is bounded too (MAX_KERNEL_MEMORY_PER_KEY: two kernels per client,
+// what the mix holds at most), so a reservation that leaked would show as
+// refusals, and none may be left at the end. At the end it reports wrong answers (must be 0),
 // errors by kind, p50/p99 per kind, RSS, goroutines and open descriptors
 // sampled every second (flat: the mean of the last quarter within 10% of
 // the second quarter's), and the kernel processes and directories left
@@ -52,6 +58,7 @@ type config struct {
 	Clients  int
 	JSON     bool
 	Verbose  bool
+	Memory   int64 // KERNEL_MEMORY
 }
 
 // kindStats are one kind's counts and latencies.
@@ -79,6 +86,8 @@ type result struct {
 	Flat          map[string]string     `json:"flat"`
 	LeftProcs     int                   `json:"left_kernel_processes"`
 	LeftDirs      int                   `json:"left_kernel_dirs"`
+	LeftReserved  int                   `json:"left_kernel_reservations"`
+	MemoryLimit   string                `json:"kernel_memory_limit"` // how KERNEL_MEMORY is enforced: cgroup, rlimit, none
 	Verdict       string                `json:"verdict"`
 	firstWrongMsg []string
 }
@@ -90,6 +99,7 @@ func main() {
 	flag.IntVar(&c.Clients, "clients", 4, "concurrent workers")
 	flag.BoolVar(&c.JSON, "json", false, "print JSON")
 	flag.BoolVar(&c.Verbose, "v", false, "log gateway events")
+	flag.Int64Var(&c.Memory, "memory", 512<<20, "KERNEL_MEMORY in bytes: each kernel's limit, which the memory bomb passes")
 	flag.Parse()
 	benchkit.Main("soak", func(ctx context.Context, out io.Writer) error { return run(ctx, c, out) })
 }
@@ -102,6 +112,7 @@ type worker struct {
 	n      int // the session's counter, to check state is kept
 	inputs string
 	rng    *rand.Rand
+	limit  string // how kernel memory is limited: cgroup, rlimit, none
 }
 
 func run(ctx context.Context, c config, out io.Writer) error {
@@ -115,13 +126,23 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(state)
-	prov, err := local.New(local.Config{Python: c.Python, StateDir: state, Logger: log})
+	prov, err := local.New(local.Config{Python: c.Python, StateDir: state, Logger: log, Memory: c.Memory})
 	if err != nil {
 		return err
 	}
+	limit := prov.LimitMode()
 	host := benchkit.NewHost(c.Python)
 	g, err := benchkit.StartGateway(benchkit.GatewayConfig{Prov: prov, PoolSize: 2, MaxStarting: 2, Workers: 4, Logger: log,
-		Tune: func(a *app.Config) { a.InputAllowCIDRs = []string{"127.0.0.1/32"} }}) // the local file server
+		Tune: func(a *app.Config) {
+			a.InputAllowCIDRs = []string{"127.0.0.1/32"} // the local file server
+			a.MemoryBytes = app.Bytes(c.Memory)
+			if limit != "none" { // refused without a per-kernel limit
+				// Each client holds a session and at most one stateless
+				// execution: the total is never reached unless a
+				// reservation leaks.
+				a.MaxKernelMemoryPerKey = app.Bytes(int64(2*c.Clients) * c.Memory)
+			}
+		}})
 	if err != nil {
 		prov.Close()
 		return err
@@ -141,7 +162,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 	}))
 	defer files.Close()
 
-	r := &result{Host: host, Duration: c.Duration.String(), Kinds: map[string]*kindStats{}}
+	r := &result{Host: host, Duration: c.Duration.String(), Kinds: map[string]*kindStats{}, MemoryLimit: limit}
 	var mu sync.Mutex
 	record := func(kind string, d time.Duration, err error, wrong string) {
 		mu.Lock()
@@ -201,7 +222,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			w := &worker{g: g, c: benchkit.HTTPClient(4), inputs: files.URL, rng: rand.New(rand.NewPCG(uint64(i), 7))}
+			w := &worker{g: g, c: benchkit.HTTPClient(4), inputs: files.URL, rng: rand.New(rand.NewPCG(uint64(i), 7)), limit: limit}
 			for j := i; wctx.Err() == nil; j++ {
 				if w.sess == "" {
 					var s codegw.Session
@@ -233,6 +254,8 @@ func run(ctx context.Context, c config, out io.Writer) error {
 	wg.Wait()
 	stopSampling()
 	sampler.Wait()
+	// The workers deleted their sessions; their stateless calls are over.
+	r.LeftReserved = g.Mgr.Usage("anonymous").Kernels
 
 	progress("closing the gateway")
 	g.Close()
@@ -252,7 +275,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		k.Lat = benchkit.Summarize(k.ds)
 	}
 	r.Flat = flatness(r.Samples)
-	ok := r.Wrong == 0 && r.LeftProcs == 0 && r.LeftDirs == 0
+	ok := r.Wrong == 0 && r.LeftProcs == 0 && r.LeftDirs == 0 && r.LeftReserved == 0
 	for _, v := range r.Flat {
 		ok = ok && strings.HasPrefix(v, "flat")
 	}
@@ -261,7 +284,8 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		return err
 	}
 	if !ok { // scripts/test.sh runs a short soak: a miss fails it
-		return fmt.Errorf("missed: %d wrong answers, %d processes and %d directories left, flatness %v", r.Wrong, r.LeftProcs, r.LeftDirs, r.Flat)
+		return fmt.Errorf("missed: %d wrong answers, %d processes, %d directories and %d kernel reservations left, flatness %v",
+			r.Wrong, r.LeftProcs, r.LeftDirs, r.LeftReserved, r.Flat)
 	}
 	return nil
 }
@@ -313,7 +337,12 @@ func table(w io.Writer, r *result) {
 	for _, name := range []string{"rss", "goroutines", "fds"} {
 		fmt.Fprintf(w, "%-10s %s\n", name, r.Flat[name])
 	}
-	fmt.Fprintf(w, "left after close: %d kernel processes, %d kernel directories\n", r.LeftProcs, r.LeftDirs)
+	fmt.Fprintf(w, "left after close: %d kernel processes, %d kernel directories; kernel reservations left: %d\n", r.LeftProcs, r.LeftDirs, r.LeftReserved)
+	if r.MemoryLimit == "none" {
+		fmt.Fprintf(w, "memory bomb: left out (spawned kernels have no memory limit)\n")
+	} else {
+		fmt.Fprintf(w, "kernel memory limited by: %s\n", r.MemoryLimit)
+	}
 	fmt.Fprintf(w, "verdict: %s (load %s -> %s on %d CPUs)\n", r.Verdict, r.Host.LoadStart, r.Host.LoadEnd, r.Host.CPUs)
 }
 
@@ -337,11 +366,17 @@ func (w *worker) pick(j int) (string, func(context.Context) (string, error)) {
 		return "error", w.raise
 	case 10:
 		return "interrupt", w.interrupt
-	default:
-		if j%24 == 11 {
+	default: // the faults in turn
+		switch j % 36 {
+		case 11:
+			return "fault_timeout", w.timeout
+		case 23:
+			return "fault_kernel_kill", w.kill
+		}
+		if w.limit == "none" {
 			return "fault_timeout", w.timeout
 		}
-		return "fault_kernel_kill", w.kill
+		return "fault_memory_bomb", w.memoryBomb
 	}
 }
 
@@ -553,6 +588,23 @@ func (w *worker) timeout(context.Context) (string, error) {
 	}
 	if res.Status != codegw.StatusTimeout {
 		return fmt.Sprintf("timeout: status %s", res.Status), nil
+	}
+	return "", nil
+}
+
+// memoryBomb allocates past the kernel's memory limit: in a memory cgroup
+// the kernel is killed and the answer says "oom"; under RLIMIT_AS the
+// allocation fails with MemoryError.
+func (w *worker) memoryBomb(context.Context) (string, error) {
+	res, err := w.execute("/api/v1/execute", map[string]any{"code": "x = []\nwhile True: x.append(b'x' * (16 << 20))"})
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case w.limit == "cgroup" && res.Status != codegw.StatusOOM:
+		return fmt.Sprintf("memory bomb: status %s (%v), want oom", res.Status, res.Error), nil
+	case w.limit == "rlimit" && (res.Status != codegw.StatusError || res.EName != "MemoryError"):
+		return fmt.Sprintf("memory bomb: status %s ename %q, want error MemoryError", res.Status, res.EName), nil
 	}
 	return "", nil
 }

@@ -336,6 +336,15 @@ func TestParseConfig(t *testing.T) {
 		{"operations", []string{"RATE_LIMIT=2.5", "RATE_BURST=10", "MAX_EXECUTIONS_PER_KEY=3", "DRAIN_TIMEOUT=45", "LOG_FORMAT=json", "METRICS_KEY=m"}, func(c app.Config) bool {
 			return c.RateLimit == 2.5 && c.RateBurst == 10 && c.MaxExecutionsPerKey == 3 && c.DrainTimeout == 45*time.Second && c.LogFormat == "json" && c.MetricsKey == "m"
 		}, nil},
+		{"kernel memory per key", []string{"MAX_KERNEL_MEMORY_PER_KEY=4g", "KERNEL_MEMORY=512m"}, func(c app.Config) bool {
+			return c.MaxKernelMemoryPerKey == 4<<30 && c.MemoryBytes == 512<<20
+		}, nil},
+		{"kernel memory per key without a kernel limit", []string{"MAX_KERNEL_MEMORY_PER_KEY=4g", "KERNEL_MEMORY=0"}, nil, []string{
+			"MAX_KERNEL_MEMORY_PER_KEY needs KERNEL_MEMORY",
+		}},
+		{"kernel memory per key below one kernel", []string{"MAX_KERNEL_MEMORY_PER_KEY=256m", "KERNEL_MEMORY=1g"}, nil, []string{
+			"MAX_KERNEL_MEMORY_PER_KEY (268435456 bytes) is less than one kernel's KERNEL_MEMORY",
+		}},
 		{"bad operations settings", []string{"LOG_FORMAT=xml", "RATE_LIMIT=-1", "DRAIN_TIMEOUT=-5"}, nil, []string{
 			`LOG_FORMAT must be text or json, not "xml"`, "RATE_LIMIT must not be negative", "DRAIN_TIMEOUT must not be negative",
 		}},

@@ -144,6 +144,12 @@ func (c *cgroups) remove() {
 func (c *cgroups) create(name string, memory int64, pids int) (*cgroup, error) {
 	g := &cgroup{mem: filepath.Join(c.mem, name), pids: filepath.Join(c.pids, name)}
 	for _, d := range []string{g.mem, g.pids} {
+		// The parent is shared by the provisioners of this process (it is
+		// named after the pid): another one's Close may have removed it.
+		if err := os.Mkdir(filepath.Dir(d), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			g.remove()
+			return nil, fmt.Errorf("local: cgroup: %w", err)
+		}
 		if err := os.Mkdir(d, 0o755); err != nil {
 			g.remove()
 			return nil, fmt.Errorf("local: cgroup: %w", err)
