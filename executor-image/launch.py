@@ -32,6 +32,11 @@ same way wherever it runs:
   that started the kernel holds (the local provisioner sets it; Docker does
   not). When reading it gives end-of-file, that process is gone, however it
   died, and the kernel kills its process group and exits at once.
+- Right after initialize() has bound the kernel's sockets, one byte is
+  written to the descriptor EXECUTOR_READY_FD (a pipe: the local provisioner
+  or the zygote holds its read end) or to the FIFO EXECUTOR_READY_FILE
+  (Docker: in the bind-mounted socket directory), so the gateway dials once
+  instead of retrying until the kernel listens: see signal_bound.
 
 The second form builds that font cache into DIR, once, at image build time
 (Docker) or when the local provisioner starts.
@@ -284,6 +289,32 @@ def exit_after_shutdown(app):
         os._exit(0)
 
 
+def signal_bound():
+    """Tell the gateway that the kernel's sockets are bound.
+
+    Called right after IPKernelApp.initialize(), which binds them. One byte
+    goes to EXECUTOR_READY_FD (a pipe's write end) or to the FIFO
+    EXECUTOR_READY_FILE, which is then closed; user code sees neither. A
+    failure is only logged: the gateway falls back to dialling with retries.
+    """
+    fd = os.environ.pop("EXECUTOR_READY_FD", None)
+    path = os.environ.pop("EXECUTOR_READY_FILE", None)
+    try:
+        if fd is not None:
+            fd = int(fd)
+        elif path:
+            # Non-blocking: no reader (a gateway gone) is ENXIO, not a hang.
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        else:
+            return
+        try:
+            os.write(fd, b"b")
+        finally:
+            os.close(fd)
+    except (ValueError, OSError) as e:
+        log("bound signal not sent: %s" % e)
+
+
 def import_ipykernel():
     """Import ipykernel and return its IPKernelApp.
 
@@ -337,6 +368,7 @@ def main(argv):
             "--IPKernelApp.parent_handle=1",
         ]
     )
+    signal_bound()
     preload(app.shell)
     app.start()
     exit_after_shutdown(app)

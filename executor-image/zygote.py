@@ -28,7 +28,9 @@ Descriptors (set by the provisioner):
   object per line. Requests: {"op": "fork", "token", ...} (see specialise)
   and {"op": "kill", "token"}. Answers and events: {"op": "ready"},
   {"op": "forked", "token", "pid"}, {"op": "error", "token", "error"},
-  {"op": "exit", "token", "status"}. End-of-file ends the zygote.
+  {"op": "bound", "token"} (the kernel's sockets are bound: the child wrote
+  to its bound pipe, see launch.signal_bound), {"op": "exit", "token",
+  "status"}. End-of-file ends the zygote.
 - EXECUTOR_LIFELINE_FD: as for launch.py; end-of-file means the gateway is
   gone, and the zygote exits.
 
@@ -267,6 +269,7 @@ class Zygote:
         os.set_blocking(self.sig_r, False)
         os.set_blocking(self.sig_w, False)
         self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.bound = {}  # read end of a child's bound pipe -> token
 
     def send(self, obj):
         self.ctl.sendall((json.dumps(obj) + "\n").encode())
@@ -279,7 +282,10 @@ class Zygote:
             log("warning: %d threads before the first fork" % n)
         self.send({"op": "ready", "pid": os.getpid(), "threads": n})
         while True:
-            r, _, _ = select.select([self.ctl, self.sig_r, self.lifeline], [], [])
+            r, _, _ = select.select([self.ctl, self.sig_r, self.lifeline, *self.bound], [], [])
+            for fd in r:
+                if fd in self.bound:
+                    self.forward_bound(fd)
             if self.lifeline in r:
                 try:
                     data = os.read(self.lifeline, 64)
@@ -302,6 +308,17 @@ class Zygote:
                 while b"\n" in self.buf:
                     line, self.buf = self.buf.split(b"\n", 1)
                     self.handle(json.loads(line))
+
+    def forward_bound(self, fd):
+        """Forward a child's bound byte (end-of-file: it died first)."""
+        token = self.bound.pop(fd)
+        try:
+            data = os.read(fd, 1)
+        except OSError:
+            data = b""
+        os.close(fd)
+        if data:
+            self.send({"op": "bound", "token": token})
 
     def shutdown(self):
         for pid in self.kernels:
@@ -355,8 +372,15 @@ class Zygote:
     def fork(self, req):
         """Fork a kernel; return its pid. Its set-up runs in the child."""
         sandbox = req.get("sandbox")
+        # The child says through this pipe when its sockets are bound.
+        br, bw = os.pipe()
         if sandbox:
-            _check(libc.unshare(CLONE_NEWPID), "unshare pid")
+            try:
+                _check(libc.unshare(CLONE_NEWPID), "unshare pid")
+            except BaseException:
+                os.close(br)
+                os.close(bw)
+                raise
         pid = -1
         try:
             pid = os.fork()
@@ -364,11 +388,19 @@ class Zygote:
             if sandbox and pid != 0:
                 # Our next children are born in our own pid namespace again.
                 _check(libc.setns(self.pidns, CLONE_NEWPID), "setns pid")
+            if pid != 0:
+                os.close(bw)
+                if pid > 0:
+                    self.bound[br] = req.get("token")
+                else:
+                    os.close(br)
         if pid == 0:
             try:
                 self.ctl.close()
-                for fd in (self.zw, self.sig_r, self.sig_w, self.lifeline, self.pidns):
+                for fd in (self.zw, self.sig_r, self.sig_w, self.lifeline, self.pidns, br, *self.bound):
                     os.close(fd)
+                req["ready_fd"] = bw
+                req.setdefault("env", {})["EXECUTOR_READY_FD"] = str(bw)
                 signal.set_wakeup_fd(-1)
                 specialise(req, self.zr)
                 run_kernel(req, self.zr)
@@ -530,8 +562,7 @@ def loopback_up():
 
 def run_kernel(req, zr):
     # Nothing of the zygote's but the lifeline reaches user code.
-    os.closerange(3, zr)
-    os.closerange(zr + 1, 1 << 16)
+    close_fds_but(zr, req.get("ready_fd"))
 
     os.environ.clear()
     os.environ.update(req.get("env") or {})
@@ -568,6 +599,7 @@ def run_kernel(req, zr):
         IPKernelApp.clear_instance()
         app = IPKernelApp.instance()
         app.initialize(["-f", req["conn"]] + KERNEL_ARGS)
+    launch.signal_bound()
     if os.getpid() == 1:
         interrupt_as_init(app.kernel)
     if PREPARED is None:
@@ -619,6 +651,19 @@ def initialize_prepared(conn, app, shell, excepthook):
     sys.stdout.flush()
     sys.stderr.flush()
     return app
+
+
+def close_fds_but(*keep):
+    """Close every descriptor from 3 up but those in keep (None is ignored).
+
+    The bound pipe's write end (req["ready_fd"]) is kept for
+    launch.signal_bound, which closes it once the sockets are bound.
+    """
+    lo = 3
+    for fd in sorted(fd for fd in keep if fd is not None and fd >= 3):
+        os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 1 << 16)
 
 
 def interrupt_as_init(kernel):

@@ -36,6 +36,10 @@ type ClientOptions struct {
 	// fire for a live kernel starved of CPU on a busy machine). Negative
 	// disables heartbeat monitoring.
 	HeartbeatTimeout time.Duration
+	// Bound, when not nil, is closed once the kernel has bound its sockets
+	// (see Binder): Dial then connects at once. Without it, or when it
+	// does not come within boundWait, Dial retries with a backoff.
+	Bound <-chan struct{}
 	// Logger receives decode errors and other oddities (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -72,6 +76,9 @@ type Client struct {
 
 	quitting atomic.Bool // a shutdown_request was sent: the kernel exits by itself
 
+	ping     chan struct{} // the heartbeat scheduler asks for a ping
+	lastPong atomic.Int64  // unix nanoseconds of the last pong (or of the watch's start)
+
 	mu      sync.Mutex
 	pending map[string]*call // by msg_id of the request
 	deadErr error            // set once when the kernel is found dead
@@ -89,7 +96,13 @@ func newCall(ch chan *Message) *call {
 }
 
 // Dial connects to the kernel at info and returns a Client. It does not wait
-// for the kernel to be ready; call WaitReady.
+// for the kernel to be ready; call WaitReady. It does not watch the
+// heartbeat either; call Heartbeat(true).
+//
+// A kernel binds its sockets some time after its process starts. When
+// opts.Bound is given, Dial waits for it and connects once; otherwise (a
+// kernel that gives no signal) it retries each socket with a backoff from
+// 10 ms to half a second.
 func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client, error) {
 	opts.defaults()
 	cctx, cancel := context.WithCancel(context.Background())
@@ -102,6 +115,7 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 		signer:  NewSigner(info.Key),
 		pending: make(map[string]*call),
 		dead:    make(chan struct{}),
+		ping:    make(chan struct{}, 1),
 	}
 	// zmq4 dials block with their own retry loop; tie them to ctx.
 	stop := context.AfterFunc(ctx, cancel)
@@ -109,10 +123,9 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 
 	id := zmq4.SocketIdentity(codegw.NewID())
 	sockOpts := []zmq4.Option{
-		// The kernel binds its sockets ~0.5 s after it starts; retrying
-		// every 25 ms costs a few ms of CPU per kernel, not tens.
-		zmq4.WithDialerRetry(25 * time.Millisecond),
-		zmq4.WithDialerMaxRetries(-1),
+		// One attempt per Dial: dialSocket retries, woken by the kernel's
+		// signal rather than by a 25 ms sleep loop.
+		zmq4.WithDialerMaxRetries(0),
 		zmq4.WithLogger(slogLogger(opts.Logger)),
 	}
 	// Shell and stdin must share one identity: the kernel routes
@@ -128,26 +141,62 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 		_ = c.Close()
 		return nil, fmt.Errorf("kernel: subscribe iopub: %w", err)
 	}
+	bound := opts.Bound
+	if bound != nil {
+		t := time.NewTimer(boundWait)
+		select {
+		case <-bound:
+		case <-t.C:
+			opts.Logger.Debug("kernel: no bound signal; dialling with retries", "after", boundWait)
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
 	for _, s := range c.sockets() {
-		if err := s.sock.Dial(info.Endpoint(s.channel)); err != nil {
+		if err := dialSocket(ctx, s.sock, info.Endpoint(s.channel)); err != nil {
 			_ = c.Close()
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("kernel: dial %s: %w", s.channel, ctx.Err())
-			}
 			return nil, fmt.Errorf("kernel: dial %s: %w", s.channel, err)
 		}
 	}
 	for _, s := range c.sockets() {
-		if s.channel != HB { // the heartbeat has its own loop
+		if s.channel != HB { // the heartbeat has its own goroutine
 			c.wg.Add(1)
 			go c.read(s.sock, s.channel)
 		}
 	}
 	if opts.HeartbeatTimeout > 0 {
 		c.wg.Add(1)
-		go c.heartbeat()
+		go c.pinger()
 	}
 	return c, nil
+}
+
+// boundWait bounds Dial's wait for a kernel's bound signal: a kernel whose
+// launcher predates the signal (an old executor image) still gets dialled.
+const boundWait = 3 * time.Second
+
+// dialSocket dials sock until it connects or ctx ends, with a backoff: one
+// attempt when the kernel said its sockets are bound, a few while a kernel
+// without the signal starts.
+func dialSocket(ctx context.Context, sock zmq4.Socket, endpoint string) error {
+	backoff := 10 * time.Millisecond
+	for {
+		err := sock.Dial(endpoint)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+		backoff = min(backoff*2, 500*time.Millisecond)
+	}
 }
 
 // channelSocket is one of a Client's sockets and its channel's name.
@@ -164,6 +213,7 @@ func (c *Client) sockets() []channelSocket {
 // does not stop the kernel. It returns the sockets' close errors, joined;
 // a connection that was already closed (the kernel went first) is not one.
 func (c *Client) Close() error {
+	beats.unwatch(c)
 	c.cancel()
 	var errs []error
 	for _, s := range c.sockets() {
@@ -185,12 +235,14 @@ func (c *Client) Fail(err error) {
 		err = fmt.Errorf("%w: %w", ErrDied, err)
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.deadErr != nil {
+		c.mu.Unlock()
 		return
 	}
 	c.deadErr = err
 	close(c.dead)
+	c.mu.Unlock()
+	beats.unwatch(c)
 }
 
 // Dead is closed when the kernel is found dead or the Client is closed.
@@ -233,50 +285,6 @@ func (c *Client) read(sock zmq4.Socket, channel string) {
 		case <-cl.gone:
 		case <-c.ctx.Done():
 			return
-		}
-	}
-}
-
-func (c *Client) heartbeat() {
-	defer c.wg.Done()
-	pong := make(chan struct{}, 1)
-	c.wg.Add(1)
-	go func() { // the REQ socket blocks in Recv; this goroutine owns it
-		defer c.wg.Done()
-		for c.ctx.Err() == nil {
-			if err := c.hb.Send(zmq4.NewMsg([]byte("ping"))); err != nil {
-				return
-			}
-			if _, err := c.hb.Recv(); err != nil {
-				return
-			}
-			select {
-			case pong <- struct{}{}:
-			default:
-			}
-			select {
-			case <-time.After(c.opts.HeartbeatInterval):
-			case <-c.ctx.Done():
-				return
-			}
-		}
-	}()
-	last := time.Now()
-	tick := time.NewTicker(c.opts.HeartbeatInterval / 2)
-	defer tick.Stop()
-	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-c.dead:
-			return
-		case <-pong:
-			last = time.Now()
-		case now := <-tick.C:
-			if now.Sub(last) > c.opts.HeartbeatTimeout {
-				c.Fail(fmt.Errorf("no heartbeat for %v", now.Sub(last).Round(time.Millisecond)))
-				return
-			}
 		}
 	}
 }
@@ -370,8 +378,11 @@ type KernelInfo struct {
 
 // WaitReady returns once the kernel answered kernel_info_request on shell AND
 // published that request's idle status on iopub, which proves the iopub
-// subscription is live. Until then it asks again every 100ms, since the
-// first requests can be sent before the subscription reaches the kernel.
+// subscription is live. It asks once. It asks again only when the answer is
+// incomplete: a reply whose idle status did not follow within
+// readyIdleWait (the subscription reached the kernel after the status was
+// published), or no reply at all after a backoff from one second (a kernel
+// that lost the request), a few times.
 func (c *Client) WaitReady(ctx context.Context) (*KernelInfo, error) {
 	var (
 		info    *KernelInfo
@@ -409,7 +420,8 @@ func (c *Client) WaitReady(ctx context.Context) (*KernelInfo, error) {
 	if err := ask(); err != nil {
 		return nil, fmt.Errorf("kernel: wait ready: %w", err)
 	}
-	retry := time.NewTicker(100 * time.Millisecond)
+	backoff := time.Second
+	retry := time.NewTimer(backoff)
 	defer retry.Stop()
 	idle := false
 	for info == nil || !idle {
@@ -419,10 +431,17 @@ func (c *Client) WaitReady(ctx context.Context) (*KernelInfo, error) {
 		case <-c.dead:
 			return nil, fmt.Errorf("kernel: wait ready: %w", c.Err())
 		case <-retry.C:
-			if !idle && len(pending) < 100 {
-				if err := ask(); err != nil {
-					return nil, fmt.Errorf("kernel: wait ready: %w", err)
-				}
+			if len(pending) >= readyAsksMax {
+				continue // the start timeout ends the wait
+			}
+			if err := ask(); err != nil {
+				return nil, fmt.Errorf("kernel: wait ready: %w", err)
+			}
+			if info == nil {
+				backoff = min(backoff*2, 5*time.Second)
+				retry.Reset(backoff)
+			} else {
+				retry.Reset(readyIdleWait)
 			}
 		case m := <-merged:
 			switch m.Header.MsgType {
@@ -431,6 +450,9 @@ func (c *Client) WaitReady(ctx context.Context) (*KernelInfo, error) {
 					info = new(KernelInfo)
 					if err := json.Unmarshal(m.Content, info); err != nil {
 						return nil, fmt.Errorf("kernel: kernel_info_reply: %w", err)
+					}
+					if !idle {
+						retry.Reset(readyIdleWait)
 					}
 				}
 			case "status":
@@ -442,6 +464,14 @@ func (c *Client) WaitReady(ctx context.Context) (*KernelInfo, error) {
 	}
 	return info, nil
 }
+
+// readyIdleWait is how long WaitReady waits for the idle status that
+// follows a kernel_info_reply (published by another thread of the kernel)
+// before it asks again.
+const readyIdleWait = 100 * time.Millisecond
+
+// readyAsksMax bounds WaitReady's kernel_info_requests.
+const readyAsksMax = 20
 
 func isIdle(content []byte) bool {
 	return bytes.Contains(content, []byte(`"idle"`))

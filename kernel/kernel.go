@@ -44,6 +44,7 @@ type Kernel struct {
 	mu        sync.Mutex
 	client    *Client
 	closed    bool
+	parked    bool  // waiting in a pool: its heartbeat is not watched
 	killedFor error // why the gateway killed a kernel it could not talk to
 }
 
@@ -79,10 +80,29 @@ func Launch(ctx context.Context, prov Provisioner, spec Spec, opts LaunchOptions
 	return k, nil
 }
 
-// connect dials the current process and waits for readiness.
+// connect dials the current process and waits for readiness. A process
+// that says when its sockets are bound (Binder) is dialled once, then; one
+// that exits first ends the wait.
 func (k *Kernel) connect(ctx context.Context) error {
-	c, err := Dial(ctx, k.proc.ConnectionInfo(), k.opts.Client)
+	opts := k.opts.Client
+	if b, ok := k.proc.(Binder); ok {
+		opts.Bound = b.Bound()
+	}
+	dctx, cancel := context.WithCancel(ctx)
+	exited := k.proc.Exited()
+	go func() {
+		select {
+		case <-exited:
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
+	c, err := Dial(dctx, k.proc.ConnectionInfo(), opts)
+	cancel()
 	if err != nil {
+		if e, ok := k.Exit(); ok && ctx.Err() == nil {
+			return fmt.Errorf("%w: %s", ErrDied, DescribeExit(e))
+		}
 		return err
 	}
 	go k.watch(c)
@@ -93,8 +113,38 @@ func (k *Kernel) connect(ctx context.Context) error {
 	}
 	k.mu.Lock()
 	k.client, k.info = c, info
+	if !k.parked {
+		c.Heartbeat(true)
+	}
 	k.mu.Unlock()
 	return nil
+}
+
+// Binder is implemented by processes that tell when the kernel has bound
+// its sockets, so that the gateway dials once instead of retrying until the
+// kernel listens: the launcher writes to a pipe or a FIFO right after
+// ipykernel's initialize(), and a zygote forwards its child's byte.
+type Binder interface {
+	// Bound is closed when the current kernel process has bound its
+	// sockets. After Restart it returns a new channel for the new process.
+	Bound() <-chan struct{}
+}
+
+// Park stops watching the heartbeat of a kernel that waits in a pool: no
+// caller waits on it, and its process's exit still tells its death. Unpark
+// watches it again when it is handed out.
+func (k *Kernel) Park() { k.setParked(true) }
+
+// Unpark watches the heartbeat again; see Park.
+func (k *Kernel) Unpark() { k.setParked(false) }
+
+func (k *Kernel) setParked(parked bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.parked = parked
+	if k.client != nil {
+		k.client.Heartbeat(!parked)
+	}
 }
 
 // watch fails c when the process it talks to exits, and kills the process

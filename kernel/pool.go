@@ -24,7 +24,9 @@ type PoolConfig struct {
 
 // Pool keeps ready kernels ahead of demand. Each kernel is handed to one
 // caller, who closes it when done; the pool then starts a replacement.
-// Kernels that die while waiting in the pool are replaced.
+// Kernels that die while waiting in the pool are replaced: their process's
+// exit tells it. Their heartbeat is watched only once they are handed out
+// (Kernel.Park), so an idle pool costs the gateway no wake-ups.
 type Pool struct {
 	cfg    PoolConfig
 	ctx    context.Context
@@ -112,6 +114,7 @@ func (p *Pool) startOne() {
 		return
 	}
 	p.failures, p.lastErr = 0, nil
+	k.Park() // until handed out: no heartbeat while it waits
 	p.cfg.Logger.Debug("pool: kernel ready", "kernel", k.ID(), "took", time.Since(begin))
 	if p.handOver(k) {
 		p.mu.Unlock()
@@ -195,6 +198,7 @@ func (p *Pool) Acquire(ctx context.Context) (*Kernel, error) {
 			p.discard(k)
 			continue
 		}
+		k.Unpark()
 		return k, nil
 	}
 }

@@ -18,6 +18,7 @@ import (
 // poolFixture counts launches and remembers every process it started.
 type poolFixture struct {
 	dir      string
+	opts     kernel.LaunchOptions
 	launches atomic.Int32
 	mu       sync.Mutex
 	procs    []kernel.Process
@@ -25,7 +26,7 @@ type poolFixture struct {
 
 func (f *poolFixture) launch(ctx context.Context) (*kernel.Kernel, error) {
 	n := f.launches.Add(1)
-	k, err := kernel.Launch(ctx, &plainProvisioner{dir: f.dir}, kernel.Spec{ID: fmt.Sprintf("p%d", n)}, kernel.LaunchOptions{})
+	k, err := kernel.Launch(ctx, &plainProvisioner{dir: f.dir}, kernel.Spec{ID: fmt.Sprintf("p%d", n)}, f.opts)
 	if err == nil {
 		f.mu.Lock()
 		f.procs = append(f.procs, k.Process())
@@ -86,6 +87,12 @@ func TestPool(t *testing.T) {
 	f.mu.Unlock()
 	launched := f.launches.Load()
 	victim.Kill(context.Background())
+	// Promptly: its exit tells it, with no heartbeat to miss.
+	killed := time.Now()
+	waitFor(t, "a replacement start", func() bool { return f.launches.Load() > launched })
+	if d := time.Since(killed); d > time.Second {
+		t.Errorf("the death of a pooled kernel was noticed after %v", d)
+	}
 	waitFor(t, "replacement of a dead kernel", func() bool {
 		return f.launches.Load() > launched && p.Stats().Ready == 2
 	})
@@ -141,6 +148,48 @@ func TestPoolStartFailure(t *testing.T) {
 	if calls.Load() == 0 {
 		t.Error("pool never tried to start a kernel")
 	}
+}
+
+// TestPoolHeartbeat: a kernel waiting in the pool is not pinged (a frozen
+// one stays there), and once handed out its heartbeat is watched: frozen,
+// it is found dead.
+func TestPoolHeartbeat(t *testing.T) {
+	dir, err := os.MkdirTemp("", "kp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	f := &poolFixture{dir: dir, opts: kernel.LaunchOptions{Client: kernel.ClientOptions{
+		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 400 * time.Millisecond}}}
+	p := kernel.NewPool(kernel.PoolConfig{Size: 1, Launch: f.launch})
+	defer p.Close(context.Background())
+	waitFor(t, "pool to fill", func() bool { return p.Stats().Ready == 1 })
+	f.mu.Lock()
+	pid := f.procs[0].(interface{ Pid() int }).Pid()
+	f.mu.Unlock()
+	syscall.Kill(-pid, syscall.SIGSTOP)
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGCONT) })
+
+	time.Sleep(4 * 400 * time.Millisecond) // four heartbeat timeouts
+	if st := p.Stats(); st.Ready != 1 || f.launches.Load() != 1 {
+		t.Fatalf("a frozen pooled kernel was replaced (stats %+v, %d launches): it was pinged in the pool", st, f.launches.Load())
+	}
+
+	k, err := p.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close(context.Background())
+	start := time.Now()
+	select {
+	case <-k.Dead():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a frozen kernel handed out was not found dead")
+	}
+	if err := k.Err(); !strings.Contains(fmt.Sprint(err), "heartbeat") {
+		t.Errorf("Err() = %v, want a missed heartbeat", err)
+	}
+	t.Logf("found dead %v after it was handed out: %v", time.Since(start), k.Err())
 }
 
 // Kernels go to waiting callers in the order they asked, and a caller that

@@ -108,6 +108,7 @@ type Manager struct {
 	mu       sync.Mutex
 	sessions map[string]*Session
 	closed   bool
+	added    chan struct{} // wakes the culler, which sleeps while there is no session
 
 	bg     sync.WaitGroup // kernel teardowns and session loops
 	ctx    context.Context
@@ -144,6 +145,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg: cfg, log: cfg.Logger,
 		workers:  make(chan struct{}, cfg.MaxWorkers),
 		sessions: make(map[string]*Session),
+		added:    make(chan struct{}, 1),
 		ctx:      ctx, cancel: cancel,
 		adm: admission{maxExec: cfg.MaxExecutionsPerKey, kernelMem: cfg.KernelMemory, maxMem: cfg.MaxKernelMemoryPerKey,
 			use: map[string]*keyUse{}},
@@ -433,6 +435,10 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 	s.ctx, s.cancel = context.WithCancel(m.ctx)
 	m.sessions[id] = s
 	m.mu.Unlock()
+	select {
+	case m.added <- struct{}{}:
+	default:
+	}
 	m.bg.Add(1)
 	go s.loop()
 	m.log.Info("session created", "session", id, "kernel", k.ID(), "idle_timeout", idle)
@@ -535,12 +541,26 @@ func (m *Manager) remove(s *Session, reason string) {
 	m.log.Info("session closed", "session", s.id, "reason", reason)
 }
 
-// cull ends sessions idle past their timeout.
+// cull ends sessions idle past their timeout. It looks once a second while
+// sessions exist and sleeps without a timer while none does: a gateway
+// serving only stateless calls is not woken for nothing.
 func (m *Manager) cull() {
 	defer m.bg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
+		m.mu.Lock()
+		none := len(m.sessions) == 0
+		m.mu.Unlock()
+		if none {
+			t.Stop()
+			select {
+			case <-m.ctx.Done():
+				return
+			case <-m.added:
+			}
+			t.Reset(time.Second)
+		}
 		select {
 		case <-m.ctx.Done():
 			return

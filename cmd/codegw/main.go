@@ -4,6 +4,12 @@
 //
 // main only reads the configuration (config.go), sets up logging and
 // handles signals; package app builds and closes the service.
+//
+// The runtime does not re-read the cgroup CPU limit every second to adjust
+// GOMAXPROCS (Go 1.25's updatemaxprocs): that wake-up was most of an idle
+// gateway's CPU. The limit in force at start is still applied.
+//
+//go:debug updatemaxprocs=0
 package main
 
 import (

@@ -41,6 +41,7 @@ import (
 var (
 	_ kernel.Provisioner = (*Provisioner)(nil)
 	_ kernel.Reaper      = (*Provisioner)(nil)
+	_ kernel.Binder      = (*process)(nil)
 )
 
 // Labels set on every container.
@@ -59,7 +60,11 @@ const (
 	containerInput     = "/code/input"
 	containerOutput    = "/code/output"
 	connectionFile     = "connection.json"
-	instanceFile       = "instance"
+	// readyFIFO is the FIFO in the run directory on which the launcher
+	// writes a byte once the kernel's sockets are bound
+	// (EXECUTOR_READY_FILE), so the gateway dials once.
+	readyFIFO    = "bound"
+	instanceFile = "instance"
 )
 
 // Config configures a Provisioner. The zero value of a field means its
@@ -233,6 +238,7 @@ func newProvisioner(ctx context.Context, cfg Config, api dockerAPI, host string)
 	if cfg.Preload != nil {
 		env["EXECUTOR_PRELOAD"] = strings.Join(cfg.Preload, ",")
 	}
+	env["EXECUTOR_READY_FILE"] = containerRunDir + "/" + readyFIFO
 	return &Provisioner{
 		cfg: cfg, api: api, log: cfg.Logger, uid: uid, gid: gid,
 		env:  envList(env, nil),
@@ -360,11 +366,17 @@ func (p *Provisioner) start(ctx context.Context, spec kernel.Spec) (_ *process, 
 		return nil, fmt.Errorf("docker: kernel %s: create container: %w", spec.ID, err)
 	}
 	proc.cid = created.ID
+	bound, err := proc.openBound()
+	if err != nil {
+		p.removeContainer(proc.cid)
+		return nil, fmt.Errorf("docker: kernel %s: %w", spec.ID, err)
+	}
 	if err := p.api.ContainerStart(ctx, proc.cid, container.StartOptions{}); err != nil {
+		bound.close()
 		p.removeContainer(proc.cid)
 		return nil, fmt.Errorf("docker: kernel %s: start container: %w", spec.ID, err)
 	}
-	proc.startRun()
+	proc.startRun(bound)
 	p.log.Info("docker: kernel started", "kernel", spec.ID, "session", spec.Labels["session"],
 		"container", shortID(proc.cid), "ms", time.Since(begin).Milliseconds())
 	return proc, nil

@@ -620,3 +620,40 @@ func TestDeath(t *testing.T) {
 		})
 	}
 }
+
+// TestBound: the launcher in the container says through the run
+// directory's FIFO when the kernel's sockets are bound (kernel.Binder), for
+// the first run and after a restart, so the gateway dials once.
+func TestBound(t *testing.T) {
+	t.Parallel()
+	p := newTestProvisioner(t, testConfig(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	proc, err := p.Start(ctx, kernel.Spec{ID: "k" + randomID(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proc.Close(context.Background()) })
+	waitBound := func() {
+		t.Helper()
+		start := time.Now()
+		select {
+		case <-proc.(kernel.Binder).Bound():
+		case <-proc.Exited():
+			t.Fatalf("container exited before its kernel was bound: %+v", proc.Exit())
+		case <-ctx.Done():
+			t.Fatal("no bound signal")
+		}
+		t.Logf("bound %v after the container started", time.Since(start).Round(time.Millisecond))
+		for _, f := range proc.ConnectionInfo().SocketFiles() {
+			if _, err := os.Stat(f); err != nil {
+				t.Errorf("bound, but socket %s: %v", f, err)
+			}
+		}
+	}
+	waitBound()
+	if err := proc.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitBound()
+}

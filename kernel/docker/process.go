@@ -48,6 +48,7 @@ type run struct {
 	exited chan struct{} // closed once exit is set
 	done   chan struct{} // closed when the waiter returns
 	cancel context.CancelFunc
+	bound  *boundFIFO
 
 	mu          sync.Mutex
 	exit        kernel.Exit
@@ -107,11 +108,62 @@ func (c *process) removeSockets() {
 
 // startRun sets up a new run for a container that was just started and
 // starts its waiter. c.mu is held or c is not shared yet.
-func (c *process) startRun() {
+func (c *process) startRun(bound *boundFIFO) {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &run{exited: make(chan struct{}), done: make(chan struct{}), cancel: cancel}
+	r := &run{exited: make(chan struct{}), done: make(chan struct{}), cancel: cancel, bound: bound}
 	c.run.Store(r)
+	go bound.watch()
 	go c.wait(ctx, r)
+}
+
+// Bound is closed once the current run's kernel has bound its sockets
+// (kernel.Binder): the launcher writes to the run directory's FIFO.
+func (c *process) Bound() <-chan struct{} { return c.current().bound.done }
+
+// boundFIFO is the gateway's side of a run's bound FIFO.
+type boundFIFO struct {
+	r, w *os.File      // w only keeps r from reading end-of-file before the kernel opens it
+	done chan struct{} // closed at the kernel's byte
+}
+
+// openBound makes a fresh FIFO in the run directory, the kernel user's,
+// and opens it. It is open before the container starts: the launcher's
+// non-blocking open fails when nobody reads.
+func (c *process) openBound() (*boundFIFO, error) {
+	path := filepath.Join(c.runDir, readyFIFO)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("bound fifo: %w", err)
+	}
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		return nil, fmt.Errorf("bound fifo: %w", err)
+	}
+	if err := c.p.giveToKernel(path); err != nil {
+		return nil, fmt.Errorf("bound fifo: %w", err)
+	}
+	r, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("bound fifo: %w", err)
+	}
+	w, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("bound fifo: %w", err)
+	}
+	return &boundFIFO{r: r, w: w, done: make(chan struct{})}, nil
+}
+
+// watch waits (in the runtime's poller) for the kernel's byte; close ends it.
+func (b *boundFIFO) watch() {
+	var buf [1]byte
+	if n, _ := b.r.Read(buf[:]); n > 0 {
+		close(b.done)
+	}
+}
+
+// close ends watch; the run's end calls it.
+func (b *boundFIFO) close() {
+	b.r.Close()
+	b.w.Close()
 }
 
 // wait is the waiter of one run: it records how the container ended and
@@ -120,6 +172,7 @@ func (c *process) startRun() {
 func (c *process) wait(ctx context.Context, r *run) {
 	defer close(r.done)
 	defer r.cancel()
+	defer r.bound.close()
 	events := c.pidsEventsPath()
 	tick := time.NewTicker(pidsSampleInterval)
 	defer tick.Stop()
@@ -252,10 +305,15 @@ func (c *process) Restart(ctx context.Context) error {
 	if err := c.writeConnectionFile(); err != nil {
 		return fmt.Errorf("docker: restart kernel %s: %w", c.id, err)
 	}
-	if err := c.p.api.ContainerStart(ctx, c.cid, container.StartOptions{}); err != nil {
+	bound, err := c.openBound()
+	if err != nil {
 		return fmt.Errorf("docker: restart kernel %s: %w", c.id, err)
 	}
-	c.startRun()
+	if err := c.p.api.ContainerStart(ctx, c.cid, container.StartOptions{}); err != nil {
+		bound.close()
+		return fmt.Errorf("docker: restart kernel %s: %w", c.id, err)
+	}
+	c.startRun(bound)
 	c.p.log.Info("docker: kernel restarted", "kernel", c.id, "container", shortID(c.cid))
 	return nil
 }

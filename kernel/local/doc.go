@@ -13,6 +13,11 @@
 //	root/          (forked kernels) the mount point of the kernel's own root,
 //	               built inside its mount namespace; empty on the host
 //
+// Either way the kernel says when its sockets are bound (Process.Bound,
+// kernel.Binder), so the gateway dials once: a spawned kernel's launcher
+// writes a byte to a pipe at fd 4 (EXECUTOR_READY_FD), a forked one to a
+// pipe its zygote holds, which forwards it as a "bound" event.
+//
 // Kernels are made in one of two ways (Config.Start, KERNEL_START):
 //
 //   - fork (default): a zygote, executor-image/zygote.py, started once per
@@ -30,7 +35,7 @@
 // The zygote runs as the gateway's user (root, for the sandbox) with the
 // same lifeline, process-group watcher and Pdeathsig as a spawned kernel,
 // and talks to the provisioner over a socket (fd 4) in JSON lines: fork,
-// kill; forked, exit. Each child is pid 1 of a new pid namespace and, with
+// kill; forked, bound, exit. Each child is pid 1 of a new pid namespace and, with
 // the sandbox, isolates itself before running any user code as bubblewrap
 // would: its own mount (a new root: read-only system, private /tmp and
 // /dev/shm, its /code and socket directory), network (lo only), ipc and uts

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -34,7 +35,10 @@ type Process struct {
 	cur *run
 }
 
-var _ kernel.Process = (*Process)(nil)
+var (
+	_ kernel.Process = (*Process)(nil)
+	_ kernel.Binder  = (*Process)(nil)
+)
 
 // run is one process of a kernel; Restart makes a new one.
 type run struct {
@@ -48,6 +52,10 @@ type run struct {
 	lifeline *os.File
 	exit     kernel.Exit
 	tail     *tailBuffer
+	// bound is closed when the kernel said its sockets are bound: a byte
+	// on its bound pipe (spawned) or the zygote's "bound" event (forked).
+	bound     chan struct{}
+	boundOnce sync.Once
 
 	// Set for a kernel forked by a zygote (KERNEL_START=fork): pgid is
 	// then the kernel's pid, a child of the zygote and pid 1 of its own
@@ -136,25 +144,39 @@ func (k *Process) startSpawn() error {
 		pw.Close()
 		return fmt.Errorf("local: %w", err)
 	}
+	br, bw, err := os.Pipe()
+	if err != nil {
+		pr.Close()
+		pw.Close()
+		lr.Close()
+		lw.Close()
+		return fmt.Errorf("local: %w", err)
+	}
 	// The read end becomes lifelineFD in the child, for the watcher and
 	// the launcher; the write end is close-on-exec, so no other kernel
-	// inherits it.
-	cmd.ExtraFiles = []*os.File{lr}
+	// inherits it. The bound pipe's write end becomes boundFD, on which the
+	// launcher writes a byte once the kernel's sockets are bound.
+	cmd.ExtraFiles = []*os.File{lr, bw}
+	cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], "EXECUTOR_READY_FD="+strconv.Itoa(boundFD))
 
 	t0 := time.Now()
 	err = p.spawn.start(cmd)
 	pw.Close()
 	lr.Close()
+	bw.Close()
 	if err != nil {
 		pr.Close()
 		lw.Close()
+		br.Close()
 		if errors.Is(err, errClosed) {
 			return err
 		}
 		return fmt.Errorf("%w: local: start kernel: %v", kernel.ErrProvisioner, err)
 	}
 	r := &run{cmd: cmd, pgid: cmd.Process.Pid, exited: make(chan struct{}),
-		output: make(chan struct{}), pipe: pr, lifeline: lw, tail: newTailBuffer(outputTail)}
+		output: make(chan struct{}), pipe: pr, lifeline: lw, tail: newTailBuffer(outputTail),
+		bound: make(chan struct{})}
+	go r.watchBound(br)
 	go func() {
 		defer close(r.output)
 		io.Copy(r.tail, pr)
@@ -216,6 +238,23 @@ func exitOfStatus(code int) kernel.Exit {
 	}
 	return kernel.Exit{Code: code}
 }
+
+// markBound closes r.bound; only the first call counts.
+func (r *run) markBound() { r.boundOnce.Do(func() { close(r.bound) }) }
+
+// watchBound reads the kernel's bound pipe: its first byte marks r bound;
+// end-of-file (the kernel died first) leaves it unmarked.
+func (r *run) watchBound(f *os.File) {
+	defer f.Close()
+	var b [1]byte
+	if n, _ := f.Read(b[:]); n > 0 {
+		r.markBound()
+	}
+}
+
+// Bound is closed once the current kernel process has bound its sockets
+// (kernel.Binder): the launcher (spawned) or the zygote (forked) says so.
+func (k *Process) Bound() <-chan struct{} { return k.current().bound }
 
 func (k *Process) current() *run {
 	k.mu.Lock()

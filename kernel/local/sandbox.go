@@ -28,6 +28,11 @@ const inlineBackend = "module://matplotlib_inline.backend_inline"
 //   - the launcher (EXECUTOR_LIFELINE_FD) does the same from inside.
 const lifelineFD = 3
 
+// boundFD is the descriptor of a spawned kernel's bound pipe
+// (EXECUTOR_READY_FD): the launcher writes a byte on it once the kernel's
+// sockets are bound, so the gateway dials once. The watcher closes it.
+const boundFD = 4
+
 // watchScript is run by /bin/sh with the kernel's command as arguments. It
 // forks the watcher, then becomes the command: bwrap or the plain kernel,
 // the process group leader (setsid) with Pdeathsig. The watcher does not
@@ -35,7 +40,7 @@ const lifelineFD = 3
 // on the lifeline; then it kills the process group, itself included. While
 // the gateway lives it sleeps in read(2), and dies with the group when the
 // kernel ends.
-const watchScript = `(while read -r x <&3; do :; done; kill -KILL 0) </dev/null >/dev/null 2>&1 & exec "$@"`
+const watchScript = `(while read -r x <&3; do :; done; kill -KILL 0) </dev/null >/dev/null 2>&1 4>&- & exec "$@"`
 
 // bwrapArgs returns bubblewrap's options for a kernel whose directory is
 // kdir (empty for the probe, which binds no kernel directory). shareNet keeps

@@ -192,6 +192,13 @@ func (z *zygote) read() {
 			if ch != nil {
 				ch <- m
 			}
+		case "bound":
+			z.mu.Lock()
+			r := z.runs[m.Token]
+			z.mu.Unlock()
+			if r != nil {
+				r.markBound()
+			}
 		case "exit":
 			z.mu.Lock()
 			r := z.runs[m.Token]
@@ -384,7 +391,7 @@ func (k *Process) startFork(ctx context.Context) error {
 		req.UID, req.GID = int(p.cred.Uid), int(p.cred.Gid)
 	}
 	r := &run{z: z, token: token, exited: make(chan struct{}), output: closedChan, tail: z.tail,
-		t0: time.Now(), kid: k.id, log: p.log}
+		t0: time.Now(), kid: k.id, log: p.log, bound: make(chan struct{})}
 	if p.cg != nil {
 		cg, err := p.cg.create(token, p.cfg.Memory, p.cfg.PidsLimit)
 		if err != nil {
