@@ -81,8 +81,23 @@ func Launch(ctx context.Context, prov Provisioner, spec Spec, opts LaunchOptions
 
 // connect dials the current process and waits for readiness.
 func (k *Kernel) connect(ctx context.Context) error {
-	c, err := Dial(ctx, k.proc.ConnectionInfo(), k.opts.Client)
+	// A process that ends before its sockets exist ends the dial too.
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-k.proc.Exited():
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
+	c, err := Dial(dctx, k.proc.ConnectionInfo(), k.opts.Client)
 	if err != nil {
+		select {
+		case <-k.proc.Exited():
+			return fmt.Errorf("%w: %s", ErrDied, DescribeExit(k.proc.Exit()))
+		default:
+		}
 		return err
 	}
 	go k.watch(c)
