@@ -511,3 +511,47 @@ func BenchmarkForkLaunch(b *testing.B) {
 		})
 	}
 }
+
+// TestForkRlimits forks kernels as where cgroups cannot be made: memory is
+// bounded by RLIMIT_AS, which numpy and the kernel's threads live with, and
+// an allocation past it fails in the kernel instead of killing it;
+// processes by RLIMIT_NPROC of the kernel's own uid, so a fork bomb in one
+// kernel leaves its sibling's forks alone.
+func TestForkRlimits(t *testing.T) {
+	t.Parallel()
+	cfg := forkConfig(t)
+	cfg.Memory, cfg.PidsLimit = 1<<30, 64
+	cfg.Preload = []string{"numpy"}
+	cfg.noCgroups = true
+	p := newForkProvisioner(t, cfg)
+	if p.LimitMode() != "rlimit" {
+		t.Fatalf("limit mode %s", p.LimitMode())
+	}
+	a := launch(t, p, kernel.Spec{})
+	b := launch(t, p, kernel.Spec{})
+	if got := lines(t, a, `import numpy as np; print(int(np.ones((1000, 1000)).sum()))`); got[0] != "1000000" {
+		t.Errorf("numpy: %v", got)
+	}
+	out, reply, err := execute(t, a, "x = bytearray(2 << 30)")
+	if err != nil || reply.Status != "error" || reply.EName != "MemoryError" {
+		t.Errorf("allocation past the limit: %v %v %q", reply, err, out)
+	}
+	got := lines(t, a, `import os, time
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(30); os._exit(0)
+        n += 1
+except OSError as e:
+    print("refused after", n, e.errno)`)
+	if !strings.HasPrefix(got[0], "refused after") || strings.Fields(got[0])[2] == "0" {
+		t.Errorf("fork bomb: %v", got)
+	}
+	if got := lines(t, b, `import subprocess; print(subprocess.run(["true"]).returncode)`); got[0] != "0" {
+		t.Errorf("b cannot fork beside a's bomb: %v", got)
+	}
+	if got := lines(t, a, "print(1+1)"); got[0] != "2" {
+		t.Errorf("a after its bomb: %v", got)
+	}
+}
