@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 
@@ -149,6 +150,15 @@ func (p *Provisioner) startZygote(ctx context.Context) (_ *zygote, err error) {
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 	}
 	created, err := p.api.ContainerCreate(ctx, cfg, hcfg, nil, nil, z.name)
+	if cerrdefs.IsConflict(err) {
+		// A zygote of an earlier gateway of this instance that has not
+		// ended yet (its name holds the instance id): replace it.
+		p.log.Warn("docker: replacing leftover zygote container", "container", z.name)
+		if rerr := p.removeContainer(z.name); rerr != nil {
+			return nil, fmt.Errorf("%w: docker: remove leftover zygote container: %v", kernel.ErrProvisioner, rerr)
+		}
+		created, err = p.api.ContainerCreate(ctx, cfg, hcfg, nil, nil, z.name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: docker: create zygote container: %v", kernel.ErrProvisioner, err)
 	}
@@ -238,7 +248,8 @@ func (z *zygote) read() {
 		}
 	}
 	z.conn.Close()
-	if err := z.p.removeContainer(z.cid); err != nil {
+	// Conflict: the engine is removing it already (--rm).
+	if err := z.p.removeContainer(z.cid); err != nil && !cerrdefs.IsConflict(err) {
 		z.p.log.Error("docker: remove zygote container", "container", shortID(z.cid), "err", err)
 	}
 	z.mu.Lock()
