@@ -391,6 +391,7 @@ func (p *Provisioner) Close() error {
 	if z != nil {
 		z.stop()
 		<-z.dead
+		z.orphans.Wait() // their cgroups are gone, then the parents can go
 	}
 	if p.cg != nil {
 		p.cg.remove()

@@ -8,6 +8,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -37,6 +39,17 @@ func forkConfig(t *testing.T) Config {
 // forked: where Docker runs, the fork server must start.
 func newForkProvisioner(t *testing.T, cfg Config) *Provisioner {
 	t.Helper()
+	// After Close (cleanups run last first): nothing left of the kernels'
+	// cgroups.
+	sum := sha256.Sum256([]byte(cfg.InstanceID))
+	t.Cleanup(func() {
+		for _, ctl := range []string{"memory", "pids"} {
+			dir := filepath.Join(cgroupRoot, ctl, "codegw-docker-"+hex.EncodeToString(sum[:4]))
+			if _, err := os.Stat(dir); err == nil {
+				t.Errorf("cgroup %s left after Close", dir)
+			}
+		}
+	})
 	p := newTestProvisioner(t, cfg)
 	if p.StartMode() != StartFork {
 		t.Fatalf("start mode %s, want fork (is the gateway root?)", p.StartMode())
@@ -476,6 +489,19 @@ func TestForkGatewayKill(t *testing.T) {
 		t.Fatalf("%d containers outlived the gateway", len(list))
 	}
 	t.Logf("zygote container gone %v after the gateway's kill", time.Since(killed).Round(time.Millisecond))
+	// The killed gateway's cgroup parents stay for its instance's next
+	// start, which empties them; this instance has none.
+	sum := sha256.Sum256([]byte(cfg.InstanceID))
+	for _, ctl := range []string{"memory", "pids"} {
+		dir := filepath.Join(cgroupRoot, ctl, "codegw-docker-"+hex.EncodeToString(sum[:4]))
+		kids, _ := os.ReadDir(dir)
+		for _, k := range kids {
+			if k.IsDir() {
+				os.Remove(filepath.Join(dir, k.Name()))
+			}
+		}
+		os.Remove(dir)
+	}
 }
 
 // BenchmarkForkLaunch compares a forked kernel's start until it answers

@@ -57,6 +57,7 @@ type zygote struct {
 
 	wmu     sync.Mutex // serialises writes to conn
 	closing atomic.Bool
+	orphans sync.WaitGroup // kernels being reported dead after the zygote's end
 
 	mu      sync.Mutex
 	pending map[string]chan zmsg // fork requests awaiting their answer
@@ -266,9 +267,13 @@ func (z *zygote) read() {
 		z.p.log.Warn("docker: zygote died", "container", shortID(z.cid), "kernels", len(runs))
 	}
 	z.p.forget(z.label)
+	z.orphans.Add(len(runs))
 	close(z.dead)
 	for _, r := range runs {
-		go r.orphaned()
+		go func() {
+			defer z.orphans.Done()
+			r.orphaned()
+		}()
 	}
 }
 
