@@ -69,6 +69,9 @@ func (p *Provisioner) startForked(ctx context.Context, spec kernel.Spec) (_ *for
 	for name, v := range map[string]string{
 		"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp", "TMPDIR": "/tmp",
 		"PYTHONDONTWRITEBYTECODE": "1", "EXECUTOR_WORKDIR": "/code",
+		// The image's font cache, for a kernel that imports matplotlib
+		// the zygote did not preload.
+		"EXECUTOR_MPL_CACHE": containerExecDir + "/mpl-cache",
 	} {
 		if _, ok := k.env[name]; !ok {
 			k.env[name] = v

@@ -190,6 +190,17 @@ except OSError:
 			t.Errorf("same random numbers in two children: %v %v", ga, gb)
 		}
 	})
+	t.Run("matplotlib not preloaded", func(t *testing.T) {
+		// The image's font cache is there to seed the kernel's, and plots
+		// render.
+		got := lines(t, b, `import glob, os, matplotlib
+import matplotlib.pyplot as plt
+plt.plot([1, 2]); plt.savefig("/tmp/p.png")
+print(len(glob.glob(os.environ["EXECUTOR_MPL_CACHE"] + "/fontlist-*.json")), os.path.getsize("/tmp/p.png") > 0)`)
+		if got[0] != "1 True" {
+			t.Errorf("font caches in EXECUTOR_MPL_CACHE, plot saved: %s", got[0])
+		}
+	})
 	t.Run("limits", func(t *testing.T) {
 		if p.cg == nil {
 			t.Skip("no cgroups: rlimits")
