@@ -55,8 +55,9 @@ type zygote struct {
 	ready chan struct{} // closed when the zygote said it is ready
 	dead  chan struct{} // closed once the control connection ended and the kernels were told
 
-	wmu     sync.Mutex // serialises writes to conn
-	closing atomic.Bool
+	wmu     sync.Mutex     // serialises writes to conn
+	closing atomic.Bool    // the provisioner stopped it
+	ended   atomic.Bool    // its connection ended: no new kernels from it
 	orphans sync.WaitGroup // kernels being reported dead after the zygote's end
 
 	mu      sync.Mutex
@@ -248,6 +249,7 @@ func (z *zygote) read() {
 			}
 		}
 	}
+	z.ended.Store(true)
 	z.conn.Close()
 	// Conflict: the engine is removing it already (--rm).
 	if err := z.p.removeContainer(z.cid); err != nil && !cerrdefs.IsConflict(err) {
@@ -256,8 +258,12 @@ func (z *zygote) read() {
 	z.mu.Lock()
 	runs := z.runs
 	z.runs = map[string]*forkRun{}
+	why := "zygote died"
+	if z.closing.Load() {
+		why = "provisioner closed"
+	}
 	for _, ch := range z.pending {
-		ch <- zmsg{Op: "error", Error: "zygote died"}
+		ch <- zmsg{Op: "error", Error: why}
 	}
 	z.pending = map[string]chan zmsg{}
 	z.mu.Unlock()
@@ -340,7 +346,12 @@ func (z *zygote) stop() {
 	z.conn.Close()
 }
 
+// isDead reports whether the zygote ended (its kernels may still be being
+// reported dead).
 func (z *zygote) isDead() bool {
+	if z.ended.Load() {
+		return true
+	}
 	select {
 	case <-z.dead:
 		return true
