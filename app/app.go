@@ -284,7 +284,7 @@ func openProvisioner(ctx context.Context, cfg Config) (kernel.Provisioner, error
 		return docker.New(ctx, docker.Config{
 			Image: cfg.DockerImage, NetworkMode: cfg.NetworkMode, Memory: int64(cfg.MemoryBytes),
 			NanoCPUs: int64(cfg.CPUs * 1e9), PidsLimit: cfg.PidsLimit, InstanceID: cfg.InstanceID,
-			StateDir: cfg.StateDir, Preload: cfg.Preload, Logger: cfg.Logger,
+			StateDir: cfg.StateDir, Preload: cfg.Preload, Logger: cfg.Logger, Start: cfg.KernelStart,
 		})
 	}
 	return local.New(local.Config{Python: cfg.Python, StateDir: cfg.StateDir, Sandbox: cfg.Sandbox, Preload: cfg.Preload, Logger: cfg.Logger,

@@ -14,8 +14,9 @@ import (
 // that serves requests so that it tells the truth about that kernel.
 type capabilities struct {
 	cfg Config
-	// start and limitMode say how local kernels are made (fork, spawn)
-	// and limited (cgroup, rlimit, none); empty for Docker.
+	// start and limitMode say how kernels are made (fork, spawn)
+	// and limited (cgroup, rlimit, none; Docker: container when each kernel
+	// is a container of its own).
 	start, limitMode string
 	launch           func(context.Context) (*kernel.Kernel, error)
 	log              *slog.Logger

@@ -34,7 +34,7 @@ type Config struct {
 
 	Python      string  `env:"KERNEL_PYTHON"` // empty: kernel/local's default
 	Sandbox     string  `env:"SANDBOX"`       // auto | bwrap | none
-	KernelStart string  `env:"KERNEL_START"`  // local: fork (from a zygote) | spawn (a cold start each)
+	KernelStart string  `env:"KERNEL_START"`  // fork (from a zygote; docker: a zygote container) | spawn (a cold start each)
 	DockerImage string  `env:"DOCKER_IMAGE"`
 	NetworkMode string  `env:"DOCKER_NETWORK_MODE"`
 	PidsLimit   int64   `env:"DOCKER_PIDS_LIMIT"`

@@ -31,7 +31,8 @@ const Launcher = "launch.py"
 
 // Zygote is the name of the fork server in FS and in a directory written by
 // WriteTo: one interpreter that loads the kernel's modules once and forks a
-// kernel per request (KERNEL_START=fork, local provisioner).
+// kernel per request (KERNEL_START=fork: run by the local provisioner, and by
+// the docker provisioner in a zygote container of this image).
 const Zygote = "zygote.py"
 
 // WriteTo writes the files of FS into dir, creating it if needed. Files that

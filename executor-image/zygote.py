@@ -34,6 +34,17 @@ Descriptors (set by the provisioner):
 - EXECUTOR_LIFELINE_FD: as for launch.py; end-of-file means the gateway is
   gone, and the zygote exits.
 
+In an executor container (the Docker provisioner, container mode) no
+descriptor can be passed: EXECUTOR_ZYGOTE_SOCKET names a unix socket path in
+a bind-mounted directory where the zygote listens and accepts exactly one
+connection, the gateway's, which then carries the same lines. Its end is the
+gateway's end: the zygote kills its kernels and exits, and so the container
+ends. The zygote runs there as root of the container (no user namespace)
+with CAP_SYS_ADMIN, SYS_CHROOT, NET_ADMIN, SETUID, SETGID and KILL only, so
+the children get the same namespaces as with the local sandbox (the
+container's seccomp profile refuses pivot_root: see switch_root); see
+contain() for what a request with "contain" adds.
+
 Each kernel is one process, a child of the zygote, forked into a new pid
 namespace (the zygote unshares CLONE_NEWPID before the fork and returns to
 its own with setns after it) where the kernel is pid 1: when it ends, every
@@ -102,6 +113,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_MOVE = 8192
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
@@ -403,6 +415,7 @@ class Zygote:
                 req.setdefault("env", {})["EXECUTOR_READY_FD"] = str(bw)
                 signal.set_wakeup_fd(-1)
                 specialise(req, self.zr)
+                contain(req)
                 run_kernel(req, self.zr)
             except BaseException as e:
                 log("kernel %s: %s: %s" % (req.get("token"), type(e).__name__, e))
@@ -461,6 +474,26 @@ def specialise(req, zr):
     # After setuid, which clears it. The parent is the zygote.
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     watch_zygote(zr, sandbox)
+
+
+def contain(req):
+    """What a kernel forked in an executor container adds to specialise.
+
+    req["contain"] (Docker provisioner) holds "umask": the kernel's files
+    are its own (077), and its siblings, with other uids, cannot read them
+    even where they could reach them. The rest of the isolation is
+    specialise's: namespaces, cgroups or rlimits, the uid drop (which
+    clears every capability), no_new_privs. Checked here: no capability is
+    left, since a kernel running as root of the container would keep them.
+    """
+    c = req.get("contain")
+    if not c:
+        return
+    os.umask(c.get("umask", 0o077))
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:") and int(line.split()[1], 16) != 0:
+                raise OSError(errno.EPERM, "kernel kept capabilities: " + line.strip())
 
 
 def watch_zygote(zr, sandbox):
@@ -542,8 +575,26 @@ def make_root(req):
     bind(req["sock"], req["sock"], False)
 
     os.chdir(root)
-    _check(libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    if libc.syscall(SYS_PIVOT_ROOT, b".", b".") != 0:
+        if ctypes.get_errno() != errno.EPERM:
+            _check(-1, "pivot_root")
+        switch_root()
+        return
     _check(libc.umount2(b".", MNT_DETACH), "umount old root")
+    os.chdir("/")
+
+
+def switch_root():
+    """Enter the root built in the working directory without pivot_root.
+
+    Docker's default seccomp profile refuses pivot_root (EPERM) in an
+    executor container. As initramfs's switch_root does: move the new root's
+    mount over /, which hides the old root in this mount namespace, and
+    chroot into it (CAP_SYS_CHROOT, gone with the uid drop like every
+    capability).
+    """
+    mount(".", "/", None, MS_MOVE)
+    os.chroot(".")
     os.chdir("/")
 
 
@@ -687,7 +738,28 @@ def interrupt_as_init(kernel):
             setattr(kernel, name, interrupt)
 
 
+def accept_gateway(path):
+    """Listen at path and return the descriptor of the first connection."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as ln:
+        old = os.umask(0o077)
+        try:
+            ln.bind(path)
+        finally:
+            os.umask(old)
+        ln.listen(1)
+        conn, _ = ln.accept()
+    os.unlink(path)
+    return conn.detach()
+
+
 def main():
+    path = os.environ.pop("EXECUTOR_ZYGOTE_SOCKET", "")
+    if path:
+        os.environ["EXECUTOR_ZYGOTE_FD"] = str(accept_gateway(path))
     ctl = int(os.environ.pop("EXECUTOR_ZYGOTE_FD"))
     lifeline = int(os.environ.pop("EXECUTOR_LIFELINE_FD", "-1"))
     for fd in (ctl, lifeline):

@@ -16,6 +16,8 @@ import (
 // TestDockerFaults runs in the Docker pass of the test command
 // (CODEGW_TEST_EXECUTOR=docker): memory and process limits and a container
 // killed from outside are named in the answer, and the next request works.
+// Kernels are forked from a zygote container (the default, KERNEL_START=fork)
+// unless CODEGW_TEST_KERNEL_START=spawn.
 func TestDockerFaults(t *testing.T) {
 	if os.Getenv("CODEGW_TEST_EXECUTOR") != "docker" {
 		t.Skip("runs in the Docker pass: CODEGW_TEST_EXECUTOR=docker")
@@ -28,7 +30,8 @@ func TestDockerFaults(t *testing.T) {
 		image = "codegw/executor:latest"
 	}
 	dir := shortDir(t, "cgwf") // its name makes the instance id unique to this run (see currentProvisioner)
-	prov, err := docker.New(ctx, docker.Config{Image: image, InstanceID: "gwfaults-" + filepath.Base(dir), StateDir: dir, Memory: 256 << 20, PidsLimit: 64, Preload: []string{}})
+	prov, err := docker.New(ctx, docker.Config{Image: image, InstanceID: "gwfaults-" + filepath.Base(dir), StateDir: dir, Memory: 256 << 20, PidsLimit: 64, Preload: []string{},
+		Start: os.Getenv("CODEGW_TEST_KERNEL_START")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,12 +58,16 @@ func TestDockerFaults(t *testing.T) {
 
 	t.Run("docker kill from outside", func(t *testing.T) {
 		s := e.createSession(t, nil)
-		// The session's container is named after it.
-		if out, err := exec.Command("docker", "ps", "-q", "--filter", "name="+s.ID).Output(); err != nil || len(strings.Fields(string(out))) != 1 {
-			t.Errorf("containers named after the session: %q %v", out, err)
+		// A kernel container of its own (spawn), named after the session, or
+		// (fork) the zygote container that forked the session's kernel.
+		host := prov.ZygoteContainer()
+		if prov.StartMode() == docker.StartSpawn {
+			if out, err := exec.Command("docker", "ps", "-q", "--filter", "name="+s.ID).Output(); err != nil || len(strings.Fields(string(out))) != 1 {
+				t.Errorf("containers named after the session: %q %v", out, err)
+			}
+			// The container's id, from its own cgroup path.
+			host = e.sexec(t, s.ID, map[string]any{"code": "import re; print(re.search(r'[0-9a-f]{64}', open('/proc/self/cgroup').read()).group(0))"}).Result
 		}
-		// The container's id, from its own cgroup path.
-		host := e.sexec(t, s.ID, map[string]any{"code": "import re; print(re.search(r'[0-9a-f]{64}', open('/proc/self/cgroup').read()).group(0))"}).Result
 		resc := make(chan codegw.ExecuteResult, 1)
 		go func() {
 			var r codegw.ExecuteResult

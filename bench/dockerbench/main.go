@@ -168,6 +168,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	dprov, err := docker.New(ctx, docker.Config{
 		Image: cfg.Image, NetworkMode: "none", Memory: cfg.Memory, NanoCPUs: int64(cfg.CPUs * 1e9),
 		InstanceID: instance, StateDir: cfg.StateDir, Logger: log,
+		Start: docker.StartSpawn, // a container per kernel: its cgroup tells its CPU
 	})
 	if err != nil {
 		return err

@@ -9,10 +9,22 @@
 // (swap equal to memory), CPU and process limits. Each carries the labels
 // codegw.instance and codegw.kernel so that Reap can find what a crashed
 // gateway left behind.
+//
+// With Config.Start "fork" (the default, KERNEL_START) kernels are not
+// containers of their own: one zygote container per provisioner runs
+// executor-image/zygote.py, which has imported ipykernel and the preload
+// list once, and forks a child per kernel. Each child gets its own pid,
+// mount, network, ipc and uts namespaces, its own root (read-only system,
+// private /tmp, only its own /code and socket directory), its own uid,
+// umask 077 and its own memory and pids cgroups (rlimits where the
+// gateway cannot make cgroups); see zygote.go and forked.go. When the
+// zygote container cannot start, New warns and kernels are containers.
 package docker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +35,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -106,9 +119,27 @@ type Config struct {
 	// first request (EXECUTOR_PRELOAD). nil keeps the launcher's default
 	// (numpy, pandas, matplotlib); an empty non-nil slice preloads nothing.
 	Preload []string
+	// Start is how kernels are made: "fork" (default, "" too) forks them
+	// from a zygote container; "spawn" starts a container per kernel. When
+	// the zygote cannot start, New warns and spawns.
+	Start string
+	// KernelUID is the first of the uids forked kernels run as, one each
+	// (default 200000; 65536 of them). The gateway must be root to give
+	// them their directories; otherwise kernels are spawned.
+	KernelUID int
 	// Logger receives one line per kernel event (default slog.Default()).
 	Logger *slog.Logger
+
+	// noCgroups limits forked kernels by rlimits even where cgroups can be
+	// made (tests: as on a host where they cannot).
+	noCgroups bool
 }
+
+// Start modes for Config.Start.
+const (
+	StartFork  = "fork"  // fork kernels from a zygote container (default)
+	StartSpawn = "spawn" // one container per kernel
+)
 
 // DefaultConfig returns the configuration used for zero fields.
 func DefaultConfig() Config {
@@ -121,6 +152,8 @@ func DefaultConfig() Config {
 		InstanceID:  host,
 		StateDir:    filepath.Join(os.TempDir(), "codegw-docker"),
 		User:        "1000:1000",
+		Start:       StartFork,
+		KernelUID:   200000,
 	}
 }
 
@@ -146,6 +179,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.User == "" {
 		c.User = d.User
+	}
+	if c.Start == "" {
+		c.Start = d.Start
+	}
+	if c.KernelUID == 0 {
+		c.KernelUID = d.KernelUID
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -178,6 +217,24 @@ type Provisioner struct {
 
 	mu   sync.Mutex
 	live map[string]bool // kernel ids started and not yet closed; Reap spares them
+
+	// Fork mode (Config.Start "fork"); fork is false when kernels are
+	// containers of their own.
+	fork    bool
+	forkDir string   // host directory bound at containerForkDir in the zygote
+	cg      *cgroups // nil: forked kernels are limited by rlimits
+	seq     atomic.Int64
+	zseq    atomic.Int64
+
+	zmu       sync.Mutex
+	zyg       *zygote
+	zerr      error
+	zstarting chan struct{}
+	zclosed   bool
+
+	uidMu   sync.Mutex
+	uidFree []int
+	uidNext int
 }
 
 // New connects to the Docker engine and checks that the image exists. The
@@ -198,7 +255,87 @@ func New(ctx context.Context, cfg Config) (*Provisioner, error) {
 		cli.Close()
 		return nil, err
 	}
+	if err := p.chooseStart(ctx); err != nil {
+		cli.Close()
+		return nil, err
+	}
 	return p, nil
+}
+
+// chooseStart settles Config.Start: in fork mode the first zygote starts
+// here, and when it cannot, kernels are spawned as containers.
+func (p *Provisioner) chooseStart(ctx context.Context) error {
+	switch p.cfg.Start {
+	case StartFork:
+	case StartSpawn:
+		return nil
+	default:
+		return fmt.Errorf("docker: unknown start mode %q (want fork or spawn)", p.cfg.Start)
+	}
+	if os.Geteuid() != 0 {
+		p.log.Warn("docker: the fork server needs a root gateway (it gives each forked kernel its own uid); kernels are containers of their own (KERNEL_START=spawn)")
+		return nil
+	}
+	sum := sha256.Sum256([]byte(p.cfg.InstanceID))
+	name := "z-" + hex.EncodeToString(sum[:4])
+	p.forkDir = filepath.Join(p.cfg.StateDir, name)
+	// A crashed gateway of this instance may have left it: start clean.
+	if err := os.RemoveAll(p.forkDir); err != nil {
+		return fmt.Errorf("docker: fork dir: %w", err)
+	}
+	if err := os.Mkdir(p.forkDir, 0o711); err != nil {
+		return fmt.Errorf("docker: fork dir: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(p.forkDir, instanceFile), []byte(p.cfg.InstanceID+"\n"), 0o600); err != nil {
+		return fmt.Errorf("docker: fork dir: %w", err)
+	}
+	p.live[name] = true
+	cg, err := detectCgroups("codegw-docker-" + hex.EncodeToString(sum[:4]))
+	if err == nil && p.cfg.noCgroups {
+		cg.remove()
+		err = errors.New("not asked for")
+	}
+	if err == nil {
+		p.cg = cg
+		p.log.Info("docker: forked kernels are limited by cgroups", "memory_bytes", p.cfg.Memory, "pids", p.cfg.PidsLimit,
+			"memory_cgroup", cg.mem, "pids_cgroup", cg.pids)
+	} else {
+		p.log.Warn("docker: cgroups unavailable: forked kernels are limited by rlimits (RLIMIT_AS, RLIMIT_NPROC of their own uid)",
+			"reason", err)
+	}
+	p.fork = true
+	if _, err := p.getZygote(ctx); err != nil {
+		p.fork = false
+		p.forget(name)
+		os.RemoveAll(p.forkDir)
+		if p.cg != nil {
+			p.cg.remove()
+			p.cg = nil
+		}
+		p.log.Warn("docker: fork server unavailable; kernels are containers of their own (KERNEL_START=spawn)", "err", err)
+	}
+	return nil
+}
+
+// StartMode says how kernels are made: "fork" or "spawn".
+func (p *Provisioner) StartMode() string {
+	if p.fork {
+		return StartFork
+	}
+	return StartSpawn
+}
+
+// LimitMode says how each kernel's memory and processes are limited:
+// "container" (its own container's cgroups), "cgroup" (a forked kernel's
+// own cgroups) or "rlimit".
+func (p *Provisioner) LimitMode() string {
+	switch {
+	case !p.fork:
+		return "container"
+	case p.cg != nil:
+		return "cgroup"
+	}
+	return "rlimit"
 }
 
 func newProvisioner(ctx context.Context, cfg Config, api dockerAPI, host string) (*Provisioner, error) {
@@ -249,9 +386,28 @@ func newProvisioner(ctx context.Context, cfg Config, api dockerAPI, host string)
 // Config returns the provisioner's configuration with defaults applied.
 func (p *Provisioner) Config() Config { return p.cfg }
 
-// Close releases the connection to the engine. Kernels keep running; close
-// them first.
-func (p *Provisioner) Close() error { return p.api.Close() }
+// Close releases the connection to the engine. Kernel containers keep
+// running; close them first. Forked kernels end with their zygote, which
+// Close stops.
+func (p *Provisioner) Close() error {
+	p.zmu.Lock()
+	p.zclosed = true
+	z := p.zyg
+	p.zmu.Unlock()
+	if z != nil {
+		z.stop()
+		<-z.dead
+		z.orphans.Wait() // their cgroups are gone, then the parents can go
+	}
+	if p.cg != nil {
+		p.cg.remove()
+	}
+	if p.forkDir != "" {
+		p.forget(filepath.Base(p.forkDir))
+		os.RemoveAll(p.forkDir)
+	}
+	return p.api.Close()
+}
 
 var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
@@ -304,6 +460,14 @@ func (p *Provisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.Proce
 	p.live[spec.ID] = true
 	p.mu.Unlock()
 
+	if p.fork {
+		proc, err := p.startForked(ctx, spec)
+		if err != nil {
+			p.forget(spec.ID)
+			return nil, err
+		}
+		return proc, nil
+	}
 	proc, err := p.start(ctx, spec)
 	if err != nil {
 		p.forget(spec.ID)

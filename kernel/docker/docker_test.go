@@ -56,6 +56,7 @@ func testConfig(t *testing.T) Config {
 		InstanceID: "test-" + randomID(t),
 		StateDir:   shortTempDir(t),
 		Preload:    []string{}, // fast starts; one test checks the default
+		Start:      StartSpawn, // a container per kernel; forked_test.go tests fork mode
 		Logger:     quiet,
 	}
 	if testing.Verbose() {
