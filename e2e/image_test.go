@@ -66,9 +66,20 @@ func TestAPIImage(t *testing.T) {
 		}
 		return ""
 	})
-	a := in.must(t, "POST", "/api/v1/execute", "", map[string]any{"code": "import os\nprint(1, os.path.exists('/.dockerenv'))"}, 200)
+	// The kernel runs in an executor container (spawned, or forked by the
+	// zygote container: either way its root is not the gateway's image).
+	a := in.must(t, "POST", "/api/v1/execute", "", map[string]any{"code": "import os\nprint(1, os.path.exists('/usr/local/bin/codegw'))"}, 200)
 	var res codegw.ExecuteResult
-	if err := json.Unmarshal(a.body, &res); err != nil || res.Status != codegw.StatusOK || res.Result != "1 True" {
+	if err := json.Unmarshal(a.body, &res); err != nil || res.Status != codegw.StatusOK || res.Result != "1 False" {
 		t.Fatalf("execute through the gateway image: %s", a)
 	}
+	c := in.must(t, "GET", "/capabilities", "", nil, 200)
+	var caps struct {
+		Executor    string `json:"executor"`
+		KernelStart string `json:"kernel_start"`
+	}
+	if err := json.Unmarshal(c.body, &caps); err != nil || caps.Executor != "docker" || caps.KernelStart == "" {
+		t.Errorf("capabilities of the gateway image: %s", c)
+	}
+	t.Logf("executor %s, kernel_start %s", caps.Executor, caps.KernelStart)
 }

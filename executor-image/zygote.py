@@ -675,6 +675,8 @@ def initialize_prepared(conn, app, shell, excepthook):
     sys.excepthook = excepthook
     shell.init_environment()
     shell.starting_dir = os.getcwd()
+    # The directory history (_dh, %dhist) began in the zygote's directory.
+    shell.history_manager.dir_hist[:] = [shell.starting_dir]
     shell.home_dir = get_home_dir()
     shell.logger.home_dir = shell.home_dir
     # The zygote's IPython directory is not the child's (nor, in the sandbox,

@@ -124,8 +124,9 @@ type Config struct {
 	// the zygote cannot start, New warns and spawns.
 	Start string
 	// KernelUID is the first of the uids forked kernels run as, one each
-	// (default 200000; 65536 of them). The gateway must be root to give
-	// them their directories; otherwise kernels are spawned.
+	// (default 200000; 65536 of them, leased in blocks of 1024 to the
+	// instances on a host so that no two share a uid). The gateway must be
+	// root to give them their directories; otherwise kernels are spawned.
 	KernelUID int
 	// Logger receives one line per kernel event (default slog.Default()).
 	Logger *slog.Logger
@@ -232,9 +233,11 @@ type Provisioner struct {
 	zstarting chan struct{}
 	zclosed   bool
 
-	uidMu   sync.Mutex
-	uidFree []int
-	uidNext int
+	uidMu    sync.Mutex
+	uidFree  []int
+	uidNext  int
+	uidBase  int      // first uid of the leased block
+	uidLease *os.File // its lock, held while the provisioner lives
 }
 
 // New connects to the Docker engine and checks that the image exists. The
@@ -406,6 +409,7 @@ func (p *Provisioner) Close() error {
 		p.forget(filepath.Base(p.forkDir))
 		os.RemoveAll(p.forkDir)
 	}
+	p.releaseUIDLease()
 	return p.api.Close()
 }
 

@@ -326,7 +326,8 @@ func (k *forked) removeSockets() {
 	}
 }
 
-// takeUID hands out a kernel uid no live kernel of this provisioner has.
+// takeUID hands out a kernel uid no live kernel of this provisioner has,
+// from the block of uids it leased (leaseUIDs) on first use.
 func (p *Provisioner) takeUID() (int, error) {
 	p.uidMu.Lock()
 	defer p.uidMu.Unlock()
@@ -335,10 +336,15 @@ func (p *Provisioner) takeUID() (int, error) {
 		p.uidFree = p.uidFree[:n-1]
 		return uid, nil
 	}
-	if p.uidNext >= kernelUIDs {
-		return 0, fmt.Errorf("docker: all %d kernel uids are in use", kernelUIDs)
+	if p.uidLease == nil {
+		if err := p.leaseUIDs(); err != nil {
+			return 0, err
+		}
 	}
-	uid := p.cfg.KernelUID + p.uidNext
+	if p.uidNext >= uidBlock {
+		return 0, fmt.Errorf("docker: all %d kernel uids of this instance are in use", uidBlock)
+	}
+	uid := p.uidBase + p.uidNext
 	p.uidNext++
 	return uid, nil
 }
@@ -349,5 +355,45 @@ func (p *Provisioner) releaseUID(uid int) {
 	p.uidMu.Unlock()
 }
 
-// kernelUIDs is the size of the range of kernel uids.
-const kernelUIDs = 1 << 16
+// Kernel uids come in blocks of uidBlock from Config.KernelUID on, one
+// block per provisioner on the host: RLIMIT_NPROC counts a uid's
+// processes host-wide, and a uid is what tells kernels apart where
+// namespaces do not, so no two instances' kernels may share one.
+const (
+	uidBlock  = 1024
+	uidBlocks = 64
+)
+
+// leaseUIDs takes the first free block of kernel uids: it holds an
+// exclusive lock on uidLockDir/<block>.lock for the provisioner's life
+// (the lock ends with the process, however it ends). Instances that share
+// the host's temporary directory never share a block. p.uidMu is held.
+func (p *Provisioner) leaseUIDs() error {
+	dir := filepath.Join(os.TempDir(), "codegw-kernel-uids")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("docker: kernel uid leases: %w", err)
+	}
+	for b := range uidBlocks {
+		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("%d.lock", b)), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("docker: kernel uid leases: %w", err)
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			f.Close()
+			continue
+		}
+		p.uidLease, p.uidBase = f, p.cfg.KernelUID+b*uidBlock
+		return nil
+	}
+	return fmt.Errorf("docker: all %d blocks of kernel uids are leased by other instances on this host", uidBlocks)
+}
+
+// releaseUIDLease gives the block back (Close).
+func (p *Provisioner) releaseUIDLease() {
+	p.uidMu.Lock()
+	defer p.uidMu.Unlock()
+	if p.uidLease != nil {
+		p.uidLease.Close()
+		p.uidLease = nil
+	}
+}

@@ -129,8 +129,8 @@ ip = get_ipython()
 print(ip.kernel is not None and ip.kernel.shell is ip, os.getcwd(), ip.starting_dir, os.environ.get("PAGER"))
 print(type(pickle.loads(blob)).__name__, sys.modules["__main__"].__dict__ is ip.user_ns, ip.user_ns["shell_x"] + 1)
 print(os.path.isdir(ip.profile_dir.location), ip.profile_dir.location.startswith(os.environ["IPYTHONDIR"]))
-print(ip.home_dir == os.path.expanduser("~"), sys.excepthook is not sys.__excepthook__)`)
-		want := []string{"True /code /code cat", "Point True 42", "True True", "True True"}
+print(ip.home_dir == os.path.expanduser("~"), sys.excepthook is not sys.__excepthook__, _dh)`)
+		want := []string{"True /code /code cat", "Point True 42", "True True", "True True ['/code']"}
 		if strings.Join(got, "|") != strings.Join(want, "|") {
 			t.Errorf("prepared shell in the child:\n got %q\nwant %q", got, want)
 		}
