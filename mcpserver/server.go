@@ -69,6 +69,11 @@ func NewServer(cfg *Config, owner string, resolve func(string) string, end func(
 func Run(ctx context.Context, cfg *Config, owner string, resolve func(string) string, t mcp.Transport) error {
 	s, st := newServer(cfg, owner, resolve, nil, "")
 	defer st.close()
+	// The kernel goes as soon as ctx ends, not once the session has
+	// waited for its handlers: a stdio client gives its server seconds
+	// before SIGKILL, and a remote session must not outlive us.
+	stop := context.AfterFunc(ctx, st.close)
+	defer stop()
 	return s.Run(ctx, t)
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -70,12 +71,32 @@ func serveMCP(args []string) error {
 				return u
 			}}
 	}
-	err := mcpserver.Run(ctx, &cfg, "stdio", cfg.Resolve, &mcp.StdioTransport{})
+	// The end of stdin ends the session (and its kernel) at once.
+	ctx, eof := context.WithCancel(ctx)
+	defer eof()
+	t := &mcp.IOTransport{Reader: eofReader{os.Stdin, eof}, Writer: os.Stdout}
+	err := mcpserver.Run(ctx, &cfg, "stdio", cfg.Resolve, t)
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
 }
+
+// eofReader calls atEOF when its reader ends.
+type eofReader struct {
+	r     io.ReadCloser
+	atEOF func()
+}
+
+func (e eofReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil {
+		e.atEOF()
+	}
+	return n, err
+}
+
+func (e eofReader) Close() error { return e.r.Close() }
 
 func absPath(p string) string {
 	if a, err := filepath.Abs(p); err == nil {
