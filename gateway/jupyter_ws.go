@@ -245,6 +245,15 @@ func (b *bridge) deliver(channel string, m *kernel.RawMessage) {
 			if json.Unmarshal(m.Content, &st) == nil && st.State != "" {
 				b.state = st.State
 			}
+			// The execution is over at its idle or its reply, whichever a
+			// client sees first: a client that waits for idle and sends
+			// its next request at once must find the key's slot free.
+			if st.State == "idle" {
+				if h, ok := b.holds[m.ParentID()]; ok {
+					h.release()
+					delete(b.holds, m.ParentID())
+				}
+			}
 		}
 		for c := range b.conns {
 			c.push(out)
