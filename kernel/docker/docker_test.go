@@ -622,12 +622,27 @@ func TestDeath(t *testing.T) {
 	}
 }
 
-// TestBound: the launcher in the container says through the run
-// directory's FIFO when the kernel's sockets are bound (kernel.Binder), for
-// the first run and after a restart, so the gateway dials once.
+// TestBound: the launcher in the container (spawned, through the run
+// directory's FIFO; forked, through its zygote's "bound" event) says when
+// the kernel's sockets are bound (kernel.Binder), for the first run and
+// after a restart, so the gateway dials once.
 func TestBound(t *testing.T) {
 	t.Parallel()
-	p := newTestProvisioner(t, testConfig(t))
+	for _, mode := range []string{"spawn", "fork"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var p *Provisioner
+			if mode == "fork" {
+				p = newForkProvisioner(t, forkConfig(t))
+			} else {
+				p = newTestProvisioner(t, testConfig(t))
+			}
+			testBound(t, p)
+		})
+	}
+}
+
+func testBound(t *testing.T, p *Provisioner) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	proc, err := p.Start(ctx, kernel.Spec{ID: "k" + randomID(t)})
@@ -641,11 +656,11 @@ func TestBound(t *testing.T) {
 		select {
 		case <-proc.(kernel.Binder).Bound():
 		case <-proc.Exited():
-			t.Fatalf("container exited before its kernel was bound: %+v", proc.Exit())
+			t.Fatalf("kernel exited before it was bound: %+v", proc.Exit())
 		case <-ctx.Done():
 			t.Fatal("no bound signal")
 		}
-		t.Logf("bound %v after the container started", time.Since(start).Round(time.Millisecond))
+		t.Logf("bound %v after the start", time.Since(start).Round(time.Millisecond))
 		for _, f := range proc.ConnectionInfo().SocketFiles() {
 			if _, err := os.Stat(f); err != nil {
 				t.Errorf("bound, but socket %s: %v", f, err)

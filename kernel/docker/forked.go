@@ -37,7 +37,10 @@ type forked struct {
 	cur *forkRun
 }
 
-var _ kernel.Process = (*forked)(nil)
+var (
+	_ kernel.Process = (*forked)(nil)
+	_ kernel.Binder  = (*forked)(nil)
+)
 
 // forkRun is one child of a zygote; Restart forks a new one.
 type forkRun struct {
@@ -46,10 +49,14 @@ type forkRun struct {
 	cg     *cgroup // nil: limited by rlimits
 	exited chan struct{}
 	once   sync.Once
-	exit   kernel.Exit
-	t0     time.Time
-	kid    string
-	p      *Provisioner
+	// bound is closed on the zygote's "bound" event: the kernel's sockets
+	// are bound, and kernel.Dial connects once.
+	bound     chan struct{}
+	boundOnce sync.Once
+	exit      kernel.Exit
+	t0        time.Time
+	kid       string
+	p         *Provisioner
 }
 
 // containerPath is where the zygote container sees a path under the fork
@@ -160,7 +167,7 @@ func (k *forked) fork(ctx context.Context) error {
 		Sandbox: true, ShareNet: p.cfg.NetworkMode != "none", Binds: []string{containerExecDir},
 		UID: k.uid, GID: k.uid, Env: k.env, Contain: map[string]int{"umask": 0o077},
 	}
-	r := &forkRun{z: z, token: token, exited: make(chan struct{}), t0: time.Now(), kid: k.id, p: p}
+	r := &forkRun{z: z, token: token, exited: make(chan struct{}), bound: make(chan struct{}), t0: time.Now(), kid: k.id, p: p}
 	if p.cg != nil {
 		cg, err := p.cg.create(token, p.cfg.Memory, p.cfg.PidsLimit)
 		if err != nil {
@@ -234,6 +241,12 @@ func (k *forked) ConnectionInfo() kernel.ConnectionInfo { return k.info }
 func (k *forked) Dir() string { return filepath.Join(k.dir, "code") }
 
 func (k *forked) Exited() <-chan struct{} { return k.current().exited }
+
+// Bound is closed when the current kernel said its sockets are bound.
+func (k *forked) Bound() <-chan struct{} { return k.current().bound }
+
+// markBound closes r.bound; only the first call counts.
+func (r *forkRun) markBound() { r.boundOnce.Do(func() { close(r.bound) }) }
 
 func (k *forked) Exit() kernel.Exit {
 	r := k.current()

@@ -239,6 +239,13 @@ func (z *zygote) read() {
 			if ch != nil {
 				ch <- m
 			}
+		case "bound":
+			z.mu.Lock()
+			r := z.runs[m.Token]
+			z.mu.Unlock()
+			if r != nil {
+				r.markBound()
+			}
 		case "exit":
 			z.mu.Lock()
 			r := z.runs[m.Token]
