@@ -13,23 +13,16 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/app/apptest"
 	"github.com/codegw/codegw/store"
 	"github.com/codegw/codegw/store/redis"
 	"github.com/codegw/codegw/store/redis/redistest"
 )
 
-// testConfig is a small local service: stores under t's temp dir, kernel
-// state under a short directory (ipc socket paths), nothing preloaded.
+// testConfig is apptest's small local service with nothing preloaded.
 func testConfig(t *testing.T) app.Config {
-	t.Helper()
-	state, err := os.MkdirTemp("", "cgapp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	c := app.DefaultConfig()
-	c.StateDir, c.Preload, c.PoolSize = state, []string{}, 1
-	c.ImageStorePath, c.FileStorePath = filepath.Join(t.TempDir(), "img"), filepath.Join(t.TempDir(), "files")
+	c := apptest.Config(t)
+	c.Preload = []string{}
 	return c
 }
 

@@ -21,7 +21,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 
-	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/app/apptest"
 	"github.com/codegw/codegw/web"
 )
 
@@ -45,27 +45,11 @@ df.describe()
 // its base URL.
 func startGateway(t *testing.T) string {
 	t.Helper()
-	stateDir, err := os.MkdirTemp("", "cgwp") // ipc socket paths must be short
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(stateDir) })
-	c := app.DefaultConfig()
-	c.StateDir, c.PoolSize, c.MaxWorkers, c.InstanceID = stateDir, 2, 3, "web-test"
-	c.ImageStorePath, c.FileStorePath = t.TempDir(), t.TempDir()
+	c := apptest.Config(t)
+	c.PoolSize, c.MaxWorkers, c.InstanceID = 2, 3, "web-test"
 	c.APIKeys, c.UploadLimit, c.PingInterval = []string{testKey}, 1<<20, 5*time.Second
 	c.InputMaxFiles, c.InputFileMaxBytes, c.InputTotalBytes = 3, 1<<20, 2<<20
-	a, err := app.Open(context.Background(), c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		a.Close()
-		t.Fatal(err)
-	}
-	go a.Serve(ln)
-	t.Cleanup(func() { a.Close() })
+	a, base := apptest.Serve(t, c)
 	deadline := time.Now().Add(90 * time.Second)
 	for a.Pool.Stats().Ready < 2 {
 		if time.Now().After(deadline) {
@@ -73,7 +57,7 @@ func startGateway(t *testing.T) string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return "http://" + ln.Addr().String()
+	return base
 }
 
 // dropProxy is a TCP proxy in front of the gateway whose connections the
