@@ -327,6 +327,67 @@ func TestSessionWebsocket(t *testing.T) {
 		}
 	})
 
+	t.Run("queued comes before busy, and only behind another execution", func(t *testing.T) {
+		w.t = t
+		// The session is idle: a lone execution is not queued.
+		w.send(map[string]any{"type": "execute", "id": "alone", "code": "pass"})
+		for _, ev := range w.until(doneFor("alone"), 30*time.Second) {
+			if ev.Type == codegw.EventStatus && ev.State == "queued" {
+				t.Errorf("an execution on an idle session was announced as queued")
+			}
+		}
+		// Back to back: each sent the moment the previous one is done, when
+		// the session is finishing it (the playground's test once saw the
+		// "queued" of such an execution after its "busy").
+		for i := 0; i < 15; i++ {
+			id := fmt.Sprintf("next%d", i)
+			w.send(map[string]any{"type": "execute", "id": id, "code": "pass"})
+			busy := false
+			for _, ev := range w.until(doneFor(id), 30*time.Second) {
+				if ev.Type == codegw.EventStatus && ev.ExecutionID == id {
+					if ev.State == "busy" {
+						busy = true
+					} else if ev.State == "queued" && busy {
+						t.Errorf("%s: queued came after busy", id)
+					}
+				}
+			}
+		}
+		// A burst: each one but the first waits behind another, and says
+		// so before its own busy.
+		const n = 6
+		for i := 0; i < n; i++ {
+			w.send(map[string]any{"type": "execute", "id": fmt.Sprintf("burst%d", i), "code": "import time; time.sleep(0.05)"})
+		}
+		evs := w.until(doneFor(fmt.Sprintf("burst%d", n-1)), 60*time.Second)
+		queued, busy := map[string]int{}, map[string]int{}
+		for i, ev := range evs {
+			if ev.Type != codegw.EventStatus {
+				continue
+			}
+			switch ev.State {
+			case "queued":
+				queued[ev.ExecutionID] = i + 1
+			case "busy":
+				if busy[ev.ExecutionID] == 0 {
+					busy[ev.ExecutionID] = i + 1
+				}
+			}
+		}
+		for i := 0; i < n; i++ {
+			id := fmt.Sprintf("burst%d", i)
+			if busy[id] == 0 {
+				t.Errorf("%s: no busy in %s", id, eventTypes(evs))
+			}
+			if q := queued[id]; q != 0 && q > busy[id] {
+				t.Errorf("%s: queued came after busy", id)
+			}
+			if i > 0 && queued[id] == 0 {
+				t.Errorf("%s was sent behind another execution but not announced as queued", id)
+			}
+		}
+	})
+
 	t.Run("images, results, errors and files", func(t *testing.T) {
 		w.t = t
 		w.send(map[string]any{"type": "execute", "id": "rich", "inline_images": true, "code": "import matplotlib.pyplot as plt\nplt.plot([1,2]); plt.show()\nopen('/code/output/r.txt','w').write('r')\n41+1"})

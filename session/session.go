@@ -38,6 +38,9 @@ type Session struct {
 	lastActive time.Time
 	executions int
 	closing    bool
+	// pending counts the executions submitted and not yet over: a new one
+	// is "queued" when another is ahead of it.
+	pending int
 	// releaseKernel ends the session's kernel memory reservation.
 	releaseKernel func()
 
@@ -58,6 +61,10 @@ type job struct {
 	release func()
 	// logAttrs are the submitting request's log ids.
 	logAttrs []any
+	// announced is closed once the submitter has published the job's
+	// "queued" event (or decided it has none): the loop waits for it, so a
+	// subscriber never sees "queued" after the job's "busy".
+	announced chan struct{}
 }
 
 // setEnv sets the session's environment in the kernel.
@@ -158,7 +165,8 @@ func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID 
 		return nil, nil, err
 	}
 	j := &job{id: execID, req: req, code: code, emit: emit, stdin: stdin, logAttrs: codegw.LogAttrs(ctx),
-		result: make(chan *codegw.ExecuteResult, 1), err: make(chan error, 1), release: release}
+		result: make(chan *codegw.ExecuteResult, 1), err: make(chan error, 1), release: release,
+		announced: make(chan struct{})}
 	// Under the lock that remove takes to mark the session closing: a job
 	// queued here is run or failed by the loop (see drain), never left
 	// holding its slot.
@@ -168,8 +176,10 @@ func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID 
 		release()
 		return nil, nil, codegw.Errorf(codegw.ENOTFOUND, "session %q has ended", s.id)
 	}
+	queued := s.pending > 0
 	select {
 	case s.jobs <- j:
+		s.pending++
 	default:
 		s.mu.Unlock()
 		release()
@@ -177,9 +187,10 @@ func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID 
 	}
 	s.mu.Unlock()
 	s.touch()
-	if len(s.jobs) > 0 || s.executing.Load() {
+	if queued {
 		s.publish(j, codegw.Event{Type: codegw.EventStatus, ExecutionID: execID, State: "queued"})
 	}
+	close(j.announced)
 	return j.result, j.err, nil
 }
 
@@ -239,6 +250,7 @@ func (s *Session) drain() {
 	for {
 		select {
 		case j := <-s.jobs:
+			s.over()
 			j.release()
 			j.err <- codegw.Errorf(codegw.ENOTFOUND, "session %q has ended", s.id)
 		default:
@@ -247,8 +259,17 @@ func (s *Session) drain() {
 	}
 }
 
+// over counts an execution out of pending.
+func (s *Session) over() {
+	s.mu.Lock()
+	s.pending--
+	s.mu.Unlock()
+}
+
 func (s *Session) run(j *job) {
 	defer j.release()
+	defer s.over()
+	<-j.announced
 	s.executing.Store(true)
 	defer s.executing.Store(false)
 	defer s.touch()
