@@ -257,7 +257,8 @@
     switch (ev.type) {
       case "status":
         if (ev.state === "busy") cell.status("running");
-        else if (ev.state === "queued") cell.status("queued");
+        // A cell that has started never goes back to waiting.
+        else if (ev.state === "queued" && cell.el.dataset.status !== "running") cell.status("queued");
         break;
       case "stream": cell.stream(ev.name, ev.text || ""); break;
       case "display":
