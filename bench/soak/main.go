@@ -8,13 +8,16 @@
 // REST and websocket, plots (the stored image is fetched), output files
 // (downloaded and compared), input files from a local HTTP server, an
 // interrupt of a long session call, errors, and faults: a timeout, a kernel
-// process ending abruptly, and a memory bomb past KERNEL_MEMORY (-memory),
+// process ending abruptly (stateless, or a session's, which the client
+// restarts and finds empty), and a memory bomb past KERNEL_MEMORY (-memory),
 // which must end as "oom" (forked kernels in a memory cgroup, as root; under
 // RLIMIT_AS it must raise MemoryError; spawned kernels have no limit, so the
 // bomb is left out of the mix and the report says so). The key's kernel
 // memory is bounded too (MAX_KERNEL_MEMORY_PER_KEY: two kernels per client,
 // what the mix holds at most), so a reservation that leaked would show as
-// refusals, and none may be left at the end. At the end it reports wrong answers (must be 0),
+// refusals, and none may be left at the end. A client whose call failed
+// looks at its session and restarts it if its kernel died, as a real client
+// would, so one fault is not counted again by every later call. At the end it reports wrong answers (must be 0),
 // errors by kind, p50/p99 per kind, RSS, goroutines and open descriptors
 // sampled every second (flat: the mean of the last quarter within 10% of
 // the second quarter's), and the kernel processes and directories left
@@ -242,6 +245,15 @@ func run(ctx context.Context, c config, out io.Writer) error {
 					break // the run ended under it
 				}
 				record(kind, time.Since(t0), err, wrong)
+				if wrong != "" || err != nil {
+					// A session whose kernel died under a fault is
+					// restarted, as a client would, so one failure is
+					// counted once and not again by every later call.
+					t0 := time.Now()
+					if restarted, err := w.recoverSession(); restarted || err != nil {
+						record("session_restart", time.Since(t0), err, "")
+					}
+				}
 			}
 			if w.sess != "" {
 				req, _ := http.NewRequest("DELETE", g.Base+"/api/v1/sessions/"+w.sess, nil)
@@ -371,6 +383,9 @@ func (w *worker) pick(j int) (string, func(context.Context) (string, error)) {
 		case 11:
 			return "fault_timeout", w.timeout
 		case 23:
+			if j%72 == 23+36 {
+				return "fault_session_kill", w.killSession
+			}
 			return "fault_kernel_kill", w.kill
 		}
 		if w.limit == "none" {
@@ -621,4 +636,51 @@ func (w *worker) kill(context.Context) (string, error) {
 		return fmt.Sprintf("kill: status %s", res.Status), nil
 	}
 	return "", nil
+}
+
+// recoverSession looks at the worker's session after a failed call: a dead
+// kernel is restarted, an ended session is forgotten (the loop makes a new
+// one). It says whether it restarted the kernel.
+func (w *worker) recoverSession() (bool, error) {
+	if w.sess == "" {
+		return false, nil
+	}
+	resp, err := w.c.Get(w.g.Base + "/api/v1/sessions/" + w.sess)
+	if err != nil {
+		return false, err
+	}
+	var info codegw.Session
+	err = json.NewDecoder(resp.Body).Decode(&info)
+	resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		w.sess, w.n = "", 0
+		return false, nil
+	case resp.StatusCode != http.StatusOK || err != nil:
+		return false, fmt.Errorf("session info: status %d %v", resp.StatusCode, err)
+	case info.State != "dead":
+		return false, nil
+	}
+	w.n = 0
+	return true, w.post("/api/v1/sessions/"+w.sess+"/restart", "", nil, 200)
+}
+
+// killSession ends the session's kernel abruptly; the client restarts it
+// and finds a working kernel that has lost its variables.
+func (w *worker) killSession(context.Context) (string, error) {
+	res, err := w.execute("/api/v1/sessions/"+w.sess+"/execute", map[string]any{"code": "import os\nos._exit(9)"})
+	if err != nil {
+		return "", err
+	}
+	if res.Status != codegw.StatusDied {
+		return fmt.Sprintf("session kill: status %s", res.Status), nil
+	}
+	restarted, err := w.recoverSession()
+	if err != nil {
+		return "", err
+	}
+	if !restarted {
+		return "session kill: the session was not dead", nil
+	}
+	return w.sessionREST(context.Background())
 }
