@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
 // forked is one kernel forked by a zygote container (KERNEL_START=fork).
@@ -161,7 +162,7 @@ func (k *forked) fork(ctx context.Context) error {
 		return err
 	}
 	token := k.id + "." + strconv.FormatInt(p.seq.Add(1), 10)
-	req := forkRequest{
+	req := zygotectl.Request{
 		Token: token, Conn: p.containerPath(connFile), Code: p.containerPath(k.Dir()),
 		Sock: p.containerPath(filepath.Join(k.dir, "run")), Root: p.containerPath(filepath.Join(k.dir, "root")),
 		Sandbox: true, ShareNet: p.cfg.NetworkMode != "none", Binds: []string{containerExecDir},
@@ -185,12 +186,12 @@ func (k *forked) fork(ctx context.Context) error {
 			req.Rlimits["nproc"] = p.cfg.PidsLimit
 		}
 	}
-	pid, err := z.fork(ctx, r, req)
+	pid, err := z.c.Fork(ctx, r, req)
 	if err != nil {
 		if r.cg != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 			r.cg.remove()
 		}
-		if errors.Is(err, errZygoteDied) {
+		if errors.Is(err, zygotectl.ErrDied) {
 			return fmt.Errorf("%w: %v", kernel.ErrProvisioner, err)
 		}
 		return err
@@ -276,7 +277,7 @@ func (k *forked) Kill(ctx context.Context) error {
 		return nil
 	default:
 	}
-	if err := r.z.send(forkRequest{Op: "kill", Token: r.token}); err != nil && !errors.Is(err, errZygoteDied) {
+	if err := r.z.c.Kill(r.token); err != nil && !errors.Is(err, zygotectl.ErrDied) {
 		return fmt.Errorf("docker: kill kernel %s: %w", k.id, err)
 	}
 	return nil

@@ -1,9 +1,7 @@
 package docker
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +17,7 @@ import (
 	"github.com/docker/docker/api/types/mount"
 
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
 // Paths of the fork server inside its container.
@@ -51,51 +50,17 @@ type zygote struct {
 	label string // its codegw.kernel label: "zygote-<n>"
 	name  string
 	cid   string
-	conn  net.Conn
-	ready chan struct{} // closed when the zygote said it is ready
+	c     *zygotectl.Conn
 	dead  chan struct{} // closed once the control connection ended and the kernels were told
 
-	wmu     sync.Mutex     // serialises writes to conn
 	closing atomic.Bool    // the provisioner stopped it
-	ended   atomic.Bool    // its connection ended: no new kernels from it
 	orphans sync.WaitGroup // kernels being reported dead after the zygote's end
-
-	mu      sync.Mutex
-	pending map[string]chan zmsg // fork requests awaiting their answer
-	runs    map[string]*forkRun  // kernels forked and not yet exited
 }
 
-// zmsg is one line from the zygote (executor-image/zygote.py).
-type zmsg struct {
-	Op      string `json:"op"`
-	Token   string `json:"token"`
-	PID     int    `json:"pid"`
-	Status  int    `json:"status"`
-	Error   string `json:"error"`
-	Threads int    `json:"threads"`
-}
-
-// forkRequest asks the zygote for a kernel; zygote.py's specialise and
-// contain say what each field means. Paths are the container's.
-type forkRequest struct {
-	Op       string            `json:"op"`
-	Token    string            `json:"token"`
-	Conn     string            `json:"conn,omitempty"`
-	Code     string            `json:"code,omitempty"`
-	Sock     string            `json:"sock,omitempty"`
-	Root     string            `json:"root,omitempty"`
-	Sandbox  bool              `json:"sandbox,omitempty"`
-	ShareNet bool              `json:"share_net,omitempty"`
-	Binds    []string          `json:"binds,omitempty"`
-	UID      int               `json:"uid,omitempty"`
-	GID      int               `json:"gid,omitempty"`
-	Cgroups  []string          `json:"cgroups,omitempty"`
-	Rlimits  map[string]int64  `json:"rlimits,omitempty"`
-	Env      map[string]string `json:"env,omitempty"`
-	Contain  map[string]int    `json:"contain,omitempty"`
-}
-
-var errZygoteDied = errors.New("docker: zygote died")
+// Forked, Bound and Exited make a forked kernel a zygotectl.Run.
+func (r *forkRun) Forked(int)        {}
+func (r *forkRun) Bound()            { r.markBound() }
+func (r *forkRun) Exited(status int) { r.finish(exitFromState(status, false)) }
 
 // startZygote starts a zygote container and waits until it is ready.
 func (p *Provisioner) startZygote(ctx context.Context) (_ *zygote, err error) {
@@ -103,9 +68,7 @@ func (p *Provisioner) startZygote(ctx context.Context) (_ *zygote, err error) {
 	defer cancel()
 	begin := time.Now()
 	label := "zygote-" + strconv.FormatInt(p.zseq.Add(1), 10)
-	z := &zygote{p: p, label: label, name: p.containerName(label),
-		ready: make(chan struct{}), dead: make(chan struct{}),
-		pending: map[string]chan zmsg{}, runs: map[string]*forkRun{}}
+	z := &zygote{p: p, label: label, name: p.containerName(label), dead: make(chan struct{})}
 	p.mu.Lock()
 	p.live[label] = true
 	p.mu.Unlock()
@@ -172,8 +135,9 @@ func (p *Provisioner) startZygote(ctx context.Context) (_ *zygote, err error) {
 	// takes a few hundred milliseconds.
 	var d net.Dialer
 	for {
-		z.conn, err = d.DialContext(ctx, "unix", sock)
+		conn, err := d.DialContext(ctx, "unix", sock)
 		if err == nil {
+			z.c = zygotectl.New(conn, p.log, "docker")
 			break
 		}
 		if st, ierr := p.containerState(z.cid); ierr != nil || !st.Running {
@@ -187,11 +151,11 @@ func (p *Provisioner) startZygote(ctx context.Context) (_ *zygote, err error) {
 	}
 	go z.read()
 	select {
-	case <-z.ready:
+	case <-z.c.Ready():
 	case <-z.dead:
 		return nil, fmt.Errorf("%w: docker: zygote exited before it was ready (see docker logs of %s)", kernel.ErrProvisioner, z.name)
 	case <-ctx.Done():
-		z.conn.Close()
+		z.c.Close()
 		<-z.dead
 		return nil, fmt.Errorf("%w: docker: zygote not ready: %v", kernel.ErrProvisioner, ctx.Err())
 	}
@@ -212,68 +176,15 @@ func (p *Provisioner) containerState(id string) (*container.State, error) {
 	return in.State, nil
 }
 
-// read dispatches the zygote's messages until its connection ends, which
-// is the zygote's end: then the container is removed (its pid namespace
-// takes every kernel with it) and each kernel is reported killed.
+// read serves the zygote's connection until it ends, which is the
+// zygote's end: then the container is removed (its pid namespace takes
+// every kernel with it) and each kernel is reported killed.
 func (z *zygote) read() {
-	r := bufio.NewReaderSize(z.conn, 4096)
-	for {
-		line, err := r.ReadBytes('\n')
-		if err != nil {
-			break
-		}
-		var m zmsg
-		if err := json.Unmarshal(line, &m); err != nil {
-			z.p.log.Error("docker: zygote: bad message", "err", err)
-			continue
-		}
-		switch m.Op {
-		case "ready":
-			z.p.log.Debug("docker: zygote loaded", "pid", m.PID, "threads", m.Threads)
-			close(z.ready)
-		case "forked", "error":
-			z.mu.Lock()
-			ch := z.pending[m.Token]
-			delete(z.pending, m.Token)
-			z.mu.Unlock()
-			if ch != nil {
-				ch <- m
-			}
-		case "bound":
-			z.mu.Lock()
-			r := z.runs[m.Token]
-			z.mu.Unlock()
-			if r != nil {
-				r.markBound()
-			}
-		case "exit":
-			z.mu.Lock()
-			r := z.runs[m.Token]
-			delete(z.runs, m.Token)
-			z.mu.Unlock()
-			if r != nil {
-				r.finish(exitFromState(m.Status, false))
-			}
-		}
-	}
-	z.ended.Store(true)
-	z.conn.Close()
+	runs := z.c.Read()
 	// Conflict: the engine is removing it already (--rm).
 	if err := z.p.removeContainer(z.cid); err != nil && !cerrdefs.IsConflict(err) {
 		z.p.log.Error("docker: remove zygote container", "container", shortID(z.cid), "err", err)
 	}
-	z.mu.Lock()
-	runs := z.runs
-	z.runs = map[string]*forkRun{}
-	why := "zygote died"
-	if z.closing.Load() {
-		why = "provisioner closed"
-	}
-	for _, ch := range z.pending {
-		ch <- zmsg{Op: "error", Error: why}
-	}
-	z.pending = map[string]chan zmsg{}
-	z.mu.Unlock()
 	if z.closing.Load() {
 		z.p.log.Info("docker: zygote stopped", "container", shortID(z.cid), "kernels", len(runs))
 	} else {
@@ -285,78 +196,22 @@ func (z *zygote) read() {
 	for _, r := range runs {
 		go func() {
 			defer z.orphans.Done()
-			r.orphaned()
+			r.(*forkRun).orphaned()
 		}()
 	}
-}
-
-// fork asks the zygote for kernel run r.
-func (z *zygote) fork(ctx context.Context, r *forkRun, req forkRequest) (int, error) {
-	ch := make(chan zmsg, 1)
-	z.mu.Lock()
-	select {
-	case <-z.dead:
-		z.mu.Unlock()
-		return 0, errZygoteDied
-	default:
-	}
-	z.pending[req.Token] = ch
-	z.runs[req.Token] = r
-	z.mu.Unlock()
-	req.Op = "fork"
-	if err := z.send(req); err != nil {
-		z.forget(req.Token)
-		return 0, err
-	}
-	select {
-	case m := <-ch:
-		if m.Op != "forked" {
-			z.forget(req.Token)
-			if m.Error == "zygote died" {
-				return 0, errZygoteDied
-			}
-			return 0, fmt.Errorf("docker: fork kernel: %s", m.Error)
-		}
-		return m.PID, nil
-	case <-ctx.Done():
-		// The fork may still happen: the kill follows it in the queue.
-		z.send(forkRequest{Op: "kill", Token: req.Token})
-		return 0, fmt.Errorf("docker: fork kernel: %w", ctx.Err())
-	}
-}
-
-func (z *zygote) forget(token string) {
-	z.mu.Lock()
-	delete(z.pending, token)
-	delete(z.runs, token)
-	z.mu.Unlock()
-}
-
-func (z *zygote) send(req forkRequest) error {
-	b, err := json.Marshal(req)
-	if err != nil {
-		return fmt.Errorf("docker: zygote: %w", err)
-	}
-	z.wmu.Lock()
-	defer z.wmu.Unlock()
-	z.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := z.conn.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("%w: %v", errZygoteDied, err)
-	}
-	return nil
 }
 
 // stop ends the zygote: closing its connection makes it kill its kernels
 // and exit; read then removes the container.
 func (z *zygote) stop() {
 	z.closing.Store(true)
-	z.conn.Close()
+	z.c.Close()
 }
 
 // isDead reports whether the zygote ended (its kernels may still be being
 // reported dead).
 func (z *zygote) isDead() bool {
-	if z.ended.Load() {
+	if z.c.Ended() {
 		return true
 	}
 	select {

@@ -301,7 +301,7 @@ func (k *Process) kill(ctx context.Context, r *run) error {
 	}
 	if r.z != nil {
 		// The zygote kills the kernel, which it has not reaped yet.
-		r.z.killRun(r.token)
+		r.z.c.Kill(r.token)
 	} else if // The group leader is not reaped before r.exited closes, so
 	// its pid cannot have been reused yet.
 	err := syscall.Kill(-r.pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {

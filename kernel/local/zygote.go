@@ -1,9 +1,7 @@
 package local
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,13 +11,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
 // zygoteFD is the descriptor on which the zygote finds its control socket
@@ -39,48 +37,19 @@ type zygote struct {
 	p        *Provisioner
 	cmd      *exec.Cmd
 	pid      int
-	conn     net.Conn
+	c        *zygotectl.Conn
 	tail     *tailBuffer
-	ready    chan struct{} // closed when the zygote said it is ready
-	readDone chan struct{} // closed when read returned
-	dead     chan struct{} // closed once the zygote process ended
+	readDone chan struct{}   // closed when the connection's Read returned
+	orphans  []zygotectl.Run // what Read returned: kernels not yet exited
+	dead     chan struct{}   // closed once the zygote process ended
 
-	wmu     sync.Mutex  // serialises writes to conn
 	closing atomic.Bool // the provisioner ended it
-
-	mu      sync.Mutex
-	pending map[string]chan zmsg // fork requests awaiting their answer
-	runs    map[string]*run      // kernels forked and not yet exited
 }
 
-// zmsg is one line from the zygote.
-type zmsg struct {
-	Op      string `json:"op"`
-	Token   string `json:"token"`
-	PID     int    `json:"pid"`
-	Status  int    `json:"status"`
-	Error   string `json:"error"`
-	Threads int    `json:"threads"`
-}
-
-// forkRequest asks the zygote for a kernel; zygote.py's specialise says
-// what each field means.
-type forkRequest struct {
-	Op       string            `json:"op"`
-	Token    string            `json:"token"`
-	Conn     string            `json:"conn"`
-	Code     string            `json:"code"`
-	Sock     string            `json:"sock"`
-	Root     string            `json:"root"`
-	Sandbox  bool              `json:"sandbox"`
-	ShareNet bool              `json:"share_net"`
-	Binds    []string          `json:"binds"`
-	UID      int               `json:"uid,omitempty"`
-	GID      int               `json:"gid,omitempty"`
-	Cgroups  []string          `json:"cgroups,omitempty"`
-	Rlimits  map[string]int64  `json:"rlimits,omitempty"`
-	Env      map[string]string `json:"env"`
-}
+// Forked, Bound and Exited make a forked kernel's run a zygotectl.Run.
+func (r *run) Forked(pid int)    { r.pgid = pid }
+func (r *run) Bound()            { r.markBound() }
+func (r *run) Exited(status int) { r.finish(exitOfStatus(status)) }
 
 // startZygote starts a zygote and waits until it is ready to fork.
 func (p *Provisioner) startZygote(ctx context.Context) (*zygote, error) {
@@ -135,22 +104,25 @@ func (p *Provisioner) startZygote(ctx context.Context) (*zygote, error) {
 		lw.Close()
 		return nil, fmt.Errorf("%w: local: start zygote: %v", kernel.ErrProvisioner, err)
 	}
-	z := &zygote{p: p, cmd: cmd, pid: cmd.Process.Pid, conn: conn, tail: newTailBuffer(outputTail),
-		ready: make(chan struct{}), dead: make(chan struct{}), readDone: make(chan struct{}),
-		pending: map[string]chan zmsg{}, runs: map[string]*run{}}
+	z := &zygote{p: p, cmd: cmd, pid: cmd.Process.Pid, c: zygotectl.New(conn, p.log, "local"), tail: newTailBuffer(outputTail),
+		dead: make(chan struct{}), readDone: make(chan struct{})}
 	output := make(chan struct{})
 	go func() {
 		defer close(output)
 		io.Copy(z.tail, pr)
 		pr.Close()
 	}()
-	go z.read()
+	go func() {
+		z.orphans = z.c.Read()
+		close(z.readDone)
+	}()
 	go z.wait(lw, output)
 
 	ctx, cancel := context.WithTimeout(ctx, zygoteStartTimeout)
 	defer cancel()
 	select {
-	case <-z.ready:
+	case <-z.c.Ready():
+		p.log.Info("local: zygote ready", "pid", z.pid)
 		return z, nil
 	case <-z.dead:
 		<-output
@@ -158,56 +130,6 @@ func (p *Provisioner) startZygote(ctx context.Context) (*zygote, error) {
 	case <-ctx.Done():
 		z.kill()
 		return nil, fmt.Errorf("%w: local: zygote not ready: %v", kernel.ErrProvisioner, ctx.Err())
-	}
-}
-
-// read dispatches the zygote's messages until its socket closes.
-func (z *zygote) read() {
-	defer close(z.readDone)
-	r := bufio.NewReaderSize(z.conn, 4096)
-	for {
-		line, err := r.ReadBytes('\n')
-		if err != nil {
-			return
-		}
-		var m zmsg
-		if err := json.Unmarshal(line, &m); err != nil {
-			z.p.log.Error("local: zygote: bad message", "err", err)
-			continue
-		}
-		switch m.Op {
-		case "ready":
-			z.p.log.Info("local: zygote ready", "pid", m.PID, "threads", m.Threads)
-			close(z.ready)
-		case "forked", "error":
-			z.mu.Lock()
-			if r := z.runs[m.Token]; r != nil && m.Op == "forked" {
-				// Here, before its exit can be read, and before fork
-				// returns: finish and Kill read it.
-				r.pgid = m.PID
-			}
-			ch := z.pending[m.Token]
-			delete(z.pending, m.Token)
-			z.mu.Unlock()
-			if ch != nil {
-				ch <- m
-			}
-		case "bound":
-			z.mu.Lock()
-			r := z.runs[m.Token]
-			z.mu.Unlock()
-			if r != nil {
-				r.markBound()
-			}
-		case "exit":
-			z.mu.Lock()
-			r := z.runs[m.Token]
-			delete(z.runs, m.Token)
-			z.mu.Unlock()
-			if r != nil {
-				r.finish(exitOfStatus(m.Status))
-			}
-		}
 	}
 }
 
@@ -219,16 +141,9 @@ func (z *zygote) wait(lifeline *os.File, output chan struct{}) {
 	err := z.cmd.Wait()
 	syscall.Kill(-z.pid, syscall.SIGKILL)
 	lifeline.Close()
-	z.conn.Close()
+	z.c.Close()
 	<-z.readDone // no message is being handled any more
-	z.mu.Lock()
-	runs := z.runs
-	z.runs = map[string]*run{}
-	for _, ch := range z.pending {
-		ch <- zmsg{Op: "error", Error: "zygote died"}
-	}
-	z.pending = map[string]chan zmsg{}
-	z.mu.Unlock()
+	runs := z.orphans
 	if z.closing.Load() {
 		z.p.log.Info("local: zygote stopped", "pid", z.pid, "kernels", len(runs))
 	} else {
@@ -240,69 +155,8 @@ func (z *zygote) wait(lifeline *os.File, output chan struct{}) {
 	}
 	close(z.dead)
 	for _, r := range runs {
-		go r.orphaned()
+		go r.(*run).orphaned()
 	}
-}
-
-// fork asks the zygote for a kernel run r and returns its pid.
-func (z *zygote) fork(ctx context.Context, r *run, req forkRequest) (int, error) {
-	ch := make(chan zmsg, 1)
-	z.mu.Lock()
-	select {
-	case <-z.dead:
-		z.mu.Unlock()
-		return 0, errZygoteDied
-	default:
-	}
-	z.pending[req.Token] = ch
-	z.runs[req.Token] = r
-	z.mu.Unlock()
-	req.Op = "fork"
-	if err := z.send(req); err != nil {
-		z.forget(req.Token)
-		return 0, err
-	}
-	select {
-	case m := <-ch:
-		if m.Op != "forked" {
-			z.forget(req.Token)
-			return 0, fmt.Errorf("local: fork kernel: %s", m.Error)
-		}
-		return m.PID, nil
-	case <-ctx.Done():
-		// The fork may still happen: the kill follows it in the queue.
-		z.send(forkRequest{Op: "kill", Token: req.Token})
-		return 0, fmt.Errorf("local: fork kernel: %w", ctx.Err())
-	}
-}
-
-var errZygoteDied = errors.New("local: zygote died")
-
-func (z *zygote) forget(token string) {
-	z.mu.Lock()
-	delete(z.pending, token)
-	delete(z.runs, token)
-	z.mu.Unlock()
-}
-
-func (z *zygote) send(req forkRequest) error {
-	b, err := json.Marshal(req)
-	if err != nil {
-		return fmt.Errorf("local: zygote: %w", err)
-	}
-	z.wmu.Lock()
-	defer z.wmu.Unlock()
-	z.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := z.conn.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("%w: %v", errZygoteDied, err)
-	}
-	return nil
-}
-
-// killRun asks the zygote to kill a kernel, which ends its pid namespace
-// (or, without the sandbox, its process group). A dead zygote's kernels end by themselves.
-func (z *zygote) killRun(token string) {
-	z.send(forkRequest{Op: "kill", Token: token})
 }
 
 // kill ends the zygote; its kernels follow.
@@ -385,7 +239,7 @@ func (k *Process) startFork(ctx context.Context) error {
 	env := p.envMap(k.kdir, k.spec)
 	delete(env, "EXECUTOR_LIFELINE_FD") // the kernel watches the zygote
 	delete(env, "EXECUTOR_MPL_CACHE")   // the zygote loaded the fonts
-	req := forkRequest{Token: token, Conn: connFile, Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
+	req := zygotectl.Request{Token: token, Conn: connFile, Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
 		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env}
 	if p.cred != nil {
 		req.UID, req.GID = int(p.cred.Uid), int(p.cred.Gid)
@@ -408,12 +262,12 @@ func (k *Process) startFork(ctx context.Context) error {
 			req.Rlimits["nproc"] = int64(p.cfg.PidsLimit)
 		}
 	}
-	pid, err := z.fork(ctx, r, req)
+	pid, err := z.c.Fork(ctx, r, req)
 	if err != nil {
 		if r.cg != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 			r.cg.remove()
 		}
-		if errors.Is(err, errZygoteDied) {
+		if errors.Is(err, zygotectl.ErrDied) {
 			return fmt.Errorf("%w: %v", kernel.ErrProvisioner, err)
 		}
 		return err
