@@ -49,6 +49,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/cgroupv1"
 )
 
 var (
@@ -222,8 +223,8 @@ type Provisioner struct {
 	// Fork mode (Config.Start "fork"); fork is false when kernels are
 	// containers of their own.
 	fork    bool
-	forkDir string   // host directory bound at containerForkDir in the zygote
-	cg      *cgroups // nil: forked kernels are limited by rlimits
+	forkDir string            // host directory bound at containerForkDir in the zygote
+	cg      *cgroupv1.Parents // nil: forked kernels are limited by rlimits
 	seq     atomic.Int64
 	zseq    atomic.Int64
 
@@ -295,13 +296,13 @@ func (p *Provisioner) chooseStart(ctx context.Context) error {
 	p.live[name] = true
 	cg, err := detectCgroups("codegw-docker-" + hex.EncodeToString(sum[:4]))
 	if err == nil && p.cfg.noCgroups {
-		cg.remove()
+		cg.Remove()
 		err = errors.New("not asked for")
 	}
 	if err == nil {
 		p.cg = cg
 		p.log.Info("docker: forked kernels are limited by cgroups", "memory_bytes", p.cfg.Memory, "pids", p.cfg.PidsLimit,
-			"memory_cgroup", cg.mem, "pids_cgroup", cg.pids)
+			"memory_cgroup", cg.Mem, "pids_cgroup", cg.Pids)
 	} else {
 		p.log.Warn("docker: cgroups unavailable: forked kernels are limited by rlimits (RLIMIT_AS, RLIMIT_NPROC of their own uid)",
 			"reason", err)
@@ -312,7 +313,7 @@ func (p *Provisioner) chooseStart(ctx context.Context) error {
 		p.forget(name)
 		os.RemoveAll(p.forkDir)
 		if p.cg != nil {
-			p.cg.remove()
+			p.cg.Remove()
 			p.cg = nil
 		}
 		p.log.Warn("docker: fork server unavailable; kernels are containers of their own (KERNEL_START=spawn)", "err", err)
@@ -403,7 +404,7 @@ func (p *Provisioner) Close() error {
 		z.orphans.Wait() // their cgroups are gone, then the parents can go
 	}
 	if p.cg != nil {
-		p.cg.remove()
+		p.cg.Remove()
 	}
 	if p.forkDir != "" {
 		p.forget(filepath.Base(p.forkDir))

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/cgroupv1"
 	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
@@ -47,7 +48,7 @@ var (
 type forkRun struct {
 	z      *zygote
 	token  string
-	cg     *cgroup // nil: limited by rlimits
+	cg     *cgroupv1.Group // nil: limited by rlimits
 	exited chan struct{}
 	once   sync.Once
 	// bound is closed on the zygote's "bound" event: the kernel's sockets
@@ -170,12 +171,12 @@ func (k *forked) fork(ctx context.Context) error {
 	}
 	r := &forkRun{z: z, token: token, exited: make(chan struct{}), bound: make(chan struct{}), t0: time.Now(), kid: k.id, p: p}
 	if p.cg != nil {
-		cg, err := p.cg.create(token, p.cfg.Memory, p.cfg.PidsLimit)
+		cg, err := p.cg.Create(token, p.cfg.Memory, p.cfg.PidsLimit)
 		if err != nil {
 			return err
 		}
 		r.cg = cg
-		req.Cgroups = cg.containerDirs()
+		req.Cgroups = containerDirs(cg)
 	} else {
 		req.Rlimits = map[string]int64{}
 		if p.cfg.Memory > 0 {
@@ -189,7 +190,7 @@ func (k *forked) fork(ctx context.Context) error {
 	pid, err := z.c.Fork(ctx, r, req)
 	if err != nil {
 		if r.cg != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			r.cg.remove()
+			r.cg.Remove()
 		}
 		if errors.Is(err, zygotectl.ErrDied) {
 			return fmt.Errorf("%w: %v", kernel.ErrProvisioner, err)
@@ -215,9 +216,9 @@ func (k *forked) current() *forkRun {
 func (r *forkRun) finish(e kernel.Exit) {
 	r.once.Do(func() {
 		if r.cg != nil {
-			e.OOMKilled = r.cg.oomKilled()
-			e.PidsLimited = r.cg.pidsHits() > 0
-			r.cg.remove()
+			e.OOMKilled = r.cg.OOMKilled()
+			e.PidsLimited = r.cg.PidsHits() > 0
+			r.cg.Remove()
 		}
 		r.exit = e
 		close(r.exited)
@@ -229,7 +230,7 @@ func (r *forkRun) finish(e kernel.Exit) {
 // orphaned reports a kernel whose zygote died killed, once its processes
 // are gone (the zygote container's removal ends them).
 func (r *forkRun) orphaned() {
-	for i := 0; r.cg != nil && !r.cg.empty() && i < 500; i++ {
+	for i := 0; r.cg != nil && !r.cg.Empty() && i < 500; i++ {
 		time.Sleep(10 * time.Millisecond)
 	}
 	r.finish(kernel.Exit{Code: -1, Signal: syscall.SIGKILL.String()})
@@ -263,7 +264,7 @@ func (k *forked) Exit() kernel.Exit {
 // far (0 without cgroups): see the spawned kernels' method.
 func (k *forked) PidsLimitHits() int64 {
 	if r := k.current(); r.cg != nil {
-		return r.cg.pidsHits()
+		return r.cg.PidsHits()
 	}
 	return 0
 }

@@ -206,7 +206,7 @@ print(len(glob.glob(os.environ["EXECUTOR_MPL_CACHE"] + "/fontlist-*.json")), os.
 			t.Skip("no cgroups: rlimits")
 		}
 		ra, rb := fa.current(), fb.current()
-		limit, _ := os.ReadFile(filepath.Join(ra.cg.mem, "memory.limit_in_bytes"))
+		limit, _ := os.ReadFile(filepath.Join(ra.cg.Mem, "memory.limit_in_bytes"))
 		if strings.TrimSpace(string(limit)) != strconv.Itoa(1<<30) {
 			t.Errorf("memory limit %s", limit)
 		}
@@ -223,7 +223,7 @@ print(len(glob.glob(os.environ["EXECUTOR_MPL_CACHE"] + "/fontlist-*.json")), os.
 		t.Fatal(err)
 	}
 	if ra.cg != nil {
-		if _, err := os.Stat(ra.cg.pids); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(ra.cg.Pids); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("a's cgroup is left: %v", err)
 		}
 	}
@@ -326,7 +326,7 @@ func TestForkFaults(t *testing.T) {
 			if err := <-errc; !errors.Is(err, kernel.ErrDied) {
 				t.Errorf("the call: %v, want ErrDied", err)
 			}
-			if r.cg != nil && !r.cg.empty() {
+			if r.cg != nil && !r.cg.Empty() {
 				t.Error("processes left after the kernel ended")
 			}
 		})
@@ -389,10 +389,10 @@ func TestForkZygoteDeath(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the in-flight call hangs")
 	}
-	for deadline := time.Now().Add(10 * time.Second); r.cg != nil && !r.cg.empty() && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); r.cg != nil && !r.cg.Empty() && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if r.cg != nil && !r.cg.empty() {
+	if r.cg != nil && !r.cg.Empty() {
 		t.Error("the kernel's processes outlived their zygote")
 	}
 	// A new zygote serves the next kernel; the old container is gone.

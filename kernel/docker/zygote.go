@@ -89,8 +89,8 @@ func (p *Provisioner) startZygote(ctx context.Context) (_ *zygote, err error) {
 	mounts := []mount.Mount{{Type: mount.TypeBind, Source: p.forkDir, Target: containerForkDir}}
 	if p.cg != nil {
 		mounts = append(mounts,
-			mount.Mount{Type: mount.TypeBind, Source: p.cg.mem, Target: containerCgroupDir + "/memory"},
-			mount.Mount{Type: mount.TypeBind, Source: p.cg.pids, Target: containerCgroupDir + "/pids"})
+			mount.Mount{Type: mount.TypeBind, Source: p.cg.Mem, Target: containerCgroupDir + "/memory"},
+			mount.Mount{Type: mount.TypeBind, Source: p.cg.Pids, Target: containerCgroupDir + "/pids"})
 	}
 	cfg := &container.Config{
 		Image: p.cfg.Image, User: "0:0", Env: env, Labels: labels, Hostname: "kernel",

@@ -18,6 +18,7 @@ import (
 
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/cgroupv1"
 )
 
 // Sandbox modes for Config.Sandbox.
@@ -92,8 +93,8 @@ type Provisioner struct {
 	cred     *syscall.Credential
 	spawn    *spawner
 
-	fork bool     // kernels are forked from a zygote
-	cg   *cgroups // nil: limits of forked kernels by rlimits
+	fork bool              // kernels are forked from a zygote
+	cg   *cgroupv1.Parents // nil: limits of forked kernels by rlimits
 	seq  atomic.Int64
 
 	zmu       sync.Mutex
@@ -207,7 +208,7 @@ func (p *Provisioner) chooseStart() error {
 	if cg, err := detectCgroups(); err == nil {
 		p.cg = cg
 		p.log.Info("local: forked kernels are limited by cgroups", "memory_bytes", p.cfg.Memory, "pids", p.cfg.PidsLimit,
-			"memory_cgroup", cg.mem, "pids_cgroup", cg.pids)
+			"memory_cgroup", cg.Mem, "pids_cgroup", cg.Pids)
 	} else {
 		p.log.Warn("local: cgroups unavailable: forked kernels are limited by rlimits (RLIMIT_AS, and RLIMIT_NPROC shared by all kernels of one uid)",
 			"reason", err)
@@ -465,7 +466,7 @@ func (p *Provisioner) Close() error {
 		<-z.dead
 	}
 	if p.cg != nil {
-		p.cg.remove()
+		p.cg.Remove()
 	}
 	p.spawn.stop()
 	return nil

@@ -16,6 +16,7 @@ import (
 
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/cgroupv1"
 )
 
 // Process is one local kernel. It implements kernel.Process.
@@ -62,7 +63,7 @@ type run struct {
 	// pid namespace.
 	z     *zygote
 	token string
-	cg    *cgroup
+	cg    *cgroupv1.Group
 	once  sync.Once
 	t0    time.Time
 	kid   string

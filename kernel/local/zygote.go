@@ -247,12 +247,12 @@ func (k *Process) startFork(ctx context.Context) error {
 	r := &run{z: z, token: token, exited: make(chan struct{}), output: closedChan, tail: z.tail,
 		t0: time.Now(), kid: k.id, log: p.log, bound: make(chan struct{})}
 	if p.cg != nil {
-		cg, err := p.cg.create(token, p.cfg.Memory, p.cfg.PidsLimit)
+		cg, err := p.cg.Create(token, p.cfg.Memory, int64(p.cfg.PidsLimit))
 		if err != nil {
 			return err
 		}
 		r.cg = cg
-		req.Cgroups = cg.dirs()
+		req.Cgroups = cg.Dirs()
 	} else {
 		req.Rlimits = map[string]int64{}
 		if p.cfg.Memory > 0 {
@@ -265,7 +265,7 @@ func (k *Process) startFork(ctx context.Context) error {
 	pid, err := z.c.Fork(ctx, r, req)
 	if err != nil {
 		if r.cg != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			r.cg.remove()
+			r.cg.Remove()
 		}
 		if errors.Is(err, zygotectl.ErrDied) {
 			return fmt.Errorf("%w: %v", kernel.ErrProvisioner, err)
@@ -289,9 +289,9 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 func (r *run) finish(e kernel.Exit) {
 	r.once.Do(func() {
 		if r.cg != nil {
-			e.OOMKilled = r.cg.oomKilled()
-			e.PidsLimited = r.cg.pidsHit()
-			r.cg.remove()
+			e.OOMKilled = r.cg.OOMKilled()
+			e.PidsLimited = r.cg.PidsHits() > 0
+			r.cg.Remove()
 		}
 		r.exit = e
 		close(r.exited)
@@ -308,7 +308,7 @@ func (r *run) finish(e kernel.Exit) {
 func (r *run) orphaned() {
 	gone := func() bool {
 		if r.cg != nil {
-			return r.cg.empty()
+			return r.cg.Empty()
 		}
 		return r.pgid == 0 || syscall.Kill(r.pgid, 0) != nil
 	}

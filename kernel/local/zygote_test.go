@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/cgroupv1"
 )
 
 // Tests of forked kernels (KERNEL_START=fork) beyond the contract tests of
@@ -49,7 +50,7 @@ func startSpec(t *testing.T, p *Provisioner, spec kernel.Spec) (*Process, *kerne
 // or, without cgroups, whether it still runs.
 func alive(r *run) bool {
 	if r.cg != nil {
-		return !r.cg.empty()
+		return !r.cg.Empty()
 	}
 	return syscall.Kill(r.pgid, 0) == nil
 }
@@ -165,10 +166,10 @@ except OSError as e:
 			t.Skip("no cgroups here")
 		}
 		ra, rb := a.current(), b.current()
-		if ra.cg.mem == rb.cg.mem {
+		if ra.cg.Mem == rb.cg.Mem {
 			t.Fatal("two kernels share a memory cgroup")
 		}
-		limit, _ := os.ReadFile(filepath.Join(ra.cg.mem, "memory.limit_in_bytes"))
+		limit, _ := os.ReadFile(filepath.Join(ra.cg.Mem, "memory.limit_in_bytes"))
 		if strings.TrimSpace(string(limit)) != strconv.Itoa(1<<30) {
 			t.Errorf("memory limit %s", limit)
 		}
@@ -258,7 +259,7 @@ func TestForkFaults(t *testing.T) {
 				case <-k.Exited():
 					ended = true
 				case <-hit:
-					if !r.cg.pidsHit() {
+					if !(r.cg.PidsHits() > 0) {
 						continue
 					}
 					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -365,7 +366,7 @@ func forkHelper(dir string) {
 	r := proc.(*Process).current()
 	cg := ""
 	if r.cg != nil {
-		cg = r.cg.pids
+		cg = r.cg.Pids
 	}
 	fmt.Printf("started %d %d %s\n", r.pgid, r.z.pid, cg)
 	time.Sleep(time.Minute)
@@ -421,7 +422,7 @@ func TestForkGatewayKill(t *testing.T) {
 					return false
 				}
 				if cgDir != "" {
-					return (&cgroup{pids: cgDir}).empty()
+					return (&cgroupv1.Group{Pids: cgDir}).Empty()
 				}
 				return true
 			}
