@@ -50,6 +50,7 @@ import (
 
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/internal/cgroupv1"
+	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
 var (
@@ -228,11 +229,7 @@ type Provisioner struct {
 	seq     atomic.Int64
 	zseq    atomic.Int64
 
-	zmu       sync.Mutex
-	zyg       *zygote
-	zerr      error
-	zstarting chan struct{}
-	zclosed   bool
+	zyg zygotectl.Keeper[*zygote]
 
 	uidMu    sync.Mutex
 	uidFree  []int
@@ -394,12 +391,8 @@ func (p *Provisioner) Config() Config { return p.cfg }
 // running; close them first. Forked kernels end with their zygote, which
 // Close stops.
 func (p *Provisioner) Close() error {
-	p.zmu.Lock()
-	p.zclosed = true
-	z := p.zyg
-	p.zmu.Unlock()
-	if z != nil {
-		z.stop()
+	if z, ok := p.zyg.Close(); ok {
+		z.Stop()
 		<-z.dead
 		z.orphans.Wait() // their cgroups are gone, then the parents can go
 	}

@@ -201,16 +201,16 @@ func (z *zygote) read() {
 	}
 }
 
-// stop ends the zygote: closing its connection makes it kill its kernels
+// Stop ends the zygote: closing its connection makes it kill its kernels
 // and exit; read then removes the container.
-func (z *zygote) stop() {
+func (z *zygote) Stop() {
 	z.closing.Store(true)
 	z.c.Close()
 }
 
-// isDead reports whether the zygote ended (its kernels may still be being
+// Dead reports whether the zygote ended (its kernels may still be being
 // reported dead).
-func (z *zygote) isDead() bool {
+func (z *zygote) Dead() bool {
 	if z.c.Ended() {
 		return true
 	}
@@ -223,61 +223,27 @@ func (z *zygote) isDead() bool {
 }
 
 // getZygote returns the running zygote, starting one when there is none or
-// the last one died. Concurrent callers share one start.
+// the last one died.
 func (p *Provisioner) getZygote(ctx context.Context) (*zygote, error) {
-	for {
-		p.zmu.Lock()
-		if p.zclosed {
-			p.zmu.Unlock()
-			return nil, errors.New("docker: provisioner closed")
-		}
-		if z := p.zyg; z != nil && !z.isDead() {
-			p.zmu.Unlock()
-			return z, nil
-		}
-		if p.zstarting == nil {
-			done := make(chan struct{})
-			p.zstarting = done
-			go func() {
-				z, err := p.startZygote(context.Background())
-				p.zmu.Lock()
-				if p.zclosed && z != nil {
-					z.stop()
-				}
-				p.zyg, p.zerr, p.zstarting = z, err, nil
-				p.zmu.Unlock()
-				if err != nil {
-					p.log.Error("docker: zygote did not start", "err", err)
-				}
-				close(done)
-			}()
-		}
-		done := p.zstarting
-		p.zmu.Unlock()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("docker: zygote: %w", ctx.Err())
-		}
-		p.zmu.Lock()
-		z, err := p.zyg, p.zerr
-		p.zmu.Unlock()
+	z, err := p.zyg.Get(ctx, func(ctx context.Context) (*zygote, error) {
+		z, err := p.startZygote(ctx)
 		if err != nil {
-			return nil, err
+			p.log.Error("docker: zygote did not start", "err", err)
 		}
-		if z != nil && !z.isDead() {
-			return z, nil
-		}
+		return z, err
+	})
+	if err != nil && !errors.Is(err, kernel.ErrProvisioner) {
+		err = fmt.Errorf("docker: %w", err)
 	}
+	return z, err
 }
 
 // ZygoteContainer is the id of the running zygote container, or "" (fork
 // mode only; for tests and operators).
 func (p *Provisioner) ZygoteContainer() string {
-	p.zmu.Lock()
-	defer p.zmu.Unlock()
-	if p.zyg == nil || p.zyg.isDead() {
+	z, ok := p.zyg.Current()
+	if !ok {
 		return ""
 	}
-	return p.zyg.cid
+	return z.cid
 }

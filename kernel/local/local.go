@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -19,6 +18,7 @@ import (
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/internal/cgroupv1"
+	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
 // Sandbox modes for Config.Sandbox.
@@ -97,11 +97,7 @@ type Provisioner struct {
 	cg   *cgroupv1.Parents // nil: limits of forked kernels by rlimits
 	seq  atomic.Int64
 
-	zmu       sync.Mutex
-	zyg       *zygote
-	zerr      error
-	zstarting chan struct{}
-	zclosed   bool
+	zyg zygotectl.Keeper[*zygote]
 }
 
 var (
@@ -109,7 +105,7 @@ var (
 	_ kernel.Reaper      = (*Provisioner)(nil)
 )
 
-var errClosed = errors.New("local: provisioner closed")
+var errClosed = fmt.Errorf("local: %w", zygotectl.ErrClosed)
 
 // New checks the runtime, extracts the executor files into StateDir and
 // builds matplotlib's font cache there once. Errors caused by a missing or
@@ -232,12 +228,11 @@ func (p *Provisioner) StartMode() string {
 // ZygotePID is the pid of the running zygote, or 0 (for benchmarks: its
 // reaped-children CPU time is its kernels').
 func (p *Provisioner) ZygotePID() int {
-	p.zmu.Lock()
-	defer p.zmu.Unlock()
-	if p.zyg == nil || p.zyg.isDead() {
+	z, ok := p.zyg.Current()
+	if !ok {
 		return 0
 	}
-	return p.zyg.pid
+	return z.pid
 }
 
 // LimitMode says how forked kernels are limited: "cgroup" or "rlimit"
@@ -457,12 +452,8 @@ func (p *Provisioner) chown(path string) error {
 // until they are closed; forked kernels end with the zygote, which Close
 // ends.
 func (p *Provisioner) Close() error {
-	p.zmu.Lock()
-	p.zclosed = true
-	z := p.zyg
-	p.zmu.Unlock()
-	if z != nil {
-		z.kill()
+	if z, ok := p.zyg.Close(); ok {
+		z.Stop()
 		<-z.dead
 	}
 	if p.cg != nil {

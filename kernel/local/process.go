@@ -17,6 +17,7 @@ import (
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/internal/cgroupv1"
+	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
 // Process is one local kernel. It implements kernel.Process.
@@ -169,7 +170,7 @@ func (k *Process) startSpawn() error {
 		pr.Close()
 		lw.Close()
 		br.Close()
-		if errors.Is(err, errClosed) {
+		if errors.Is(err, zygotectl.ErrClosed) {
 			return err
 		}
 		return fmt.Errorf("%w: local: start kernel: %v", kernel.ErrProvisioner, err)

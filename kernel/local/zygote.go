@@ -128,7 +128,7 @@ func (p *Provisioner) startZygote(ctx context.Context) (*zygote, error) {
 		<-output
 		return nil, fmt.Errorf("%w: local: zygote exited before it was ready: %s", kernel.ErrProvisioner, lastLine(z.tail.String()))
 	case <-ctx.Done():
-		z.kill()
+		z.Stop()
 		return nil, fmt.Errorf("%w: local: zygote not ready: %v", kernel.ErrProvisioner, ctx.Err())
 	}
 }
@@ -159,13 +159,14 @@ func (z *zygote) wait(lifeline *os.File, output chan struct{}) {
 	}
 }
 
-// kill ends the zygote; its kernels follow.
-func (z *zygote) kill() {
+// Stop ends the zygote; its kernels follow.
+func (z *zygote) Stop() {
 	z.closing.Store(true)
 	syscall.Kill(-z.pid, syscall.SIGKILL)
 }
 
-func (z *zygote) isDead() bool {
+// Dead reports whether the zygote process ended.
+func (z *zygote) Dead() bool {
 	select {
 	case <-z.dead:
 		return true
@@ -175,49 +176,13 @@ func (z *zygote) isDead() bool {
 }
 
 // getZygote returns the running zygote, starting one when there is none or
-// the last one died. Concurrent callers share one start.
+// the last one died.
 func (p *Provisioner) getZygote(ctx context.Context) (*zygote, error) {
-	for {
-		p.zmu.Lock()
-		if p.zclosed {
-			p.zmu.Unlock()
-			return nil, errClosed
-		}
-		if z := p.zyg; z != nil && !z.isDead() {
-			p.zmu.Unlock()
-			return z, nil
-		}
-		if p.zstarting == nil {
-			done := make(chan struct{})
-			p.zstarting = done
-			go func() {
-				z, err := p.startZygote(context.Background())
-				p.zmu.Lock()
-				if p.zclosed && z != nil {
-					z.kill()
-				}
-				p.zyg, p.zerr, p.zstarting = z, err, nil
-				p.zmu.Unlock()
-				close(done)
-			}()
-		}
-		done := p.zstarting
-		p.zmu.Unlock()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("local: zygote: %w", ctx.Err())
-		}
-		p.zmu.Lock()
-		z, err := p.zyg, p.zerr
-		p.zmu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		if z != nil && !z.isDead() {
-			return z, nil
-		}
+	z, err := p.zyg.Get(ctx, p.startZygote)
+	if err != nil && !errors.Is(err, kernel.ErrProvisioner) {
+		err = fmt.Errorf("local: %w", err)
 	}
+	return z, err
 }
 
 // startFork forks the kernel's process from the zygote.
