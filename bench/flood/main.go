@@ -39,6 +39,7 @@ type config struct {
 	Rate     float64
 	MaxExec  int
 	Offered  float64
+	Mix      string
 	JSON     bool
 	Verbose  bool
 }
@@ -52,6 +53,8 @@ type result struct {
 	Offered   float64        `json:"flood_offered_per_second"`
 	Flood     map[int]int64  `json:"flood_statuses"`
 	FloodRate float64        `json:"flood_requests_per_second"`
+	Mix       string         `json:"mix"`
+	RateLimit float64        `json:"rate_limit"`
 }
 
 func main() {
@@ -62,6 +65,7 @@ func main() {
 	flag.Float64Var(&c.Rate, "rate", 20, "RATE_LIMIT (requests per second per key; burst the same)")
 	flag.IntVar(&c.MaxExec, "max-exec", 1, "MAX_EXECUTIONS_PER_KEY")
 	flag.Float64Var(&c.Offered, "offered", 500, "requests per second key A offers in all (0: as fast as the connections go)")
+	flag.StringVar(&c.Mix, "mix", "both", "what key A floods with: both (stateless executions and listings in turn), execute, list")
 	flag.BoolVar(&c.JSON, "json", false, "print JSON")
 	flag.BoolVar(&c.Verbose, "v", false, "log gateway events")
 	flag.Parse()
@@ -69,6 +73,9 @@ func main() {
 }
 
 func run(ctx context.Context, c config, out io.Writer) error {
+	if c.Mix != "both" && c.Mix != "execute" && c.Mix != "list" {
+		return fmt.Errorf("-mix %q: want both, execute or list", c.Mix)
+	}
 	progress := benchkit.Progress("flood")
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if c.Verbose {
@@ -153,7 +160,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 					}
 				}
 				st := 0
-				if j%2 == 0 {
+				if c.Mix == "execute" || (c.Mix != "list" && j%2 == 0) {
 					st = status(fctx, client, "POST", g.Base+"/api/v1/execute", "key-a", `{"code":"print(2)"}`)
 				} else {
 					st = status(fctx, client, "GET", g.Base+"/api/v1/sessions", "key-a", "")
@@ -177,7 +184,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		return err
 	}
 	r := result{Host: host, Offered: c.Offered, Alone: benchkit.Summarize(alone), Flooded: benchkit.Summarize(flooded), Flood: statuses,
-		FloodRate: float64(total.Load()) / elapsed.Seconds()}
+		FloodRate: float64(total.Load()) / elapsed.Seconds(), Mix: c.Mix, RateLimit: c.Rate}
 	r.Ratio = r.Flooded.P50 / r.Alone.P50
 	r.Target = benchkit.Verdict(r.Ratio <= 1.2)
 	return benchkit.Report(out, c.JSON, &r.Host, r, func(w io.Writer) {
@@ -186,7 +193,8 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		fmt.Fprintf(tw, "alone\t%.2f\t%.2f\t%.2f\n", r.Alone.P50, r.Alone.P90, r.Alone.P99)
 		fmt.Fprintf(tw, "key A flooding\t%.2f\t%.2f\t%.2f\n", r.Flooded.P50, r.Flooded.P90, r.Flooded.P99)
 		tw.Flush()
-		fmt.Fprintf(w, "p50 ratio %.3f (target <= 1.20: %s); flood %.0f req/s, statuses %v\n", r.Ratio, r.Target, r.FloodRate, r.Flood)
+		fmt.Fprintf(w, "p50 ratio %.3f (target <= 1.20: %s); flood (-mix %s, RATE_LIMIT %g) %.0f req/s, statuses %v\n",
+			r.Ratio, r.Target, r.Mix, r.RateLimit, r.FloodRate, r.Flood)
 		fmt.Fprintf(w, "load %s -> %s on %d CPUs\n", r.Host.LoadStart, r.Host.LoadEnd, r.Host.CPUs)
 	})
 }
