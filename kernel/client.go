@@ -526,6 +526,13 @@ type ExecuteReply struct {
 	Traceback      []string `json:"traceback"`
 }
 
+// ErrNoReply is Execute's error when the kernel went idle and never sent
+// the request's execute_reply: ipykernel drops the reply when an interrupt
+// (KeyboardInterrupt) reaches its handler outside the cell, just before or
+// after the code runs, and then ignores interrupts (it is idle). Without
+// this the call would wait for its deadline.
+var ErrNoReply = errors.New("kernel: the kernel went idle without answering the request")
+
 // idleGrace bounds the wait for iopub idle after the execute_reply: if the
 // idle status was lost (a PUB socket drops at its high-water mark) the call
 // still ends.
@@ -550,9 +557,10 @@ func (c *Client) Execute(ctx context.Context, code string, opts ExecuteOptions) 
 	defer c.done(msg.Header.MsgID)
 
 	var (
-		reply  *ExecuteReply
-		idle   bool
-		linger <-chan time.Time
+		reply   *ExecuteReply
+		idle    bool
+		linger  <-chan time.Time
+		noReply <-chan time.Time
 	)
 	// input() is answered aside, so that the loop keeps reading: when the
 	// code is interrupted (or killed) while it waits for input, the reply
@@ -579,11 +587,17 @@ func (c *Client) Execute(ctx context.Context, code string, opts ExecuteOptions) 
 		case <-linger:
 			c.opts.Logger.Warn("kernel: iopub idle never came; ending the execution on its reply", "msg_id", msg.Header.MsgID)
 			return reply, nil
+		case <-noReply:
+			c.opts.Logger.Warn("kernel: idle without an execute_reply; ending the execution", "msg_id", msg.Header.MsgID)
+			return nil, ErrNoReply
 		}
 		switch m.Header.MsgType {
 		case "status":
 			if isIdle(m.Content) {
 				idle = true
+				if reply == nil {
+					noReply = time.After(idleGrace)
+				}
 			}
 		case "execute_reply":
 			reply = new(ExecuteReply)

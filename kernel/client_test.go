@@ -111,6 +111,37 @@ func TestExecuteError(t *testing.T) {
 	}
 }
 
+// TestExecuteNoReply: ipykernel drops the execute_reply when a
+// KeyboardInterrupt reaches its handler outside the cell (an interrupt just
+// before or after the code) and goes idle. The fault is injected in a real
+// kernel: its next execute_request handler raises KeyboardInterrupt once.
+func TestExecuteNoReply(t *testing.T) {
+	k := launch(t, false)
+	r, _ := run(t, k, `k = get_ipython().kernel
+orig = k.shell_handlers["execute_request"]
+async def interrupted(*args, **kwargs):
+    k.shell_handlers["execute_request"] = orig
+    raise KeyboardInterrupt
+k.shell_handlers["execute_request"] = interrupted`)
+	if r.Status != "ok" {
+		t.Fatalf("setting the fault up: %+v", r)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	_, err := k.Client().Execute(ctx, "print('never runs')", kernel.ExecuteOptions{})
+	if !errors.Is(err, kernel.ErrNoReply) {
+		t.Fatalf("a request the kernel dropped: %v, want ErrNoReply", err)
+	}
+	if d := time.Since(t0); d > 10*time.Second {
+		t.Errorf("it took %v to notice", d)
+	}
+	// The kernel keeps serving.
+	if r, _ := run(t, k, "1"); r.Status != "ok" {
+		t.Errorf("after the dropped request: %+v", r)
+	}
+}
+
 func TestExecutePlot(t *testing.T) {
 	k := launch(t, false)
 	_, c := run(t, k, "import matplotlib.pyplot as plt\nplt.plot([1,2,3])\nplt.show()")

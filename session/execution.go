@@ -507,6 +507,9 @@ func (x *execution) status(o outcome) (codegw.Status, string) {
 		return codegw.StatusInterrupted, de.Error()
 	case errors.Is(o.err, kernel.ErrDied):
 		return deathStatus(o)
+	case errors.Is(o.err, kernel.ErrNoReply) && o.interrupted:
+		// The interrupt reached the kernel just before or after the code.
+		return codegw.StatusInterrupted, "execution interrupted (the kernel sent no reply)"
 	case o.err != nil:
 		return codegw.StatusError, "execution failed: " + o.err.Error()
 	case o.reply.Status == "ok":
