@@ -105,11 +105,11 @@ func pyString(s string) string {
 }
 
 func (s *Session) idleSince(now time.Time) time.Duration {
-	if s.executing.Load() || len(s.jobs) > 0 {
-		return 0
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.pending > 0 {
+		return 0
+	}
 	return now.Sub(s.lastActive)
 }
 
@@ -259,10 +259,11 @@ func (s *Session) drain() {
 	}
 }
 
-// over counts an execution out of pending.
+// over counts an execution out of pending; the session was active.
 func (s *Session) over() {
 	s.mu.Lock()
 	s.pending--
+	s.lastActive = time.Now()
 	s.mu.Unlock()
 }
 
@@ -272,7 +273,6 @@ func (s *Session) run(j *job) {
 	<-j.announced
 	s.executing.Store(true)
 	defer s.executing.Store(false)
-	defer s.touch()
 	x := s.m.newExecution(j.id, j.req, j.code, func(ev codegw.Event) { s.publish(j, ev) })
 	x.k, x.seen, x.interrupted = s.k, s.outputs, &s.interrupted
 	if j.stdin {

@@ -210,17 +210,7 @@ func (z *zygote) Stop() {
 
 // Dead reports whether the zygote ended (its kernels may still be being
 // reported dead).
-func (z *zygote) Dead() bool {
-	if z.c.Ended() {
-		return true
-	}
-	select {
-	case <-z.dead:
-		return true
-	default:
-		return false
-	}
-}
+func (z *zygote) Dead() bool { return z.c.Ended() }
 
 // getZygote returns the running zygote, starting one when there is none or
 // the last one died.

@@ -105,7 +105,7 @@ var (
 	_ kernel.Reaper      = (*Provisioner)(nil)
 )
 
-var errClosed = fmt.Errorf("local: %w", zygotectl.ErrClosed)
+var errClosed = errors.New("local: provisioner closed")
 
 // New checks the runtime, extracts the executor files into StateDir and
 // builds matplotlib's font cache there once. Errors caused by a missing or

@@ -17,7 +17,6 @@ import (
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/internal/cgroupv1"
-	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
 // Process is one local kernel. It implements kernel.Process.
@@ -170,7 +169,7 @@ func (k *Process) startSpawn() error {
 		pr.Close()
 		lw.Close()
 		br.Close()
-		if errors.Is(err, zygotectl.ErrClosed) {
+		if errors.Is(err, errClosed) {
 			return err
 		}
 		return fmt.Errorf("%w: local: start kernel: %v", kernel.ErrProvisioner, err)

@@ -179,8 +179,11 @@ func (z *zygote) Dead() bool {
 // the last one died.
 func (p *Provisioner) getZygote(ctx context.Context) (*zygote, error) {
 	z, err := p.zyg.Get(ctx, p.startZygote)
-	if err != nil && !errors.Is(err, kernel.ErrProvisioner) {
-		err = fmt.Errorf("local: %w", err)
+	switch {
+	case errors.Is(err, zygotectl.ErrClosed):
+		return nil, errClosed
+	case err != nil && !errors.Is(err, kernel.ErrProvisioner):
+		return nil, fmt.Errorf("local: %w", err)
 	}
 	return z, err
 }

@@ -107,7 +107,7 @@ func (z *Conn) Read() (orphans []Run) {
 		}
 		switch m.Op {
 		case "ready":
-			z.log.Info(z.prefix+": zygote loaded", "pid", m.PID, "threads", m.Threads)
+			z.log.Debug(z.prefix+": zygote loaded", "pid", m.PID, "threads", m.Threads)
 			close(z.ready)
 		case "forked", "error":
 			z.mu.Lock()
