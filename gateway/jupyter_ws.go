@@ -578,33 +578,27 @@ func decodeClient(kind int, data []byte, v1 bool) (string, *kernel.RawMessage, k
 }
 
 // splitLegacy splits Jupyter's legacy binary frame: a big-endian u32 count,
-// that many u32 offsets, then the JSON message and its buffers.
+// that many u32 offsets, then the JSON message and its buffers. The first
+// offset must point just past the offset table, every offset must lie within
+// the frame and none may go backwards, so the parts cover the frame exactly.
 func splitLegacy(data []byte) ([][]byte, error) {
 	if len(data) < 8 {
 		return nil, errBadFrame
 	}
-	n := int(binary.BigEndian.Uint32(data))
-	if n < 1 || n > 1024 || len(data) < 4*(n+1) {
+	n := uint64(binary.BigEndian.Uint32(data))
+	if n < 1 || n > 1024 || uint64(len(data)) < 4*(n+1) {
 		return nil, errBadFrame
 	}
-	offs := make([]int, n+1)
-	for i := 0; i < n; i++ {
-		offs[i] = int(binary.BigEndian.Uint32(data[4*(i+1):]))
-	}
-	offs[n] = len(data)
-	parts := make([][]byte, n)
-	for i := 0; i < n; i++ {
-		if offs[i] < 4*(n+1) || offs[i] > offs[i+1] {
-			return nil, errBadFrame
-		}
-		parts[i] = data[offs[i]:offs[i+1]]
-	}
-	return parts, nil
+	return splitOffsets(data, int(n), 4*(n+1), func(i int) uint64 {
+		return uint64(binary.BigEndian.Uint32(data[4*(i+1):]))
+	})
 }
 
 // splitV1 splits a v1 subprotocol frame: a little-endian u64 count of
 // offsets, the u64 offsets, then the channel, header, parent header,
-// metadata, content and buffers between consecutive offsets.
+// metadata, content and buffers between consecutive offsets. The first
+// offset must point just past the offset table and the last one at the
+// frame's end.
 func splitV1(data []byte) ([][]byte, error) {
 	if len(data) < 8 {
 		return nil, errBadFrame
@@ -613,18 +607,37 @@ func splitV1(data []byte) ([][]byte, error) {
 	if n < 2 || n > 1024 || uint64(len(data)) < 8*(n+1) {
 		return nil, errBadFrame
 	}
-	offs := make([]uint64, n)
-	for i := range offs {
-		offs[i] = binary.LittleEndian.Uint64(data[8*(i+1):])
+	off := func(i int) uint64 { return binary.LittleEndian.Uint64(data[8*(i+1):]) }
+	if off(int(n)-1) != uint64(len(data)) {
+		return nil, errBadFrame
 	}
-	parts := make([][]byte, 0, n-1)
-	for i := 0; i+1 < int(n); i++ {
-		if offs[i] > offs[i+1] || offs[i+1] > uint64(len(data)) || offs[i] < 8*(n+1) {
+	return splitOffsets(data, int(n)-1, 8*(n+1), off)
+}
+
+// splitOffsets cuts data into parts at the offsets off(0..parts), where
+// off(parts) is taken as len(data) when parts == the number of offsets read
+// (the legacy layout has no final offset). Every offset is checked against
+// the frame before it is used: the first must equal start, each must be
+// within the frame and no smaller than the one before.
+func splitOffsets(data []byte, parts int, start uint64, off func(i int) uint64) ([][]byte, error) {
+	size := uint64(len(data))
+	out := make([][]byte, parts)
+	prev := start
+	for i := 0; i < parts; i++ {
+		o := off(i)
+		if (i == 0 && o != start) || o < prev || o > size {
 			return nil, errBadFrame
 		}
-		parts = append(parts, data[offs[i]:offs[i+1]])
+		prev = o
 	}
-	return parts, nil
+	for i := 0; i < parts; i++ {
+		end := size
+		if i+1 < parts {
+			end = off(i + 1)
+		}
+		out[i] = data[off(i):end]
+	}
+	return out, nil
 }
 
 // encodeClient renders one message for a websocket.
