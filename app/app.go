@@ -207,7 +207,7 @@ func (a *App) Addr() string { return net.JoinHostPort(a.cfg.Host, strconv.Itoa(a
 func (a *App) Listen() error { return a.gateway.Listen(a.Addr()) }
 
 // Serve serves the gateway on ln until Close.
-func (a *App) Serve(ln net.Listener) error { return a.gateway.App().Listener(ln) }
+func (a *App) Serve(ln net.Listener) error { return a.gateway.Serve(ln) }
 
 // Close stops the service in order: the gateway (requests in flight
 // finish, up to 15 seconds), the manager (every session and execution

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -131,6 +132,8 @@ func New(cfg Config) *Server {
 		DisableStartupMessage: true,
 		ErrorHandler:          s.handleError,
 		ReadTimeout:           5 * time.Minute,
+		// A request's line and headers: 431 past this, 414 past maxURL.
+		ReadBufferSize: headerLimit,
 		IdleTimeout:           2 * time.Minute,
 		StreamRequestBody:     false,
 	})
@@ -138,11 +141,36 @@ func New(cfg Config) *Server {
 	return s
 }
 
+// Limits on a request's head: its line and headers together may take
+// headerLimit bytes (431 beyond), its URL maxURL bytes (414 beyond).
+const (
+	headerLimit = 16 << 10
+	maxURL      = 8 << 10
+)
+
+// recoverRequest turns a panic in a handler into a 500 internal error for
+// that request alone (codegw.Recover logs and counts it).
+func (s *Server) recoverRequest(c *fiber.Ctx) (err error) {
+	defer codegw.Recover(c.UserContext(), "http handler", func(p error) { err = codegw.PanicErr(p) })
+	return c.Next()
+}
+
 // App is the Fiber app, for tests and Listen.
 func (s *Server) App() *fiber.App { return s.app }
 
 // Listen serves on addr until Shutdown.
-func (s *Server) Listen(addr string) error { return s.app.Listen(addr) }
+func (s *Server) Listen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ln)
+}
+
+// Serve serves on ln until Shutdown. A connection the server ends while its
+// client still sends is closed gracefully (lingerListener), so an
+// oversized request gets its 414 or 431 instead of a reset.
+func (s *Server) Serve(ln net.Listener) error { return s.app.Listener(lingerListener{ln}) }
 
 // Shutdown stops accepting requests and waits for those in flight.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -152,7 +180,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) routes() {
 	a := s.app
+	a.Use(s.recoverRequest)
 	a.Use(s.observe)
+	a.Use(func(c *fiber.Ctx) error {
+		if len(c.Request().RequestURI()) > maxURL {
+			return c.Status(fiber.StatusRequestURITooLong).JSON(fiber.Map{
+				"error": fmt.Sprintf("URL over %d KiB", maxURL>>10), "code": codegw.ETOOLARGE})
+		}
+		return c.Next()
+	})
 	a.Get("/metrics", s.metrics)
 	a.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	a.Get("/readyz", s.readyz)
@@ -227,6 +263,8 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 		switch {
 		case fe.Code == fiber.StatusRequestEntityTooLarge:
 			code, msg = codegw.ETOOLARGE, "request body too large"
+		case fe.Code == fiber.StatusRequestHeaderFieldsTooLarge:
+			code, msg = codegw.ETOOLARGE, fmt.Sprintf("request line and headers over %d KiB", headerLimit>>10)
 		case fe.Code == fiber.StatusNotFound:
 			code = codegw.ENOTFOUND
 		case fe.Code == fiber.StatusMethodNotAllowed:

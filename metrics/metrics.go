@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/codegw/codegw"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -90,7 +91,7 @@ func New(executor string) *Metrics {
 	}, []string{"outcome"})
 	r.MustRegister(m.httpDuration, m.executions, m.execDuration, m.kernelStart, m.queueWait,
 		m.truncatedBytes, m.truncated, m.inputs, m.refusals, m.websockets, m.storeErrors, m.forwards,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		panicCollector{}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
@@ -216,4 +217,19 @@ func (m *Metrics) Forward(outcome string) {
 		return
 	}
 	m.forwards.WithLabelValues(outcome).Inc()
+}
+
+var panicsDesc = prometheus.NewDesc("codegw_panics_total",
+	"Panics recovered in goroutines serving a client or reading a kernel, by place; each ended only its own connection or execution.",
+	[]string{"where"}, nil)
+
+// panicCollector exports codegw.PanicCounts at each scrape.
+type panicCollector struct{}
+
+func (panicCollector) Describe(ch chan<- *prometheus.Desc) { ch <- panicsDesc }
+
+func (panicCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range codegw.PanicCounts() {
+		ch <- prometheus.MustNewConstMetric(panicsDesc, prometheus.CounterValue, float64(c.N), c.Where)
+	}
 }
