@@ -14,8 +14,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -133,9 +133,9 @@ func New(cfg Config) *Server {
 		ErrorHandler:          s.handleError,
 		ReadTimeout:           5 * time.Minute,
 		// A request's line and headers: 431 past this, 414 past maxURL.
-		ReadBufferSize: headerLimit,
-		IdleTimeout:           2 * time.Minute,
-		StreamRequestBody:     false,
+		ReadBufferSize:    headerLimit,
+		IdleTimeout:       2 * time.Minute,
+		StreamRequestBody: false,
 	})
 	s.routes()
 	return s
