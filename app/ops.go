@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/codegw/codegw/metrics"
@@ -27,21 +28,45 @@ func (a *App) watch() {
 // executions to finish: /readyz fails at once, new executions (every way
 // in: REST, NDJSON, websockets, Jupyter, MCP) and sessions are refused
 // with 503 or an error message in the protocol at hand, and executions in
-// flight, queued ones included, run on. Close then ends the sessions (websocket clients are
-// told the server is shutting down), leaves the registry and stops every
-// kernel. Drain reports whether everything finished in time.
+// flight, queued ones included, run on. At the timeout every execution
+// still running is interrupted and answered (status interrupted, its
+// error naming the shutdown), and Drain waits for those answers to leave
+// (its kernel is killed if the interrupt is not obeyed within the grace).
+// Close then ends the sessions (websocket clients are told the server is
+// shutting down), leaves the registry and stops every kernel. Drain
+// reports whether everything finished in time.
 func (a *App) Drain(timeout time.Duration) bool {
 	a.gateway.Drain()
 	a.Manager.Drain()
 	a.log.Info("draining: new work is refused", "timeout", timeout)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	if a.waitIdle(ctx) == nil {
+		a.log.Info("drained: no execution running")
+		return true
+	}
+	s := a.Manager.Stats()
+	a.log.Warn("drain timed out: executions still running are interrupted", "busy", s.Busy, "waiting", s.Waiting, "executions", s.Executions)
+	a.Manager.Abort(fmt.Sprintf("the server is shutting down and the execution did not finish within the drain timeout (%v)", timeout))
+	// The interrupt, then the kill after the grace, ends each one; the
+	// answers then leave through the gateway.
+	ctx, cancel = context.WithTimeout(context.Background(), a.cfg.InterruptGrace+15*time.Second)
+	defer cancel()
+	if err := a.waitIdle(ctx); err != nil {
+		a.log.Error("executions still running after the interrupt", "err", err)
+	}
+	return false
+}
+
+// waitIdle waits until no execution runs, through the gateway or in the
+// manager, or ctx ends.
+func (a *App) waitIdle(ctx context.Context) error {
 	err := a.gateway.WaitIdle(ctx)
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for err == nil {
 		if s := a.Manager.Stats(); s.Busy == 0 && s.Waiting == 0 && s.Executions == 0 {
-			break
+			return nil
 		}
 		select {
 		case <-ctx.Done():
@@ -49,11 +74,5 @@ func (a *App) Drain(timeout time.Duration) bool {
 		case <-t.C:
 		}
 	}
-	if err != nil {
-		s := a.Manager.Stats()
-		a.log.Warn("drain timed out: executions still running are stopped", "busy", s.Busy, "waiting", s.Waiting, "executions", s.Executions)
-		return false
-	}
-	a.log.Info("drained: no execution running")
-	return true
+	return err
 }

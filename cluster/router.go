@@ -350,6 +350,10 @@ func (r *Router) proxySocket(c *fiber.Ctx, id string, inst store.Instance) error
 // side ends, forwarding close codes and reasons, pings and pongs, so the
 // holder's keep-alive covers the whole path.
 func (r *Router) pumpSocket(client *websocket.Conn, up *gws.Conn) {
+	defer codegw.Recover(context.Background(), "proxy websocket client to holder", func(error) {
+		client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+		up.Close()
+	})
 	liveFor := 3 * r.ping
 	ctl := func(conn interface {
 		WriteControl(int, []byte, time.Time) error
@@ -378,6 +382,12 @@ func (r *Router) pumpSocket(client *websocket.Conn, up *gws.Conn) {
 	done := make(chan struct{})
 	go func() { // holder -> client
 		defer close(done)
+		defer codegw.Recover(context.Background(), "proxy websocket holder to client", func(error) {
+			wmu.Lock()
+			client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+			wmu.Unlock()
+			client.Close()
+		})
 		for {
 			kind, msg, err := up.ReadMessage()
 			if err != nil {
@@ -473,6 +483,7 @@ func (r *Router) Sessions(c *fiber.Ctx, owner string, local func(owner string) [
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer codegw.Recover(context.Background(), "list peer sessions", nil)
 			list, err := r.peerSessions(c, in)
 			if err != nil {
 				r.log.Warn("list sessions of a peer", "instance", in.ID, "err", err)

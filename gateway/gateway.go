@@ -441,7 +441,11 @@ func (s *Server) execute(c *fiber.Ctx) error {
 		if err != nil {
 			return "", nil, err
 		}
-		return r.ID(), func() (*codegw.ExecuteResult, error) { return r.Execute(ctx, req, emit) }, nil
+		return r.ID(), func() (*codegw.ExecuteResult, error) {
+			defer r.Release() // after Execute it does nothing; after a panic it gives the quotas back
+			fault("stateless execution")
+			return r.Execute(ctx, req, emit)
+		}, nil
 	})
 }
 
@@ -503,12 +507,16 @@ func (s *Server) stream(c *fiber.Ctx, events chan codegw.Event, wait func() (*co
 	c.Locals(localStream, ended)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 		defer close(ended)
+		defer codegw.Recover(context.Background(), "execution stream writer", nil)
 		type outcome struct {
 			res *codegw.ExecuteResult
 			err error
 		}
 		done := make(chan outcome, 1)
 		go func() {
+			defer codegw.Recover(context.Background(), "execution stream", func(err error) {
+				done <- outcome{nil, codegw.PanicErr(err)}
+			})
 			res, err := wait()
 			done <- outcome{res, err}
 		}()

@@ -13,9 +13,11 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/contrib/websocket"
@@ -30,9 +32,14 @@ import (
 // only when the client offers it.
 const v1Protocol = "v1.kernel.websocket.jupyter.org"
 
-// jconnQueue is how many messages may wait for a slow websocket before it
-// is dropped (its peers and the kernel go on).
-const jconnQueue = 4096
+// jconnQueue is how many messages, and jconnQueueBytes how many bytes of
+// them, may wait for a slow websocket before it is closed with a reason
+// (its peers and the kernel go on): a client that stops reading while its
+// kernel prints costs the gateway at most about jconnQueueBytes.
+const (
+	jconnQueue      = 4096
+	jconnQueueBytes = 4 << 20
+)
 
 // bridges holds this instance's bridges by session id.
 type bridges struct {
@@ -59,6 +66,12 @@ func (bs *bridges) open(s *Server, sess *session.Session) *bridge {
 	b := &bridge{s: s, sess: sess, conns: map[*jconn]bool{}, routes: map[string]*jconn{}, holds: map[string]hold{}}
 	bs.m[sess.ID()] = b
 	go func() {
+		defer codegw.Recover(context.Background(), "jupyter bridge keeper", func(error) {
+			bs.mu.Lock()
+			delete(bs.m, sess.ID())
+			bs.mu.Unlock()
+			b.close()
+		})
 		// A kernel busy for Jupyter clients is active even when its code
 		// prints nothing for longer than the idle timeout; the session's
 		// end ends the bridge.
@@ -168,6 +181,7 @@ func (b *bridge) ensure(ctx context.Context) error {
 // kernel restarts (through either API) or the RawConn broke: zmq sockets do
 // not survive their peer's restart.
 func (b *bridge) watch(raw *kernel.RawConn, c *kernel.Client) {
+	defer codegw.Recover(context.Background(), "jupyter bridge watch", func(error) { b.close() })
 	select {
 	case <-b.sess.Done():
 		return
@@ -400,6 +414,7 @@ type jconn struct {
 	ws     *websocket.Conn
 	v1     bool
 	out    chan outMsg
+	queued atomic.Int64 // bytes of the messages in out
 	closed chan struct{}
 	once   sync.Once
 	code   int
@@ -409,12 +424,30 @@ type jconn struct {
 // push queues m; a websocket too slow to keep up is dropped. Called with
 // the bridge's lock held.
 func (c *jconn) push(m outMsg) {
+	n := m.size()
+	if c.queued.Load()+n > jconnQueueBytes {
+		c.end(websocket.CloseTryAgainLater, fmt.Sprintf("client too slow: over %d MiB waiting", jconnQueueBytes>>20))
+		return
+	}
 	select {
 	case c.out <- m:
+		c.queued.Add(n)
 	case <-c.closed:
 	default:
 		c.end(websocket.CloseTryAgainLater, "client too slow: too many messages waiting")
 	}
+}
+
+// size is about what m holds in memory.
+func (m outMsg) size() int64 {
+	n := int64(len(m.errText) + 64)
+	if m.m != nil {
+		n += int64(len(m.m.Header) + len(m.m.ParentHeader) + len(m.m.Metadata) + len(m.m.Content))
+		for _, b := range m.m.Buffers {
+			n += int64(len(b))
+		}
+	}
+	return n
 }
 
 func (c *jconn) end(code int, reason string) {
@@ -447,6 +480,9 @@ func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
 	c := &jconn{ws: ws, v1: ws.Subprotocol() == v1Protocol, out: make(chan outMsg, jconnQueue), closed: make(chan struct{})}
 	b.join(c)
 	defer b.leave(c)
+	defer codegw.Recover(context.Background(), "jupyter websocket writer", func(error) {
+		ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+	})
 	ws.SetReadLimit(int64(s.cfg.BodyLimit))
 	// Clients that answer pings only while they read (websocket-client)
 	// may not read for minutes: a broken peer is found by failed pings.
@@ -459,6 +495,9 @@ func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
+		defer codegw.Recover(context.Background(), "jupyter websocket reader", func(error) {
+			c.end(websocket.CloseInternalServerErr, "internal error")
+		})
 		for {
 			kind, data, err := ws.ReadMessage()
 			if err != nil {
@@ -470,6 +509,7 @@ func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
 				return
 			}
 			ws.SetReadDeadline(time.Now().Add(live))
+			fault("jupyter websocket reader")
 			channel, m, ids, err := decodeClient(kind, data, c.v1)
 			if err == nil {
 				err = b.send(c, channel, m, ids)
@@ -487,6 +527,8 @@ func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
 	for {
 		select {
 		case m := <-c.out:
+			c.queued.Add(-m.size())
+			fault("jupyter websocket writer")
 			kind, data := encodeClient(m, c.v1)
 			ws.SetWriteDeadline(time.Now().Add(30 * time.Second))
 			if err := ws.WriteMessage(kind, data); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/mcpserver"
 )
 
@@ -33,6 +34,10 @@ func (s *Server) mcp(c *fiber.Ctx) error {
 	w := &pipeResponse{h: http.Header{}, started: make(chan struct{}), pw: pw}
 	go func() {
 		defer pw.Close()
+		defer codegw.Recover(r.Context(), "mcp handler", func(error) {
+			w.WriteHeader(http.StatusInternalServerError)
+		})
+		fault("mcp handler")
 		s.cfg.MCP.ServeHTTP(w, r)
 		w.WriteHeader(http.StatusOK)
 	}()
@@ -46,6 +51,7 @@ func (s *Server) mcp(c *fiber.Ctx) error {
 	c.Context().SetBodyStreamWriter(func(bw *bufio.Writer) {
 		defer cancel()
 		defer pr.Close()
+		defer codegw.Recover(r.Context(), "mcp stream writer", nil)
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := pr.Read(buf)

@@ -227,6 +227,10 @@ func (s *Server) websocket(c *fiber.Ctx) error {
 var errSocketGone = errors.New("websocket closed")
 
 func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after uint64, replay bool) {
+	ctx := codegw.WithLogAttrs(context.Background(), "session", sess.ID())
+	defer codegw.Recover(ctx, "session websocket writer", func(error) {
+		conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+	})
 	s.cfg.Metrics.Websocket(1)
 	defer s.cfg.Metrics.Websocket(-1)
 	sub, missed, gap := sess.Subscribe(after, replay)
@@ -262,6 +266,11 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 	})
 	go func() {
 		defer close(readDone)
+		defer codegw.Recover(ctx, "session websocket reader", func(error) {
+			wmu.Lock()
+			conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+			wmu.Unlock()
+		})
 		conn.SetReadDeadline(time.Now().Add(3 * s.cfg.PingInterval))
 		for {
 			_, data, err := conn.ReadMessage()
@@ -269,6 +278,7 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 				return
 			}
 			conn.SetReadDeadline(time.Now().Add(3 * s.cfg.PingInterval))
+			fault("session websocket reader")
 			fail := func(err error, id string) { write(errorFrame(err, id)) }
 			if err := s.handleClientMessage(sess, data, fail); err != nil {
 				fail(err, messageID(data))
@@ -297,6 +307,7 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 				wmu.Unlock()
 				return
 			}
+			fault("session websocket writer")
 			if write(ev) != nil {
 				return
 			}
@@ -362,6 +373,7 @@ func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail fu
 		// These take a while (a restart starts a kernel): run them aside so
 		// the read loop keeps answering pings; failures reach the client.
 		go func() {
+			defer codegw.Recover(context.Background(), "session websocket "+m.Type, func(err error) { fail(codegw.PanicErr(err), m.ID) })
 			var err error
 			if m.Type == "interrupt" {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -260,6 +260,7 @@ func (c *Client) Session() string { return c.session }
 
 func (c *Client) read(sock zmq4.Socket, channel string) {
 	defer c.wg.Done()
+	defer codegw.Recover(c.ctx, "kernel "+channel+" reader", func(err error) { c.Fail(err) })
 	signer := NewSigner(c.info.Key) // one per reader: a Signer is not concurrent
 	for {
 		zm, err := sock.Recv()
@@ -610,6 +611,7 @@ func (c *Client) Execute(ctx context.Context, code string, opts ExecuteOptions) 
 			inputs.Add(1)
 			go func(req *Message) {
 				defer inputs.Done()
+				defer codegw.Recover(ctx, "kernel input request", func(err error) { c.Fail(err) })
 				if err := c.answerInput(inputCtx, req, opts.OnInput); err != nil && inputCtx.Err() == nil {
 					c.opts.Logger.Warn("kernel: input request not answered", "err", err)
 				}

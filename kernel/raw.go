@@ -2,9 +2,11 @@ package kernel
 
 import (
 	"context"
+
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/codegw/codegw"
 	"sync"
 	"time"
 
@@ -213,6 +215,7 @@ func (r *RawConn) Send(channel string, m *RawMessage) error {
 
 func (r *RawConn) read(sock zmq4.Socket, channel string, deliver func(string, *RawMessage)) {
 	defer r.wg.Done()
+	defer codegw.Recover(context.Background(), "kernel "+channel+" raw reader", func(err error) { r.fail(err) })
 	signer := NewSigner(r.key)
 	for {
 		zm, err := sock.Recv()

@@ -153,6 +153,9 @@ func (x *execution) execute(ctx context.Context, code string) {
 	if x.interrupted != nil {
 		x.interrupted.Store(false)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(x.m.halt, cancel)()
 	start := time.Now()
 	reply, err := x.k.Execute(ctx, code, kernel.ExecuteOptions{OnMessage: x.onMessage, OnInput: x.onInput, StoreHistory: true},
 		kernel.Deadline{Timeout: timeout, Grace: x.m.cfg.InterruptGrace})
@@ -503,6 +506,12 @@ func (x *execution) status(o outcome) (codegw.Status, string) {
 	switch {
 	case errors.As(o.err, &de) && de.Timeout > 0:
 		return codegw.StatusTimeout, de.Error()
+	case errors.As(o.err, &de) && x.m.halt.Err() != nil:
+		msg := "execution interrupted: " + context.Cause(x.m.halt).Error()
+		if de.Killed {
+			msg += "; the kernel did not respond to the interrupt and was killed"
+		}
+		return codegw.StatusInterrupted, msg
 	case errors.As(o.err, &de):
 		return codegw.StatusInterrupted, de.Error()
 	case errors.Is(o.err, kernel.ErrDied):

@@ -113,6 +113,10 @@ type Manager struct {
 	bg     sync.WaitGroup // kernel teardowns and session loops
 	ctx    context.Context
 	cancel context.CancelFunc
+	// halt ends with Abort: every execution running, or started later, is
+	// interrupted, its cause the error it ends with.
+	halt  context.Context
+	abort context.CancelCauseFunc
 }
 
 // New returns a Manager and starts its idle culler.
@@ -141,12 +145,14 @@ func New(cfg Config) (*Manager, error) {
 		cfg.Logger = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	halt, abort := context.WithCancelCause(context.Background())
 	m := &Manager{
 		cfg: cfg, log: cfg.Logger,
 		workers:  make(chan struct{}, cfg.MaxWorkers),
 		sessions: make(map[string]*Session),
 		added:    make(chan struct{}, 1),
 		ctx:      ctx, cancel: cancel,
+		halt:     halt, abort: abort,
 		adm: admission{maxExec: cfg.MaxExecutionsPerKey, kernelMem: cfg.KernelMemory, maxMem: cfg.MaxKernelMemoryPerKey,
 			use: map[string]*keyUse{}},
 	}
@@ -310,6 +316,15 @@ func (m *Manager) destroy(k *kernel.Kernel) {
 			m.log.Error("destroy kernel", "kernel", k.ID(), "err", err)
 		}
 	}()
+}
+
+// Abort interrupts every execution still running, stateless or in a
+// session, and any started after it: each is answered with status
+// interrupted and an error that names why (the drain's end: the server is
+// shutting down), instead of being cut when its kernel is closed. Their
+// kernels are interrupted, then killed after InterruptGrace.
+func (m *Manager) Abort(why string) {
+	m.abort(errors.New(why))
 }
 
 // Close ends every session (telling connected clients why) and waits for

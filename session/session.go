@@ -270,6 +270,14 @@ func (s *Session) over() {
 func (s *Session) run(j *job) {
 	defer j.release()
 	defer s.over()
+	answered := false
+	// A panic ends this execution with an internal error; the session and
+	// its loop go on.
+	defer codegw.Recover(s.ctx, "session execution", func(err error) {
+		if !answered {
+			j.err <- codegw.PanicErr(err)
+		}
+	})
 	<-j.announced
 	s.executing.Store(true)
 	defer s.executing.Store(false)
@@ -288,6 +296,7 @@ func (s *Session) run(j *job) {
 	}
 	res, err := x.run(codegw.WithLogAttrs(s.ctx, append([]any{"session", s.id}, j.logAttrs...)...))
 	if err != nil {
+		answered = true
 		j.err <- err
 		return
 	}
@@ -295,6 +304,7 @@ func (s *Session) run(j *job) {
 	s.outputs = x.seen
 	s.executions++
 	s.mu.Unlock()
+	answered = true
 	j.result <- res
 }
 

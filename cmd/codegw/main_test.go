@@ -372,3 +372,184 @@ func TestParseConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestDrainTimeoutInterrupts: executions still running when DRAIN_TIMEOUT
+// passes after SIGTERM are interrupted and answered — a stateless call
+// with status interrupted and an error naming the shutdown, a session's
+// execution with its done event before the websocket's going-away close —
+// and the process exits leaving no kernel process, directory or container.
+func TestDrainTimeoutInterrupts(t *testing.T) {
+	for _, executor := range []string{"local", "docker"} {
+		t.Run(executor, func(t *testing.T) {
+			if executor == "docker" {
+				if err := exec.Command("docker", "info").Run(); err != nil {
+					if os.Getenv("CI") == "true" {
+						t.Fatalf("no Docker engine under CI: %v", err)
+					}
+					t.Skip("no Docker engine")
+				}
+			}
+			drainTimeoutInterrupts(t, executor)
+		})
+	}
+}
+
+func drainTimeoutInterrupts(t *testing.T, executor string) {
+	bin := buildBinary(t)
+	state, err := os.MkdirTemp("", "cgd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(state)
+	instance := fmt.Sprintf("drainto-%s-%d", executor, os.Getpid())
+	port := freePort(t)
+	cmd := exec.Command(bin)
+	cmd.Dir = t.TempDir()
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "STATE_DIR="+state, "POOL_SIZE=1",
+		"EXECUTOR="+executor, "DRAIN_TIMEOUT=2", "EXECUTOR_INSTANCE_ID="+instance,
+		"IMAGE_STORE_PATH="+filepath.Join(cmd.Dir, "img"), "FILE_STORE_PATH="+filepath.Join(cmd.Dir, "files"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	for deadline := time.Now().Add(120 * time.Second); ; {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready: %v\n%s", err, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A session running a long cell, watched over its websocket.
+	resp, err := http.Post(base+"/api/v1/sessions", "application/json", nil)
+	if err != nil || resp.StatusCode != 201 {
+		t.Fatalf("create session: %v %v", err, resp)
+	}
+	var sess struct{ ID string }
+	json.NewDecoder(resp.Body).Decode(&sess)
+	resp.Body.Close()
+	ws, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://127.0.0.1:%d/api/v1/sessions/%s/ws", port, sess.ID), nil)
+	if err != nil {
+		t.Fatalf("websocket: %v", err)
+	}
+	defer ws.Close()
+	type wsEnd struct {
+		done  map[string]any
+		close error
+	}
+	wsEnded := make(chan wsEnd, 1)
+	started := make(chan struct{}, 2)
+	go func() {
+		var end wsEnd
+		for {
+			_, data, err := ws.ReadMessage()
+			if err != nil {
+				end.close = err
+				wsEnded <- end
+				return
+			}
+			var ev map[string]any
+			json.Unmarshal(data, &ev)
+			if ev["type"] == "status" && ev["state"] == "busy" {
+				started <- struct{}{}
+			}
+			if ev["type"] == "done" {
+				end.done = ev
+			}
+		}
+	}()
+	ws.WriteJSON(map[string]any{"type": "execute", "id": "long", "code": "import time\ntime.sleep(300)"})
+	// A stateless call running a long cell.
+	type answer struct {
+		status int
+		res    map[string]any
+		err    error
+	}
+	long := make(chan answer, 1)
+	go func() {
+		resp, err := http.Post(base+"/api/v1/execute?stream=1", "application/json", strings.NewReader(`{"code": "import time\nprint('started', flush=True)\ntime.sleep(300)"}`))
+		if err != nil {
+			long <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		var last map[string]any
+		dec := json.NewDecoder(resp.Body)
+		for {
+			var ev map[string]any
+			if err := dec.Decode(&ev); err != nil {
+				break
+			}
+			if ev["type"] == "stream" {
+				started <- struct{}{}
+			}
+			last = ev
+		}
+		long <- answer{status: resp.StatusCode, res: last}
+	}()
+	for i := 0; i < 2; i++ {
+		select {
+		case <-started:
+		case <-time.After(120 * time.Second):
+			t.Fatalf("the long executions never started\n%s", logs.String())
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+
+	var a answer
+	select {
+	case a = <-long:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the stateless call was not answered 90s after SIGTERM\n%s", logs.String())
+	}
+	if a.err != nil || a.status != 200 || a.res["type"] != "response" || a.res["status"] != "interrupted" ||
+		!strings.Contains(fmt.Sprint(a.res["error"]), "shutting down") {
+		t.Errorf("the stateless call at the drain's end: %+v; want status interrupted naming the shutdown", a)
+	}
+	select {
+	case end := <-wsEnded:
+		if end.done == nil || end.done["status"] != "interrupted" || !strings.Contains(fmt.Sprint(end.done["error"]), "shutting down") {
+			t.Errorf("the session's execution ended with %v; want done interrupted naming the shutdown", end.done)
+		}
+		var ce *websocket.CloseError
+		if !errors.As(end.close, &ce) || ce.Code != websocket.CloseGoingAway || !strings.Contains(ce.Text, "shutting down") {
+			t.Errorf("websocket ended with %v; want a going-away close saying the server is shutting down", end.close)
+		}
+	case <-time.After(90 * time.Second):
+		t.Errorf("websocket not closed 90s after SIGTERM")
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("still running 90s after SIGTERM\n%s", logs.String())
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, _ := os.ReadFile(p)
+		if bytes.Contains(b, []byte(state)) {
+			t.Errorf("process left after shutdown: %s", bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
+	}
+	if kernels, _ := os.ReadDir(filepath.Join(state, "k")); len(kernels) != 0 {
+		t.Errorf("%d kernel directories left after shutdown", len(kernels))
+	}
+	if executor == "docker" {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=codegw.instance="+instance).Output()
+		if len(bytes.TrimSpace(out)) != 0 {
+			t.Errorf("containers left after shutdown: %s", out)
+		}
+	}
+}
