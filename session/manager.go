@@ -152,7 +152,7 @@ func New(cfg Config) (*Manager, error) {
 		sessions: make(map[string]*Session),
 		added:    make(chan struct{}, 1),
 		ctx:      ctx, cancel: cancel,
-		halt:     halt, abort: abort,
+		halt: halt, abort: abort,
 		adm: admission{maxExec: cfg.MaxExecutionsPerKey, kernelMem: cfg.KernelMemory, maxMem: cfg.MaxKernelMemoryPerKey,
 			use: map[string]*keyUse{}},
 	}
