@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw/cluster"
+	"github.com/codegw/codegw/gateway"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/docker"
 	"github.com/codegw/codegw/kernel/local"
@@ -215,8 +216,7 @@ type Config struct {
 	// InterruptGrace, ReplayEvents: see session.Config.
 	InterruptGrace time.Duration `env:"-"`
 	ReplayEvents   int           `env:"-"`
-	// BodyLimit, UploadLimit, PingInterval: see gateway.Config (0: its
-	// defaults).
+	// BodyLimit, UploadLimit, PingInterval: see gateway.Config.
 	BodyLimit    int           `env:"-"`
 	UploadLimit  int64         `env:"-"`
 	PingInterval time.Duration `env:"-"`
@@ -257,6 +257,8 @@ func DefaultConfig() Config {
 		LogLevel: "info", LogFormat: "text", InstanceTTL: cluster.DefaultTTL,
 		DrainTimeout: 30 * time.Second,
 		WarmUp:       "pass",
+		BodyLimit:    gateway.DefaultBodyLimit, UploadLimit: gateway.DefaultUploadLimit,
+		PingInterval: gateway.DefaultPingInterval,
 	}
 }
 
