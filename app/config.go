@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw/cluster"
+	"github.com/codegw/codegw/gateway"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/docker"
 	"github.com/codegw/codegw/kernel/local"
@@ -16,78 +17,189 @@ import (
 
 // Config is every setting of the service. The env tags name the
 // environment variables cmd/codegw reads them from (the original
-// project's names); fields tagged "-" are for programs that build the app
+// project's names); each field's comment says what it does and ends with
+// its default, the value DefaultConfig sets (TestConfigDocs checks both,
+// and the README's configuration table is generated from them:
+// TestReadmeConfig). Fields tagged "-" are for programs that build the app
 // in-process (tests, benchmarks). Durations read from the environment are
-// seconds or Go durations; lists are comma-separated.
+// seconds or Go durations; lists are comma-separated; Bytes take a unit.
 type Config struct {
-	Host          string   `env:"HOST"`
-	Port          int      `env:"PORT"`
-	AllowOpen     bool     `env:"ALLOW_OPEN"` // serve without API keys on a non-loopback address
-	APIKeys       []string `env:"API_KEYS"`
-	PublicBaseURL string   `env:"PUBLIC_BASE_URL"`
+	// Host is the address the HTTP server listens on. Default: 127.0.0.1.
+	Host string `env:"HOST"`
+	// Port is the port the HTTP server listens on. Default: 14564.
+	Port int `env:"PORT"`
+	// AllowOpen lets a server without API keys listen on an address other
+	// than loopback. Default: false.
+	AllowOpen bool `env:"ALLOW_OPEN"`
+	// APIKeys are the keys callers send (Bearer or token); empty, the
+	// server is open (loopback only unless ALLOW_OPEN). Default: none.
+	APIKeys []string `env:"API_KEYS"`
+	// PublicBaseURL makes image_url and file URLs absolute. Default: none
+	// (URLs relative to the server).
+	PublicBaseURL string `env:"PUBLIC_BASE_URL"`
 
-	Executor   string   `env:"EXECUTOR"`          // local | docker
-	PoolSize   int      `env:"POOL_SIZE"`         // warm kernels kept ready
-	PoolStarts int      `env:"POOL_MAX_STARTING"` // concurrent kernel starts
-	Preload    []string `env:"EXECUTOR_PRELOAD"`  // nil: the launcher's default; empty: nothing
-	StateDir   string   `env:"STATE_DIR"`         // empty: the provisioner's default
+	// Executor is where kernels run: local (a bubblewrap sandbox) or
+	// docker (containers). Default: local.
+	Executor string `env:"EXECUTOR"`
+	// PoolSize is how many warm kernels are kept ready. Default: 2.
+	PoolSize int `env:"POOL_SIZE"`
+	// PoolStarts bounds concurrent kernel starts. Default: 2.
+	PoolStarts int `env:"POOL_MAX_STARTING"`
+	// Preload is the modules imported at kernel start; set empty, nothing
+	// is preloaded. Default: numpy,pandas,matplotlib,matplotlib.pyplot (the
+	// launcher's list).
+	Preload []string `env:"EXECUTOR_PRELOAD"`
+	// StateDir holds per-kernel directories and ipc sockets (keep it
+	// short). Default: /tmp/codegw-<uid> (local), /tmp/codegw-docker
+	// (docker).
+	StateDir string `env:"STATE_DIR"`
 
-	Python      string  `env:"KERNEL_PYTHON"` // empty: kernel/local's default
-	Sandbox     string  `env:"SANDBOX"`       // auto | bwrap | none
-	KernelStart string  `env:"KERNEL_START"`  // fork (from a zygote; docker: a zygote container) | spawn (a cold start each)
-	DockerImage string  `env:"DOCKER_IMAGE"`
-	NetworkMode string  `env:"DOCKER_NETWORK_MODE"`
-	PidsLimit   int64   `env:"DOCKER_PIDS_LIMIT"`
-	MemoryBytes Bytes   `env:"KERNEL_MEMORY"`
-	CPUs        float64 `env:"KERNEL_CPUS"`
-	InstanceID  string  `env:"EXECUTOR_INSTANCE_ID"`
+	// Python is the local kernels' interpreter, with ipykernel. Default:
+	// /usr/bin/python3.
+	Python string `env:"KERNEL_PYTHON"`
+	// Sandbox is the local kernels' sandbox: auto (bwrap when installed,
+	// else a loud warning), bwrap or none. Default: auto.
+	Sandbox string `env:"SANDBOX"`
+	// KernelStart is how kernels start: fork (from a zygote that loaded the
+	// data stack once; docker: a zygote container; needs a root gateway,
+	// else spawn with a warning) or spawn (a cold start each; docker: a
+	// container per kernel). Default: fork.
+	KernelStart string `env:"KERNEL_START"`
+	// DockerImage is the executor image. Default: codegw/executor:latest.
+	DockerImage string `env:"DOCKER_IMAGE"`
+	// NetworkMode is the kernel containers' network. Default: none.
+	NetworkMode string `env:"DOCKER_NETWORK_MODE"`
+	// PidsLimit bounds the processes of a container, and of each forked
+	// kernel (cgroup v1 where writable, else RLIMIT_NPROC). Default: 256.
+	PidsLimit int64 `env:"DOCKER_PIDS_LIMIT"`
+	// MemoryBytes bounds a container's memory (swap = memory), and each
+	// forked kernel's (cgroup v1 where writable, else RLIMIT_AS); it is
+	// also what a kernel counts for in MAX_KERNEL_MEMORY_PER_KEY. Default:
+	// 1g.
+	MemoryBytes Bytes `env:"KERNEL_MEMORY"`
+	// CPUs bounds a container's CPU (not forked kernels'). Default: 1.
+	CPUs float64 `env:"KERNEL_CPUS"`
+	// InstanceID names and labels this instance's containers; it must be
+	// unique per replica. Default: the hostname.
+	InstanceID string `env:"EXECUTOR_INSTANCE_ID"`
 
-	MaxWorkers        int           `env:"MAX_WORKERS"`
-	MaxQueue          int           `env:"MAX_QUEUE"`
-	QueueTimeout      time.Duration `env:"QUEUE_TIMEOUT"`
-	ExecutionTimeout  time.Duration `env:"EXECUTION_TIMEOUT"`
-	MaxOutputBytes    int           `env:"MAX_OUTPUT_BYTES"`
-	SessionIdle       time.Duration `env:"SESSION_IDLE_TIMEOUT"`
-	MaxSessions       int           `env:"MAX_SESSIONS"`
-	MaxSessionsPerKey int           `env:"MAX_SESSIONS_PER_KEY"`
+	// MaxWorkers bounds the executions running at once. Default: 4.
+	MaxWorkers int `env:"MAX_WORKERS"`
+	// MaxQueue bounds the executions waiting for a worker (429 when full).
+	// Default: 64.
+	MaxQueue int `env:"MAX_QUEUE"`
+	// QueueTimeout is how long an execution waits for a worker (then 503).
+	// Default: 30.
+	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT"`
+	// ExecutionTimeout caps every execution; a request's timeout may only
+	// lower it. Default: 120.
+	ExecutionTimeout time.Duration `env:"EXECUTION_TIMEOUT"`
+	// MaxOutputBytes bounds all the text of one answer (stdout, stderr,
+	// result, error, rich text outputs, traceback) as JSON bytes; the rest
+	// is dropped and truncated set. Default: 1048576.
+	MaxOutputBytes int `env:"MAX_OUTPUT_BYTES"`
+	// SessionIdle is how long a session may stay idle before it is closed.
+	// Default: 1800.
+	SessionIdle time.Duration `env:"SESSION_IDLE_TIMEOUT"`
+	// MaxSessions bounds the sessions of this instance. Default: 100.
+	MaxSessions int `env:"MAX_SESSIONS"`
+	// MaxSessionsPerKey bounds one key's sessions across instances.
+	// Default: 20.
+	MaxSessionsPerKey int `env:"MAX_SESSIONS_PER_KEY"`
 
-	ImageStorePath string        `env:"IMAGE_STORE_PATH"`
-	ImageURLPrefix string        `env:"IMAGE_URL_PREFIX"`
-	FileStorePath  string        `env:"FILE_STORE_PATH"`
-	FileURLPrefix  string        `env:"FILE_URL_PREFIX"`
-	Retention      time.Duration `env:"STORE_RETENTION"`
+	// ImageStorePath is the directory of stored images. Default:
+	// ./data/images.
+	ImageStorePath string `env:"IMAGE_STORE_PATH"`
+	// ImageURLPrefix is the URL path stored images are served under.
+	// Default: /images.
+	ImageURLPrefix string `env:"IMAGE_URL_PREFIX"`
+	// FileStorePath is the directory of stored output files. Default:
+	// ./data/files.
+	FileStorePath string `env:"FILE_STORE_PATH"`
+	// FileURLPrefix is the URL path stored output files are served under.
+	// Default: /files.
+	FileURLPrefix string `env:"FILE_URL_PREFIX"`
+	// Retention is how long stored images and files are kept. Default:
+	// 86400.
+	Retention time.Duration `env:"STORE_RETENTION"`
 
-	OutputAllowedExt   []string      `env:"OUTPUT_ALLOWED_EXTENSIONS"`
-	OutputMaxFiles     int           `env:"OUTPUT_MAX_FILES"`
-	OutputFileMaxBytes int64         `env:"OUTPUT_FILE_MAX_BYTES"`
-	OutputTotalBytes   int64         `env:"OUTPUT_TOTAL_MAX_BYTES"`
-	InputMaxFiles      int           `env:"INPUT_MAX_FILES"`
-	InputFileMaxBytes  int64         `env:"INPUT_FILE_MAX_BYTES"`
-	InputTotalBytes    int64         `env:"INPUT_TOTAL_MAX_BYTES"`
-	InputTimeout       time.Duration `env:"INPUT_TIMEOUT"`
-	InputAllowHosts    []string      `env:"INPUT_ALLOW_HOSTS"`
-	InputAllowCIDRs    []string      `env:"INPUT_ALLOW_CIDRS"`
+	// OutputAllowedExt are the extensions of the output files collected.
+	// Default: md,csv,txt,json,log.
+	OutputAllowedExt []string `env:"OUTPUT_ALLOWED_EXTENSIONS"`
+	// OutputMaxFiles bounds the output files collected per execution.
+	// Default: 10.
+	OutputMaxFiles int `env:"OUTPUT_MAX_FILES"`
+	// OutputFileMaxBytes bounds one output file. Default: 10485760 (10
+	// MiB).
+	OutputFileMaxBytes int64 `env:"OUTPUT_FILE_MAX_BYTES"`
+	// OutputTotalBytes bounds an execution's output files together.
+	// Default: 52428800 (50 MiB).
+	OutputTotalBytes int64 `env:"OUTPUT_TOTAL_MAX_BYTES"`
+	// InputMaxFiles bounds the input URLs of one execution. Default: 5.
+	InputMaxFiles int `env:"INPUT_MAX_FILES"`
+	// InputFileMaxBytes bounds one input file. Default: 52428800 (50 MiB).
+	InputFileMaxBytes int64 `env:"INPUT_FILE_MAX_BYTES"`
+	// InputTotalBytes bounds an execution's input files together. Default:
+	// 104857600 (100 MiB).
+	InputTotalBytes int64 `env:"INPUT_TOTAL_MAX_BYTES"`
+	// InputTimeout bounds the download of an execution's input files.
+	// Default: 60.
+	InputTimeout time.Duration `env:"INPUT_TIMEOUT"`
+	// InputAllowHosts admits these internal host names for input
+	// downloads. Default: none.
+	InputAllowHosts []string `env:"INPUT_ALLOW_HOSTS"`
+	// InputAllowCIDRs admits these internal addresses for input downloads.
+	// Default: none.
+	InputAllowCIDRs []string `env:"INPUT_ALLOW_CIDRS"`
 
-	RedisURL  string `env:"REDIS_URL"` // empty: the memory store, a single instance
-	LogLevel  string `env:"LOG_LEVEL"`
-	LogFormat string `env:"LOG_FORMAT"` // text | json (read by cmd/codegw)
+	// RedisURL keeps sessions in Redis (redis://host:6379/0), for several
+	// instances; empty, the memory store of a single instance. Default:
+	// none.
+	RedisURL string `env:"REDIS_URL"`
+	// LogLevel is the lowest level logged: debug, info, warn or error.
+	// Default: info.
+	LogLevel string `env:"LOG_LEVEL"`
+	// LogFormat is the log lines' format: text, or json for one JSON
+	// object per line (read by cmd/codegw). Default: text.
+	LogFormat string `env:"LOG_FORMAT"`
 
 	// Operations: see package metrics and gateway's quotas and drain.
-	MetricsKey          string  `env:"METRICS_KEY"`            // bearer token for /metrics; empty: loopback callers only
-	RateLimit           float64 `env:"RATE_LIMIT"`             // API requests per second per key; 0: unlimited
-	RateBurst           int     `env:"RATE_BURST"`             // token bucket size; 0: one second's worth
-	MaxExecutionsPerKey int     `env:"MAX_EXECUTIONS_PER_KEY"` // executions at once per key, every way in; 0: unlimited
+
+	// MetricsKey is the bearer token for GET /metrics; empty, /metrics
+	// answers loopback callers only. Default: none.
+	MetricsKey string `env:"METRICS_KEY"`
+	// RateLimit is the API requests per second per key (a token bucket);
+	// past it 429 limit with Retry-After. Default: 0 (unlimited).
+	RateLimit float64 `env:"RATE_LIMIT"`
+	// RateBurst is the token bucket's size. Default: 0 (one second's
+	// worth).
+	RateBurst int `env:"RATE_BURST"`
+	// MaxExecutionsPerKey bounds the executions one key runs (or has
+	// queued) at once on this instance, every way in: REST, NDJSON,
+	// session and Jupyter websockets, MCP. Default: 0 (unlimited).
+	MaxExecutionsPerKey int `env:"MAX_EXECUTIONS_PER_KEY"`
 	// MaxKernelMemoryPerKey bounds the memory of the kernels one key holds
 	// on this instance (sessions, stateless executions), each counted at
-	// KERNEL_MEMORY; 0: unlimited. It needs a per-kernel limit the
-	// executor enforces: Open refuses it for kernels without one.
-	MaxKernelMemoryPerKey Bytes         `env:"MAX_KERNEL_MEMORY_PER_KEY"`
-	DrainTimeout          time.Duration `env:"DRAIN_TIMEOUT"` // how long SIGTERM waits for running executions
+	// KERNEL_MEMORY. It needs a per-kernel limit the executor enforces:
+	// the service refuses to start with it for kernels without one.
+	// Default: 0 (unlimited).
+	MaxKernelMemoryPerKey Bytes `env:"MAX_KERNEL_MEMORY_PER_KEY"`
+	// DrainTimeout is how long, on SIGTERM, running executions may finish
+	// before the sessions and kernels are stopped. Default: 30.
+	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT"`
 
 	// Multi-instance (REDIS_URL set): see package cluster.
-	InternalAddr  string        `env:"INTERNAL_ADDR"`  // URL other instances reach this one at; "{ip}" is this host's address
-	InstanceTTL   time.Duration `env:"INSTANCE_TTL"`   // registry entry lifetime; heartbeats every TTL/3
-	ClusterSecret string        `env:"CLUSTER_SECRET"` // shared by the instances; authenticates forwarded requests
+
+	// InternalAddr is the URL other instances reach this one at (required
+	// when HOST=0.0.0.0); {ip} is replaced by this host's address.
+	// Default: http://HOST:PORT.
+	InternalAddr string `env:"INTERNAL_ADDR"`
+	// InstanceTTL is how long an instance's registry entry lives;
+	// heartbeats come every TTL/3. Default: 15.
+	InstanceTTL time.Duration `env:"INSTANCE_TTL"`
+	// ClusterSecret authenticates the requests instances forward to each
+	// other; every instance has the same. Default: none (a warning).
+	ClusterSecret string `env:"CLUSTER_SECRET"`
 
 	// Provisioner, when set, starts the kernels instead of one opened from
 	// Executor; the caller keeps it (Close leaves it open).
@@ -104,8 +216,7 @@ type Config struct {
 	// InterruptGrace, ReplayEvents: see session.Config.
 	InterruptGrace time.Duration `env:"-"`
 	ReplayEvents   int           `env:"-"`
-	// BodyLimit, UploadLimit, PingInterval: see gateway.Config (0: its
-	// defaults).
+	// BodyLimit, UploadLimit, PingInterval: see gateway.Config.
 	BodyLimit    int           `env:"-"`
 	UploadLimit  int64         `env:"-"`
 	PingInterval time.Duration `env:"-"`
@@ -124,8 +235,8 @@ func DefaultConfig() Config {
 	d := docker.DefaultConfig()
 	return Config{
 		Host: "127.0.0.1", Port: 14564,
-		Executor: "local", PoolSize: 2, PoolStarts: 2,
-		Sandbox: "auto", KernelStart: local.StartFork,
+		Executor: "local", PoolSize: 2, PoolStarts: kernel.DefaultMaxStarting,
+		Python: local.DefaultPython, Sandbox: local.SandboxAuto, KernelStart: local.StartFork,
 		DockerImage: d.Image, NetworkMode: d.NetworkMode, PidsLimit: d.PidsLimit,
 		MemoryBytes: 1 << 30, CPUs: 1, InstanceID: d.InstanceID,
 
@@ -146,6 +257,8 @@ func DefaultConfig() Config {
 		LogLevel: "info", LogFormat: "text", InstanceTTL: cluster.DefaultTTL,
 		DrainTimeout: 30 * time.Second,
 		WarmUp:       "pass",
+		BodyLimit:    gateway.DefaultBodyLimit, UploadLimit: gateway.DefaultUploadLimit,
+		PingInterval: gateway.DefaultPingInterval,
 	}
 }
 

@@ -99,19 +99,26 @@ type Server struct {
 	stopMCP context.CancelFunc
 }
 
+// Defaults of Config's zero fields, and the service's (app.DefaultConfig).
+const (
+	DefaultBodyLimit    = 4 << 20          // request bodies but uploads
+	DefaultUploadLimit  = 100 << 20        // one upload
+	DefaultPingInterval = 20 * time.Second // websocket keep-alive
+)
+
 // New returns a Server with every route mounted.
 func New(cfg Config) *Server {
 	if cfg.BodyLimit <= 0 {
-		cfg.BodyLimit = 4 << 20
+		cfg.BodyLimit = DefaultBodyLimit
 	}
 	if cfg.UploadLimit <= 0 {
-		cfg.UploadLimit = 100 << 20
+		cfg.UploadLimit = DefaultUploadLimit
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.PingInterval <= 0 {
-		cfg.PingInterval = 20 * time.Second
+		cfg.PingInterval = DefaultPingInterval
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, keys: map[string]string{},
 		quotas: newQuotas(cfg.RateLimit, cfg.RateBurst)}

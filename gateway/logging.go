@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -131,28 +130,4 @@ func requestID(h string) string {
 	var b [12]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// noteExecution returns an emit that records the execution id for the
-// request line, calling next (when not nil) with each event. It may be
-// called from the request's goroutine (a session's "queued" event) and
-// from the session's loop at once.
-func noteExecution(c *fiber.Ctx, next func(codegw.Event)) func(codegw.Event) {
-	var (
-		mu    sync.Mutex
-		noted bool
-	)
-	return func(ev codegw.Event) {
-		if ev.ExecutionID != "" {
-			mu.Lock()
-			if !noted {
-				noted = true
-				c.Locals(localExecution, ev.ExecutionID)
-			}
-			mu.Unlock()
-		}
-		if next != nil {
-			next(ev)
-		}
-	}
 }

@@ -14,8 +14,7 @@ type PoolConfig struct {
 	// Size is how many ready kernels are kept ahead of demand. Zero means
 	// no warm kernels: Acquire starts one.
 	Size int
-	// MaxStarting bounds concurrent kernel starts (default 1: on two cores
-	// parallel cold starts only slow each other down).
+	// MaxStarting bounds concurrent kernel starts (0: DefaultMaxStarting).
 	MaxStarting int
 	// Launch starts one ready kernel.
 	Launch func(ctx context.Context) (*Kernel, error)
@@ -43,10 +42,15 @@ type Pool struct {
 	closed   bool
 }
 
+// DefaultMaxStarting is PoolConfig.MaxStarting's default, and the service's
+// (POOL_MAX_STARTING): two starts at once keep two cores busy with forked
+// kernels, whose starts wait on the zygote as much as on the CPU.
+const DefaultMaxStarting = 2
+
 // NewPool returns a Pool and starts filling it.
 func NewPool(cfg PoolConfig) *Pool {
 	if cfg.MaxStarting <= 0 {
-		cfg.MaxStarting = 1
+		cfg.MaxStarting = DefaultMaxStarting
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

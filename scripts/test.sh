@@ -53,6 +53,11 @@ unset FRESH FORCE
 step "go vet"
 go vet ./...
 
+# staticcheck: about 1.5 CPU-minutes (6 min on a loaded 2-core machine); its
+# binary is built once per version (scripts/staticcheck.sh) and then cached.
+step "staticcheck"
+scripts/staticcheck.sh ./...
+
 step "unit and end-to-end tests (local sandboxed kernels, real redis-server, real Docker engine)"
 # -p 1: the suites start real kernels; run packages one at a time so their
 # timing checks do not compete for the two cores.

@@ -126,9 +126,3 @@ func (h *hub) lastSeq() uint64 {
 	defer h.mu.Unlock()
 	return h.seq
 }
-
-func (h *hub) subscribers() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.subs)
-}

@@ -147,7 +147,7 @@ type Throughput struct {
 
 const (
 	targetDiffMs = 5.0
-	originalRPS  = 4.7 // DESIGN.md: the original project's throughput
+	originalRPS  = 4.7 // the original project's stateless throughput, as it reported it
 )
 
 func run(ctx context.Context, cfg config, out io.Writer) error {

@@ -65,7 +65,7 @@ func parseFlags() config {
 	flag.IntVar(&c.MemStarting, "mem-starting", 2, "POOL_MAX_STARTING in the memory phase")
 	flag.IntVar(&c.Busy, "busy", 8, "busy sessions (and floor kernels) in the busy phase")
 	flag.DurationVar(&c.BusyDuration, "busy-duration", 20*time.Second, "measured time per side in the busy phase")
-	flag.DurationVar(&c.HBTimeout, "hb-timeout", 0, "kernel heartbeat timeout, gateway and floor kernels alike (0: the kernel package's default, 1s, as the gateway runs)")
+	flag.DurationVar(&c.HBTimeout, "hb-timeout", 0, "kernel heartbeat timeout, gateway and floor kernels alike (0: the kernel package's default, as the gateway runs)")
 	flag.StringVar(&c.Phases, "phases", "rt,busy,memory", "comma-separated phases: rt, busy, memory")
 	flag.BoolVar(&c.JSON, "json", false, "print the results as JSON instead of a table")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the websocket rounds of the rt phase to this file")

@@ -246,6 +246,7 @@ func sessionCmd(args []string) error {
 		tw.Flush()
 	case "delete":
 		if fs.NArg() == 0 {
+			//lint:ignore ST1005 a usage line: "ID..." means one or more ids
 			return errors.New("usage: codegw session delete ID...")
 		}
 		for _, id := range fs.Args() {

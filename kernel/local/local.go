@@ -21,6 +21,10 @@ import (
 	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
+// DefaultPython is Config.Python's default, and the service's
+// (KERNEL_PYTHON): Debian's interpreter, which has python3-ipykernel.
+const DefaultPython = "/usr/bin/python3"
+
 // Sandbox modes for Config.Sandbox.
 const (
 	SandboxAuto  = "auto"  // bwrap when it is installed and works, else none with a warning
@@ -43,7 +47,7 @@ const (
 
 // Config configures a Provisioner. The zero value is usable: see New.
 type Config struct {
-	// Python is the interpreter that has ipykernel (default /usr/bin/python3).
+	// Python is the interpreter that has ipykernel (default DefaultPython).
 	Python string
 	// StateDir holds the extracted executor files and one directory per
 	// kernel (default /tmp/codegw-<uid>). Keep it short: the ipc socket
@@ -112,7 +116,7 @@ var errClosed = errors.New("local: provisioner closed")
 // unusable Python, ipykernel or bubblewrap wrap kernel.ErrProvisioner.
 func New(cfg Config) (*Provisioner, error) {
 	if cfg.Python == "" {
-		cfg.Python = "/usr/bin/python3"
+		cfg.Python = DefaultPython
 	}
 	if cfg.StateDir == "" {
 		cfg.StateDir = filepath.Join(os.TempDir(), fmt.Sprintf("codegw-%d", os.Geteuid()))
