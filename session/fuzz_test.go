@@ -178,3 +178,42 @@ func parsePyString(lit string) (string, bool) {
 	}
 	return b.String(), true
 }
+
+// FuzzReplay checks a websocket's ?last_seq=N (any uint64 a client sends)
+// against a session's event buffer: the replay is exactly the buffered
+// events after N, in order, and the gap is told exactly when events after N
+// were already dropped.
+func FuzzReplay(f *testing.F) {
+	f.Add(uint8(4), uint8(6), uint64(0))
+	f.Add(uint8(4), uint8(6), uint64(3))
+	f.Add(uint8(0), uint8(3), uint64(1))
+	f.Add(uint8(1), uint8(0), uint64(1<<64-1))
+	f.Add(uint8(8), uint8(200), uint64(1<<63))
+	f.Fuzz(func(t *testing.T, keep, published uint8, after uint64) {
+		h := newHub(int(keep))
+		for i := 0; i < int(published); i++ {
+			h.publish(codegw.Event{Type: codegw.EventStream})
+		}
+		s, missed, gap := h.subscribe(after, true)
+		defer s.Close()
+		total := uint64(published)
+		oldest := total - min(total, uint64(keep)) + 1 // first seq still buffered
+		var want []uint64
+		for seq := max(oldest, 1); seq <= total; seq++ {
+			if seq > after {
+				want = append(want, seq)
+			}
+		}
+		if len(missed) != len(want) {
+			t.Fatalf("keep %d, %d published, after %d: replayed %d events, want %d", keep, published, after, len(missed), len(want))
+		}
+		for i, ev := range missed {
+			if ev.Seq != want[i] {
+				t.Fatalf("replay[%d] is seq %d, want %d", i, ev.Seq, want[i])
+			}
+		}
+		if wantGap := after < total && after+1 < oldest; gap != wantGap {
+			t.Fatalf("keep %d, %d published, after %d: gap %v, want %v", keep, published, after, gap, wantGap)
+		}
+	})
+}
