@@ -7,11 +7,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
+	"mime"
 	"mime/multipart"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/fasthttp/websocket"
 	"github.com/gofiber/fiber/v2"
@@ -270,6 +272,28 @@ func FuzzUpload(f *testing.F) {
 			if _, err := os.Lstat(filepath.Join(dir, fi.Name)); err != nil {
 				t.Fatalf("saved %q is not in the directory: %v", fi.Name, err)
 			}
+		}
+	})
+}
+
+// FuzzContentDisposition checks the download header of output files, whose
+// names the kernel's code chooses (any bytes but '/' and NUL): no control
+// character reaches the header, and a client reading it gets the name back.
+func FuzzContentDisposition(f *testing.F) {
+	for _, n := range []string{"plot.png", "数据.csv", "a\r\nSet-Cookie: x=1", `q"u\o;te.txt`, "100%.txt", "\xff\xfe", "it's (1).txt"} {
+		f.Add(n)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		h := contentDisposition(name)
+		if strings.ContainsFunc(h, func(r rune) bool { return r < 0x20 || r >= 0x7f }) {
+			t.Fatalf("header %q has a control or non-ASCII character", h)
+		}
+		_, params, err := mime.ParseMediaType(h)
+		if err != nil {
+			t.Fatalf("header %q does not parse: %v", h, err)
+		}
+		if utf8.ValidString(name) && params["filename"] != name {
+			t.Fatalf("header %q gives back %q, want %q", h, params["filename"], name)
 		}
 	})
 }
