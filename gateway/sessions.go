@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"math"
+	"mime/multipart"
 	"strconv"
 	"sync"
 	"time"
@@ -22,21 +24,44 @@ type createBody struct {
 	Env         map[string]string `json:"env"`
 }
 
-func (s *Server) createSession(c *fiber.Ctx) error {
+// parseSessionOptions decodes the body of POST /sessions.
+func parseSessionOptions(b []byte) (session.CreateOptions, error) {
 	var body createBody
-	if len(c.Body()) > 0 {
-		if err := json.Unmarshal(c.Body(), &body); err != nil {
-			return codegw.Errorf(codegw.EINVALID, "invalid session options: %v", err)
+	if len(b) > 0 {
+		if err := json.Unmarshal(b, &body); err != nil {
+			return session.CreateOptions{}, codegw.Errorf(codegw.EINVALID, "invalid session options: %v", err)
 		}
+	}
+	return session.CreateOptions{IdleTimeout: seconds(body.IdleTimeout), Env: body.Env}, nil
+}
+
+// seconds converts a client's number of seconds to a duration, saturating:
+// a conversion out of int64's range is the implementation's choice (huge
+// idle timeouts came out negative and were refused as such).
+func seconds(f float64) time.Duration {
+	switch ns := f * float64(time.Second); {
+	case math.IsNaN(ns):
+		return 0
+	case ns >= math.MaxInt64:
+		return math.MaxInt64
+	case ns <= math.MinInt64:
+		return math.MinInt64
+	default:
+		return time.Duration(ns)
+	}
+}
+
+func (s *Server) createSession(c *fiber.Ctx) error {
+	opts, err := parseSessionOptions(c.Body())
+	if err != nil {
+		return err
 	}
 	if s.draining.Load() {
 		return drainingError(c)
 	}
 	ctx, cancel := context.WithTimeout(c.UserContext(), 2*time.Minute)
 	defer cancel()
-	sess, err := s.cfg.Manager.Create(ctx, owner(c), session.CreateOptions{
-		IdleTimeout: time.Duration(body.IdleTimeout * float64(time.Second)), Env: body.Env,
-	})
+	sess, err := s.cfg.Manager.Create(ctx, owner(c), opts)
 	if err != nil {
 		return err
 	}
@@ -134,29 +159,39 @@ func (s *Server) upload(c *fiber.Ctx) error {
 	if err != nil {
 		return codegw.Errorf(codegw.EINVALID, "send the files as multipart/form-data: %v", err)
 	}
+	saved, err := saveForm(form, s.cfg.UploadLimit, sess.Upload)
+	if err != nil {
+		return err
+	}
+	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"files": saved})
+}
+
+// saveForm saves every file of an upload form with save, each at most
+// limit bytes.
+func saveForm(form *multipart.Form, limit int64, save func(name string, r io.Reader, limit int64) (session.FileInfo, error)) ([]session.FileInfo, error) {
 	var saved []session.FileInfo
 	for _, fhs := range form.File {
 		for _, fh := range fhs {
-			if fh.Size > s.cfg.UploadLimit {
-				return codegw.Errorf(codegw.ETOOLARGE, "file %q is larger than %d bytes", fh.Filename, s.cfg.UploadLimit)
+			if fh.Size > limit {
+				return nil, codegw.Errorf(codegw.ETOOLARGE, "file %q is larger than %d bytes", fh.Filename, limit)
 			}
 			f, err := fh.Open()
 			if err != nil {
-				return codegw.Errorf(codegw.EINVALID, "read upload %q: %v", fh.Filename, err)
+				return nil, codegw.Errorf(codegw.EINVALID, "read upload %q: %v", fh.Filename, err)
 			}
-			info, err := sess.Upload(fh.Filename, f, s.cfg.UploadLimit)
+			info, err := save(fh.Filename, f, limit)
 			f.Close()
 			if err != nil {
-				return err
+				return nil, err
 			}
 			info.URL = ""
 			saved = append(saved, info)
 		}
 	}
 	if len(saved) == 0 {
-		return codegw.Errorf(codegw.EINVALID, "no file in the upload")
+		return nil, codegw.Errorf(codegw.EINVALID, "no file in the upload")
 	}
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"files": saved})
+	return saved, nil
 }
 
 func (s *Server) listOutputs(c *fiber.Ctx) error {
@@ -352,19 +387,38 @@ func messageID(data []byte) string {
 	return m.ID
 }
 
+// parseClientMessage decodes one message of a session websocket and checks
+// its type and id.
+func parseClientMessage(data []byte) (clientMessage, error) {
+	var m clientMessage
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, codegw.Errorf(codegw.EINVALID, "message is not JSON: %v", err)
+	}
+	// Every id is echoed in the answers (an interrupt's or restart's
+	// failure too): bound it on every message, not only on executions.
+	if len(m.ID) > 64 {
+		return m, codegw.Errorf(codegw.EINVALID, "id is longer than 64 characters")
+	}
+	switch m.Type {
+	case "execute", "interrupt", "restart", "input_reply", "ping":
+	case "":
+		return m, codegw.Errorf(codegw.EINVALID, "message has no type")
+	default:
+		return m, codegw.Errorf(codegw.EINVALID, "unknown message type %q", m.Type)
+	}
+	return m, nil
+}
+
 // handleClientMessage acts on one message of a session websocket. Each
 // execution counts against its key's quotas and is refused while the
 // instance drains, like a REST one: the refusal is an error_response frame.
 func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail func(error, string)) error {
-	var m clientMessage
-	if err := json.Unmarshal(data, &m); err != nil {
-		return codegw.Errorf(codegw.EINVALID, "message is not JSON: %v", err)
+	m, err := parseClientMessage(data)
+	if err != nil {
+		return err
 	}
 	switch m.Type {
 	case "execute":
-		if m.ID != "" && len(m.ID) > 64 {
-			return codegw.Errorf(codegw.EINVALID, "id is longer than 64 characters")
-		}
 		// The answer reaches the client as events; a refusal after the
 		// queue (input download, no worker) as a "rejected" done event.
 		_, _, err := sess.Submit(m.ExecuteRequest, m.ID, nil, true)
@@ -391,10 +445,6 @@ func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail fu
 		return nil
 	case "input_reply":
 		return sess.Reply(m.Value)
-	case "ping":
-		return nil
-	case "":
-		return codegw.Errorf(codegw.EINVALID, "message has no type")
 	}
-	return codegw.Errorf(codegw.EINVALID, "unknown message type %q", m.Type)
+	return nil // "ping"
 }

@@ -166,6 +166,37 @@ func FuzzDecode(f *testing.F) {
 			if _, err := s.Encode(m); err != nil {
 				t.Fatalf("accepted message does not re-encode: %v", err)
 			}
+			if _, err := s.DecodeRaw(frames); err != nil {
+				t.Fatalf("Decode accepts what DecodeRaw refuses: %v", err)
+			}
 		}
 	})
+}
+
+// TestDecodeRawRefusesNonJSON checks that a kernel cannot have parts that
+// are not JSON spliced into a Jupyter client's message (they broke the
+// client's frame, or added fields of the kernel's choosing).
+func TestDecodeRawRefusesNonJSON(t *testing.T) {
+	s := NewSigner(goldenKey)
+	hdr := []byte(`{"msg_id":"a","msg_type":"status"}`)
+	for _, tc := range []struct {
+		name                  string
+		parent, meta, content string
+		ok                    bool
+	}{
+		{"objects", `{}`, `{}`, `{"execution_state":"idle"}`, true},
+		{"empty parts stand for {}", ``, ` `, `{}`, true},
+		{"content breaks out", `{}`, `{"a":`, `1},"channel":"shell","x":{`, false},
+		{"parent not JSON", `{`, `{}`, `{}`, false},
+		{"content not JSON", `{}`, `{}`, `nope`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			parts := [][]byte{hdr, []byte(tc.parent), []byte(tc.meta), []byte(tc.content)}
+			frames := append([][]byte{delimiter, []byte(hex.EncodeToString(s.sum(parts...)))}, parts...)
+			_, err := s.DecodeRaw(frames)
+			if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrMalformed)) {
+				t.Fatalf("DecodeRaw: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
 }

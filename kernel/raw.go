@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"bytes"
 	"context"
 
 	"encoding/hex"
@@ -223,7 +224,7 @@ func (r *RawConn) read(sock zmq4.Socket, channel string, deliver func(string, *R
 			r.fail(fmt.Errorf("%w: %s channel: %v", ErrDied, channel, err))
 			return
 		}
-		m, err := signer.decodeRaw(zm.Frames)
+		m, err := signer.DecodeRaw(zm.Frames)
 		if err != nil {
 			continue // a forged or broken message is nobody's
 		}
@@ -231,12 +232,20 @@ func (r *RawConn) read(sock zmq4.Socket, channel string, deliver func(string, *R
 	}
 }
 
-// decodeRaw verifies the frames of one message and returns its parts as
+// DecodeRaw verifies the frames of one message and returns its parts as
 // sent.
-func (s *Signer) decodeRaw(frames [][]byte) (*RawMessage, error) {
+func (s *Signer) DecodeRaw(frames [][]byte) (*RawMessage, error) {
 	_, rest, err := s.verify(frames)
 	if err != nil {
 		return nil, err
+	}
+	// The parts are spliced as they are into the JSON a Jupyter client
+	// gets: one that is not JSON would break it, or add fields of the
+	// kernel's choosing. Empty ones stand for {}.
+	for _, p := range rest[2:5] {
+		if len(bytes.TrimSpace(p)) > 0 && !json.Valid(p) {
+			return nil, fmt.Errorf("%w: parent header, metadata or content is not JSON", ErrMalformed)
+		}
 	}
 	m := &RawMessage{Header: rest[1], ParentHeader: rest[2], Metadata: rest[3], Content: rest[4]}
 	if len(rest) > 5 {

@@ -63,6 +63,9 @@ step "unit and end-to-end tests (local sandboxed kernels, real redis-server, rea
 # timing checks do not compete for the two cores.
 go test -race -p 1 -timeout 40m -count=1 ./...
 
+step "fuzz: every Go fuzz target for ${FUZZTIME:-20s} beyond its seeds (scripts/fuzz.sh; about 6 min)"
+scripts/fuzz.sh
+
 if [[ ${DOCKER_STARTED:-} == 1 ]]; then
 	step "end-to-end suites again, on Docker executor containers"
 	CODEGW_TEST_EXECUTOR=docker go test -timeout 30m -count=1 ./gateway/

@@ -22,11 +22,18 @@ type FileInfo struct {
 // Upload writes r into /code/input/name, at most maxBytes.
 func (s *Session) Upload(name string, r io.Reader, maxBytes int64) (FileInfo, error) {
 	s.touch()
+	return SaveUpload(filepath.Join(s.k.Process().Dir(), "input"), name, r, maxBytes)
+}
+
+// SaveUpload writes r, at most maxBytes, into dir under name made safe
+// (files.SanitizeName): a file directly in dir, never through a symlink,
+// that replaces the old one only once it is whole.
+func SaveUpload(dir, name string, r io.Reader, maxBytes int64) (FileInfo, error) {
 	clean := files.SanitizeName(name)
 	if clean == "" {
 		return FileInfo{}, codegw.Errorf(codegw.EINVALID, "invalid file name %q", name)
 	}
-	root, err := os.OpenRoot(filepath.Join(s.k.Process().Dir(), "input"))
+	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return FileInfo{}, codegw.WrapError(codegw.EINTERNAL, err, "open input directory")
 	}

@@ -95,6 +95,7 @@ func (z *Conn) Ready() <-chan struct{} { return z.ready }
 // running, whose exits the zygote can no longer report.
 func (z *Conn) Read() (orphans []Run) {
 	r := bufio.NewReaderSize(z.conn, 4096)
+	ready := false
 	for {
 		line, err := r.ReadBytes('\n')
 		if err != nil {
@@ -107,6 +108,13 @@ func (z *Conn) Read() (orphans []Run) {
 		}
 		switch m.Op {
 		case "ready":
+			// Said once by a sane zygote; a second one must not close
+			// the channel again (that panic would end the gateway).
+			if ready {
+				z.log.Warn(z.prefix + ": zygote: ready again, ignored")
+				continue
+			}
+			ready = true
 			z.log.Debug(z.prefix+": zygote loaded", "pid", m.PID, "threads", m.Threads)
 			close(z.ready)
 		case "forked", "error":
