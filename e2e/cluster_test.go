@@ -326,6 +326,12 @@ func list(t *testing.T, in *instance, key string) map[string]codegw.Session {
 // eventually retries check every 100ms until it returns "" or d passes.
 func eventually(t *testing.T, d time.Duration, what string, check func() string) {
 	t.Helper()
+	poll(t, d, 100*time.Millisecond, what, check)
+}
+
+// poll retries check every step until it returns "" or d passes.
+func poll(t *testing.T, d, step time.Duration, what string, check func() string) {
+	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
 		msg := check()
@@ -335,7 +341,7 @@ func eventually(t *testing.T, d time.Duration, what string, check func() string)
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %v: %s", what, d, msg)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(step)
 	}
 }
 
