@@ -60,7 +60,8 @@ type Outputs struct {
 }
 
 // watcher is the inotify loop of an Outputs; its goroutine owns root and
-// the descriptors, and closes done when it has released them.
+// the inotify descriptor, and closes done when it has released them; stop
+// owns the eventfd that tells it to end.
 type watcher struct {
 	ifd, efd int
 	root     *os.Root
@@ -145,6 +146,7 @@ func (o *Outputs) stop() {
 		}
 	}
 	<-w.done
+	unix.Close(w.efd) // here, not in loop: the write above must not reach a reused descriptor
 }
 
 // loop waits for inotify events, gathers the completed names for a window
@@ -152,7 +154,6 @@ func (o *Outputs) stop() {
 // queued, collects it all and releases the watch.
 func (o *Outputs) loop(w *watcher) {
 	defer close(w.done)
-	defer unix.Close(w.efd)
 	defer unix.Close(w.ifd) // removes the watch
 	defer w.root.Close()
 	pending := map[string]time.Time{}
