@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,7 +34,9 @@ type Handler struct {
 	// colours).
 	Error func(ename, evalue string, traceback []string)
 	// File receives each file the code wrote to /code/output, with its
-	// download URL.
+	// download URL, as soon as the file is complete (closed after writing,
+	// or renamed into place); a file rewritten during the run comes again
+	// with a new URL.
 	File func(codegw.OutputFile)
 	// Input answers input() in the code (websocket only). Without it,
 	// input() gets an empty line.
@@ -388,8 +391,18 @@ func (r *run) collect(ev codegw.Event) {
 	case codegw.EventError:
 		res.EName, res.EValue, res.Traceback = ev.EName, ev.EValue, ev.Traceback
 	case codegw.EventFile:
-		if ev.File != nil {
-			res.Files = append(res.Files, *ev.File)
+		if ev.File == nil {
+			return
+		}
+		// A file rewritten during the run comes again: the answer lists
+		// its last version, in name order as the server's does.
+		i, found := slices.BinarySearchFunc(res.Files, ev.File.OriginalName, func(f codegw.OutputFile, name string) int {
+			return strings.Compare(f.OriginalName, name)
+		})
+		if found {
+			res.Files[i] = *ev.File
+		} else {
+			res.Files = slices.Insert(res.Files, i, *ev.File)
 		}
 	case codegw.EventStatus:
 		if ev.State == "truncated" {

@@ -13,9 +13,9 @@ import (
 // in `codegw mcp` with local kernels, or a remote gateway through the
 // client SDK.
 type Backend interface {
-	// Execute runs req on a fresh kernel; stdout gets the stdout text as
-	// it arrives.
-	Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error)
+	// Execute runs req on a fresh kernel; out gets the stdout text and the
+	// output files as they arrive.
+	Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, out Stream) (*codegw.ExecuteResult, error)
 	// Open starts the kernel of one MCP session of owner.
 	Open(ctx context.Context, owner string) (Kernel, error)
 }
@@ -24,7 +24,7 @@ type Backend interface {
 type Kernel interface {
 	// Execute runs req; cancelling ctx interrupts the kernel and the answer
 	// (status "interrupted") still comes back.
-	Execute(ctx context.Context, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error)
+	Execute(ctx context.Context, req codegw.ExecuteRequest, out Stream) (*codegw.ExecuteResult, error)
 	Restart(ctx context.Context) error
 	// Files lists /code/output.
 	Files(ctx context.Context) ([]File, error)
@@ -35,6 +35,18 @@ type Kernel interface {
 	// Close deletes the session and its kernel.
 	Close() error
 }
+
+// Stream receives what a run sends while it goes; nil fields are not
+// called.
+type Stream struct {
+	// Stdout gets the stdout text as it is printed.
+	Stdout func(string)
+	// File gets each output file as soon as it is complete.
+	File func(codegw.OutputFile)
+}
+
+// handler is s as the client SDK's callbacks.
+func (s Stream) handler() client.Handler { return client.Handler{Stdout: s.Stdout, File: s.File} }
 
 // File is a file in /code/output or /code/input.
 type File struct {
@@ -52,8 +64,8 @@ type Manager struct {
 }
 
 // Execute implements Backend.
-func (b Manager) Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
-	return b.M.ExecuteFor(ctx, owner, req, streamTo(stdout))
+func (b Manager) Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, out Stream) (*codegw.ExecuteResult, error) {
+	return b.M.ExecuteFor(ctx, owner, req, out.events)
 }
 
 // Open implements Backend.
@@ -69,11 +81,13 @@ func (b Manager) Open(ctx context.Context, owner string) (Kernel, error) {
 	return &managerKernel{m: b.M, s: s, owner: owner, limit: limit}, nil
 }
 
-func streamTo(stdout func(string)) func(codegw.Event) {
-	return func(ev codegw.Event) {
-		if stdout != nil && ev.Type == codegw.EventStream && ev.Name == "stdout" {
-			stdout(ev.Text)
-		}
+// events passes a session's events to s.
+func (s Stream) events(ev codegw.Event) {
+	switch {
+	case s.Stdout != nil && ev.Type == codegw.EventStream && ev.Name == "stdout":
+		s.Stdout(ev.Text)
+	case s.File != nil && ev.Type == codegw.EventFile && ev.File != nil:
+		s.File(*ev.File)
 	}
 }
 
@@ -84,10 +98,10 @@ type managerKernel struct {
 	limit int64
 }
 
-func (k *managerKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
+func (k *managerKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, out Stream) (*codegw.ExecuteResult, error) {
 	stop := context.AfterFunc(ctx, func() { k.s.Interrupt(context.Background()) })
 	defer stop()
-	return k.s.Execute(context.WithoutCancel(ctx), req, streamTo(stdout))
+	return k.s.Execute(context.WithoutCancel(ctx), req, out.events)
 }
 
 func (k *managerKernel) Restart(ctx context.Context) error { return k.s.Restart(ctx) }
@@ -125,8 +139,8 @@ func (k *managerKernel) Close() error { return k.m.Delete(k.s.ID(), k.owner) }
 type Remote struct{ C *client.Client }
 
 // Execute implements Backend.
-func (b Remote) Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
-	return b.C.ExecuteStream(ctx, req, client.Handler{Stdout: stdout})
+func (b Remote) Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, out Stream) (*codegw.ExecuteResult, error) {
+	return b.C.ExecuteStream(ctx, req, out.handler())
 }
 
 // Open implements Backend.
@@ -140,10 +154,10 @@ func (b Remote) Open(ctx context.Context, owner string) (Kernel, error) {
 
 type remoteKernel struct{ s *client.Session }
 
-func (k remoteKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
+func (k remoteKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, out Stream) (*codegw.ExecuteResult, error) {
 	stop := context.AfterFunc(ctx, func() { k.s.Interrupt(context.Background()) })
 	defer stop()
-	return k.s.ExecuteStream(context.WithoutCancel(ctx), req, client.Handler{Stdout: stdout})
+	return k.s.ExecuteStream(context.WithoutCancel(ctx), req, out.handler())
 }
 
 func (k remoteKernel) Restart(ctx context.Context) error { return k.s.Restart(ctx) }

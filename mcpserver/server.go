@@ -203,16 +203,16 @@ func (st *state) execute(ctx context.Context, req *mcp.CallToolRequest, in Execu
 		return nil, nil, errors.New("code is empty")
 	}
 	ereq := codegw.ExecuteRequest{Code: in.Code, Timeout: in.Timeout, InlineImages: true}
-	stdout := progress(ctx, req)
+	out := st.progress(ctx, req)
 	var res *codegw.ExecuteResult
 	var err error
 	if in.Fresh {
-		res, err = st.cfg.Backend.Execute(ctx, st.owner, ereq, stdout)
+		res, err = st.cfg.Backend.Execute(ctx, st.owner, ereq, out)
 	} else {
 		var k Kernel
 		if k, err = st.kernel(ctx); err == nil {
 			st.watch(req.Session)
-			res, err = k.Execute(ctx, ereq, stdout)
+			res, err = k.Execute(ctx, ereq, out)
 		}
 	}
 	if err != nil {
@@ -221,32 +221,51 @@ func (st *state) execute(ctx context.Context, req *mcp.CallToolRequest, in Execu
 	return st.result(res), nil, nil
 }
 
-// progress returns the stdout callback that sends each complete line as a
-// progress notification, when the client asked for progress.
-func progress(ctx context.Context, req *mcp.CallToolRequest) func(string) {
+// progress returns the callbacks that send each complete stdout line, and
+// each output file as soon as it is written, as progress notifications,
+// when the client asked for progress. A file's notification carries its
+// resource link in _meta ("codegw/file") and its URL in the message.
+func (st *state) progress(ctx context.Context, req *mcp.CallToolRequest) Stream {
 	tok := req.Params.GetProgressToken()
 	if tok == nil {
-		return nil
+		return Stream{}
 	}
 	var mu sync.Mutex
 	var partial strings.Builder
 	n := 0
-	return func(text string) {
-		mu.Lock()
-		defer mu.Unlock()
-		partial.WriteString(text)
-		s := partial.String()
-		i := strings.LastIndexByte(s, '\n')
-		if i < 0 {
-			return
-		}
-		partial.Reset()
-		partial.WriteString(s[i+1:])
-		for _, line := range strings.Split(s[:i], "\n") {
-			n++
-			req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: tok, Progress: float64(n), Message: line})
-		}
+	notify := func(msg string, meta mcp.Meta) {
+		n++
+		req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: tok, Progress: float64(n), Message: msg, Meta: meta})
 	}
+	return Stream{
+		Stdout: func(text string) {
+			mu.Lock()
+			defer mu.Unlock()
+			partial.WriteString(text)
+			s := partial.String()
+			i := strings.LastIndexByte(s, '\n')
+			if i < 0 {
+				return
+			}
+			partial.Reset()
+			partial.WriteString(s[i+1:])
+			for _, line := range strings.Split(s[:i], "\n") {
+				notify(line, nil)
+			}
+		},
+		File: func(f codegw.OutputFile) {
+			mu.Lock()
+			defer mu.Unlock()
+			link := st.fileLink(f)
+			notify(fmt.Sprintf("file %s written: %s", f.OriginalName, link.URI), mcp.Meta{"codegw/file": link})
+		},
+	}
+}
+
+// fileLink is the resource link of an output file.
+func (st *state) fileLink(f codegw.OutputFile) *mcp.ResourceLink {
+	return &mcp.ResourceLink{URI: st.resolve(f.URL), Name: f.OriginalName, Size: ptr(f.SizeBytes),
+		Description: "file written to /code/output/" + f.OriginalName}
 }
 
 // result turns an answer into tool content; a failed run is an error
@@ -276,8 +295,7 @@ func (st *state) result(res *codegw.ExecuteResult) *mcp.CallToolResult {
 		}
 	}
 	for _, f := range res.Files {
-		add(&mcp.ResourceLink{URI: st.resolve(f.URL), Name: f.OriginalName, Size: ptr(f.SizeBytes),
-			Description: "file written to /code/output/" + f.OriginalName})
+		add(st.fileLink(f))
 	}
 	if res.Status != codegw.StatusOK {
 		out.IsError = true

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,6 +49,8 @@ type execution struct {
 
 	// log names the request, session and execution ids.
 	log *slog.Logger
+	// sendMu serializes send.
+	sendMu sync.Mutex
 
 	// The answer being built.
 	res            codegw.ExecuteResult
@@ -111,12 +114,13 @@ func (x *execution) steps(ctx context.Context) (*codegw.ExecuteResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	outs := x.outputs()
+	if err := outs.Watch(); err != nil {
+		x.log.Warn("output files are collected at the end only", "err", err)
+	}
 	x.execute(ctx, code)
 	x.res.Inputs = inputs
-	x.res.Files = x.collect()
-	for i := range x.res.Files {
-		x.send(codegw.Event{Type: codegw.EventFile, File: &x.res.Files[i]})
-	}
+	x.res.Files = x.collect(outs)
 	return &x.res, nil
 }
 
@@ -200,31 +204,37 @@ func inputOutcome(err error) string {
 // pids limit (Docker containers).
 type pidsCounter interface{ PidsLimitHits() int64 }
 
-// collect stores the output files that changed since the previous run.
-func (x *execution) collect() []codegw.OutputFile {
-	dir := filepath.Join(x.k.Process().Dir(), "output")
-	after := files.Snapshot(dir)
-	changed := files.Changed(x.seen, after)
-	x.seen = after
-	if len(changed) == 0 {
-		return []codegw.OutputFile{}
+// outputs returns the collector of the output files this run changes: each
+// is stored and sent as a file event as soon as it is complete (Watch), and
+// the end scan (collect) reconciles.
+func (x *execution) outputs() *files.Outputs {
+	return &files.Outputs{
+		Dir: filepath.Join(x.k.Process().Dir(), "output"), Limits: x.m.cfg.Outputs, Store: x.m.cfg.Files,
+		Seen: x.seen, Log: x.log,
+		OnFile: func(f codegw.OutputFile) { x.send(codegw.Event{Type: codegw.EventFile, File: &f}) },
 	}
-	out, skipped, err := files.Collect(dir, changed, x.m.cfg.Outputs, x.m.cfg.Files)
+}
+
+// collect ends the watch and stores the output files that changed since
+// the previous run and were not sent yet; it returns the last version of
+// every file sent.
+func (x *execution) collect(outs *files.Outputs) []codegw.OutputFile {
+	out, seen, err := outs.Finish()
 	if err != nil {
 		x.log.Error("collect output files", "err", err)
 	}
-	for _, s := range skipped {
-		x.log.Info("output file skipped", "file", s.Name, "reason", s.Reason)
-	}
-	if out == nil {
-		out = []codegw.OutputFile{}
-	}
+	x.seen = seen
 	return out
 }
 
+// send delivers ev to the listener. The kernel's messages and the output
+// watcher send from their own goroutines: one at a time, so the listener
+// gets the events in the order the session numbers them.
 func (x *execution) send(ev codegw.Event) {
 	if x.emit != nil {
 		ev.ExecutionID = x.id
+		x.sendMu.Lock()
+		defer x.sendMu.Unlock()
 		x.emit(ev)
 	}
 }

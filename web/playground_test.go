@@ -532,6 +532,16 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("an output file is listed as soon as it is written", func(t *testing.T) {
+		p := p.with(t)
+		id := p.submit("import time\nopen('/code/output/live.csv', 'w').write('1')\nprint('written', flush=True)\ntime.sleep(10)\n")
+		// Listed while the cell still runs, not when it ends.
+		p.wait(`Array.from(document.querySelectorAll('#files a.file-link')).some(a => a.textContent === 'live.csv') && `+cellJS(id)+`.dataset.done !== "1"`, 9*time.Second)
+		if st := p.done(id, 30*time.Second); st != "ok" {
+			t.Fatalf("status %q", st)
+		}
+	})
+
 	t.Run("an output file is listed and its link downloads it", func(t *testing.T) {
 		p := p.with(t)
 		dl := t.TempDir()
