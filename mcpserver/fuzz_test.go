@@ -20,9 +20,12 @@ import (
 // which the TypeScript client tests drive.
 type echoKernel struct{}
 
-func (echoKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
-	if stdout != nil {
-		stdout(req.Code)
+func (echoKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, stream Stream) (*codegw.ExecuteResult, error) {
+	if stream.Stdout != nil {
+		stream.Stdout(req.Code)
+	}
+	if stream.File != nil {
+		stream.File(codegw.OutputFile{URL: "/files/" + req.Code, OriginalName: req.Code})
 	}
 	errMsg := req.Code
 	return &codegw.ExecuteResult{Status: codegw.StatusError, Stdout: req.Code, Error: &errMsg, EName: req.Code, Traceback: []string{req.Code},
@@ -45,8 +48,8 @@ func (echoKernel) Close() error { return nil }
 
 type echoBackend struct{}
 
-func (echoBackend) Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, stdout func(string)) (*codegw.ExecuteResult, error) {
-	return echoKernel{}.Execute(ctx, req, stdout)
+func (echoBackend) Execute(ctx context.Context, owner string, req codegw.ExecuteRequest, stream Stream) (*codegw.ExecuteResult, error) {
+	return echoKernel{}.Execute(ctx, req, stream)
 }
 func (echoBackend) Open(context.Context, string) (Kernel, error) { return echoKernel{}, nil }
 
