@@ -190,6 +190,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		Capabilities: caps, Ready: a.ready, Logger: log, Router: router,
 		Metrics: a.Metrics, MetricsKey: cfg.MetricsKey,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
+		DifyNetwork: cfg.DifyNetwork, DifyTimeout: cfg.DifyTimeout,
 		MCP: mcpserver.NewHandler(&mcpserver.Config{Backend: mcpserver.Manager{M: a.Manager, UploadLimit: cfg.UploadLimit}, Fetcher: fetcher},
 			mcpserver.HandlerOptions{SessionTimeout: cfg.SessionIdle, BaseURL: cfg.PublicBaseURL}),
 	})

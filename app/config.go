@@ -84,6 +84,17 @@ type Config struct {
 	MaxKernelMemoryPerKey Bytes         `env:"MAX_KERNEL_MEMORY_PER_KEY"`
 	DrainTimeout          time.Duration `env:"DRAIN_TIMEOUT"` // how long SIGTERM waits for running executions
 
+	// DifyNetwork is what a run of Dify's sandbox API (/v1/sandbox/run)
+	// asking for "enable_network": true gets; Dify's code node always asks.
+	// "refuse" answers dify-sandbox's "network is disabled" error; "offline"
+	// runs it without network, as every kernel runs; "allow" runs it with the
+	// kernels' network (EXECUTOR=docker with DOCKER_NETWORK_MODE other than
+	// none only). Default: refuse. Env: DIFY_NETWORK.
+	DifyNetwork string `env:"DIFY_NETWORK"`
+	// DifyTimeout bounds each Dify run, within EXECUTION_TIMEOUT. Default:
+	// 15s (dify-sandbox's worker_timeout). Env: DIFY_TIMEOUT.
+	DifyTimeout time.Duration `env:"DIFY_TIMEOUT"`
+
 	// Multi-instance (REDIS_URL set): see package cluster.
 	InternalAddr  string        `env:"INTERNAL_ADDR"`  // URL other instances reach this one at; "{ip}" is this host's address
 	InstanceTTL   time.Duration `env:"INSTANCE_TTL"`   // registry entry lifetime; heartbeats every TTL/3
@@ -145,7 +156,8 @@ func DefaultConfig() Config {
 
 		LogLevel: "info", LogFormat: "text", InstanceTTL: cluster.DefaultTTL,
 		DrainTimeout: 30 * time.Second,
-		WarmUp:       "pass",
+		DifyNetwork:  "refuse", DifyTimeout: 15 * time.Second,
+		WarmUp: "pass",
 	}
 }
 
@@ -174,6 +186,11 @@ func (c Config) Validate() error {
 	check(c.MaxKernelMemoryPerKey > 0 && c.MemoryBytes == 0, "MAX_KERNEL_MEMORY_PER_KEY needs KERNEL_MEMORY, the limit each kernel counts for")
 	check(c.MaxKernelMemoryPerKey > 0 && c.MemoryBytes > 0 && c.MaxKernelMemoryPerKey < c.MemoryBytes,
 		"MAX_KERNEL_MEMORY_PER_KEY (%d bytes) is less than one kernel's KERNEL_MEMORY (%d bytes): no key could run anything", c.MaxKernelMemoryPerKey, c.MemoryBytes)
+	check(c.DifyNetwork != "" && c.DifyNetwork != "refuse" && c.DifyNetwork != "offline" && c.DifyNetwork != "allow",
+		"DIFY_NETWORK must be refuse, offline or allow, not %q", c.DifyNetwork)
+	check(c.DifyNetwork == "allow" && (c.Executor != "docker" || c.NetworkMode == "" || c.NetworkMode == "none"),
+		"DIFY_NETWORK=allow needs kernels with a network (EXECUTOR=docker and DOCKER_NETWORK_MODE other than none); use offline or refuse")
+	check(c.DifyTimeout < 0, "DIFY_TIMEOUT must not be negative")
 	var level slog.Level
 	check(level.UnmarshalText([]byte(c.LogLevel)) != nil, "LOG_LEVEL must be debug, info, warn or error, not %q", c.LogLevel)
 	return errors.Join(errs...)

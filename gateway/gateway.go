@@ -9,7 +9,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -66,6 +65,14 @@ type Config struct {
 	// unlimited), RateBurst the bucket's size (0: one second's worth).
 	RateLimit float64
 	RateBurst int
+
+	// DifyNetwork is what a Dify run asking for network gets:
+	// DifyNetworkRefuse (the default when empty), DifyNetworkOffline or
+	// DifyNetworkAllow (see docs/dify-librechat.md).
+	DifyNetwork string
+	// DifyTimeout bounds each Dify run (default 15s, dify-sandbox's
+	// worker_timeout), within the server's execution timeout.
+	DifyTimeout time.Duration
 }
 
 // Router forwards requests for sessions other instances hold and lists
@@ -177,6 +184,7 @@ func (s *Server) routes() {
 	api.Get("/sessions/:id/files/:name", s.downloadOutput)
 	api.Get("/sessions/:id/ws", s.websocket)
 	s.jupyterRoutes()
+	s.difyRoutes()
 	if s.cfg.MCP != nil {
 		for _, m := range []string{fiber.MethodGet, fiber.MethodPost, fiber.MethodDelete} {
 			a.Add(m, "/mcp", s.auth, s.mcp)
@@ -265,15 +273,12 @@ func (s *Server) auth(c *fiber.Ctx) error {
 	if key == "" {
 		return codegw.Errorf(codegw.EUNAUTHORIZED, "missing API key: send Authorization: Bearer <key>")
 	}
-	sum := sha256.Sum256([]byte(key))
-	hexSum := hex.EncodeToString(sum[:])
-	for h, owner := range s.keys {
-		if subtle.ConstantTimeCompare([]byte(h), []byte(hexSum)) == 1 {
-			c.Locals("owner", owner)
-			return c.Next()
-		}
+	o, ok := s.keyOwner(key)
+	if !ok {
+		return codegw.Errorf(codegw.EUNAUTHORIZED, "unknown API key")
 	}
-	return codegw.Errorf(codegw.EUNAUTHORIZED, "unknown API key")
+	c.Locals("owner", o)
+	return c.Next()
 }
 
 func owner(c *fiber.Ctx) string {
