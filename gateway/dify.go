@@ -144,9 +144,10 @@ func (s *Server) difyRun(c *fiber.Ctx) error {
 	if req.Preload != "" {
 		code = req.Preload + "\n" + code
 	}
-	node := *req.Language == "nodejs"
-	if node {
+	if *req.Language == "nodejs" {
 		code = nodeCell(code, nil)
+	} else {
+		code = pythonCell(code)
 	}
 	release, err := s.holdExecution(c)
 	if err != nil {
@@ -164,7 +165,7 @@ func (s *Server) difyRun(c *fiber.Ctx) error {
 	if res.Status == codegw.StatusRejected {
 		return difyFail(c, fiber.StatusServiceUnavailable, -503, "Too many requests: %s", strOr(res.Error))
 	}
-	return c.JSON(difyAnswer{Message: "success", Data: difyResult(res, node)})
+	return c.JSON(difyAnswer{Message: "success", Data: difyResult(res)})
 }
 
 // difyError answers an execution that did not start: over a limit or
@@ -190,32 +191,24 @@ func strOr(p *string) string {
 	return *p
 }
 
-// difyResult maps an execution's answer to dify-sandbox's run data: an
-// exception is exit code 1 with its traceback in stderr, a Node.js failure
-// node's exit code and stderr, a timeout "error: timeout" with exit code
-// -1 (dify-sandbox kills the process), and a killed kernel exit code -1
-// with codegw's reason.
-func difyResult(res *codegw.ExecuteResult, node bool) difyRun {
-	out := difyRun{Stdout: res.Stdout, Stderr: res.Stderr}
+// difyResult maps a script cell's answer to dify-sandbox's run data: a
+// failed script is its exit code with its stderr (a Python traceback, or
+// node's), a timeout "error: timeout" with exit code -1 (dify-sandbox
+// kills the process), and a killed kernel exit code -1 with codegw's
+// reason.
+func difyResult(res *codegw.ExecuteResult) difyRun {
+	out := difyRun{Stdout: res.Stdout, Stderr: res.Stderr, ExitCode: scriptExit(res)}
 	var detail string
 	switch {
 	case res.Status == codegw.StatusOK:
 		return out
-	case res.Status == codegw.StatusError && node:
-		out.ExitCode = nodeExit(res)
+	case res.Status == codegw.StatusError && res.EName != scriptExitName:
+		detail = "error: " + res.EName + ": " + res.EValue + "\n"
 	case res.Status == codegw.StatusError:
-		out.ExitCode = 1
-		tb := "Traceback (most recent call last):\n"
-		if len(res.Traceback) > 0 {
-			tb += strings.Join(res.Traceback, "\n")
-		} else {
-			tb += res.EName + ": " + res.EValue
-		}
-		out.Stderr += strings.TrimSuffix(tb, "\n") + "\n"
 	case res.Status == codegw.StatusTimeout:
-		out.ExitCode, detail = -1, "error: timeout\n"
+		detail = "error: timeout\n"
 	default:
-		out.ExitCode, detail = -1, "error: "+strings.TrimSpace(strOr(res.Error))+"\n"
+		detail = "error: " + strings.TrimSpace(strOr(res.Error)) + "\n"
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "process exited with code %d", out.ExitCode)

@@ -253,6 +253,9 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	if code == codegw.EINTERNAL {
 		s.log.Error("internal error", "method", c.Method(), "path", c.Path(), "err", err)
 	}
+	if strings.HasPrefix(c.Path(), "/v1/sandbox/") { // Dify's API: its envelope
+		return difyFail(c, status, -status, "%s", msg)
+	}
 	return c.Status(status).JSON(fiber.Map{"error": msg, "code": code})
 }
 
