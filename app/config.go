@@ -95,6 +95,12 @@ type Config struct {
 	// 15s (dify-sandbox's worker_timeout). Env: DIFY_TIMEOUT.
 	DifyTimeout time.Duration `env:"DIFY_TIMEOUT"`
 
+	// LibreChatStorePath holds the files of LibreChat's Code Interpreter
+	// sessions (/librechat), one directory per key and session, removed
+	// after STORE_RETENTION untouched. Default: ./data/librechat. Env:
+	// LIBRECHAT_STORE_PATH.
+	LibreChatStorePath string `env:"LIBRECHAT_STORE_PATH"`
+
 	// Multi-instance (REDIS_URL set): see package cluster.
 	InternalAddr  string        `env:"INTERNAL_ADDR"`  // URL other instances reach this one at; "{ip}" is this host's address
 	InstanceTTL   time.Duration `env:"INSTANCE_TTL"`   // registry entry lifetime; heartbeats every TTL/3
@@ -147,7 +153,8 @@ func DefaultConfig() Config {
 
 		ImageStorePath: "./data/images", ImageURLPrefix: "/images",
 		FileStorePath: "./data/files", FileURLPrefix: "/files",
-		Retention: 24 * time.Hour,
+		LibreChatStorePath: "./data/librechat",
+		Retention:          24 * time.Hour,
 
 		OutputAllowedExt: out.AllowedExt, OutputMaxFiles: out.MaxFiles,
 		OutputFileMaxBytes: out.MaxFileBytes, OutputTotalBytes: out.MaxTotalBytes,

@@ -289,7 +289,7 @@ func TestDifySandboxAPI(t *testing.T) {
 			{"missing code", "dify-key", map[string]any{"language": "python3"}, 400, "code is required"},
 			{"code of another type", "dify-key", map[string]any{"language": "python3", "code": 5}, 400, "not a JSON object"},
 			{"unsupported language", "dify-key", map[string]any{"language": "ruby", "code": "puts 1"}, 400, "unsupported language"},
-			{"huge body", "dify-key", map[string]any{"language": "python3", "code": strings.Repeat("#", 2<<20)}, 413, ""},
+			{"huge body", "dify-key", map[string]any{"language": "python3", "code": strings.Repeat("#", 3<<19)}, 413, ""},
 		}
 		for _, c := range cases {
 			st, r, raw, err := difyPost(e.base, c.key, c.body)

@@ -73,6 +73,12 @@ type Config struct {
 	// DifyTimeout bounds each Dify run (default 15s, dify-sandbox's
 	// worker_timeout), within the server's execution timeout.
 	DifyTimeout time.Duration
+	// LibreChatDir holds the files of LibreChat's sessions (see
+	// librechat.go); empty turns /librechat's file routes into 404s.
+	LibreChatDir string
+	// LibreChatRetention is how long an untouched LibreChat session's files
+	// are kept (0: forever).
+	LibreChatRetention time.Duration
 }
 
 // Router forwards requests for sessions other instances hold and lists
@@ -99,6 +105,7 @@ type Server struct {
 	promHandler fiber.Handler
 	draining    atomic.Bool
 	inflight    atomic.Int64 // executions started by handlers, for the drain
+	libreSwept  atomic.Int64 // unix time of the last sweep of LibreChatDir
 	// mcpCtx parents the requests bridged to Config.MCP; Shutdown cancels
 	// it so open event streams end.
 	mcpCtx  context.Context
@@ -185,6 +192,7 @@ func (s *Server) routes() {
 	api.Get("/sessions/:id/ws", s.websocket)
 	s.jupyterRoutes()
 	s.difyRoutes()
+	s.libreRoutes()
 	if s.cfg.MCP != nil {
 		for _, m := range []string{fiber.MethodGet, fiber.MethodPost, fiber.MethodDelete} {
 			a.Add(m, "/mcp", s.auth, s.mcp)
