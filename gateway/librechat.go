@@ -282,10 +282,13 @@ func (s *Server) libreUpload(c *fiber.Ctx) error {
 }
 
 // libreEntry is a file as /files lists it: name is "session_id/file_id",
-// which LibreChat matches its file identifiers against.
+// which LibreChat matches its file identifiers against, and the original
+// name is in metadata["original-filename"], where @librechat/agents reads
+// it.
 func libreEntry(sid string, f libreFile) fiber.Map {
 	return fiber.Map{"name": sid + "/" + f.ID, "id": f.ID, "session_id": sid, "filename": f.Name,
-		"size": f.Size, "lastModified": f.Modified.UTC().Format(time.RFC3339Nano), "path": libreDataDir + "/" + f.Name}
+		"size": f.Size, "lastModified": f.Modified.UTC().Format(time.RFC3339Nano), "path": libreDataDir + "/" + f.Name,
+		"metadata": fiber.Map{"original-filename": f.Name}}
 }
 
 func (s *Server) libreList(c *fiber.Ctx) error {
