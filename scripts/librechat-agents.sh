@@ -26,7 +26,8 @@ if [[ ! -f $dir/.complete ]]; then
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	npm install --prefix "$dir" --no-audit --no-fund --omit=dev --loglevel=error "@librechat/agents@$version" >&2
-	node -e 'require(process.argv[1] + "/node_modules/@librechat/agents")' "$dir" >&2
+	# The code tool's module (the main entry also loads every LLM provider).
+	node -e 'require(process.argv[1] + "/node_modules/@librechat/agents/dist/cjs/tools/CodeExecutor.cjs")' "$dir" >&2
 	touch "$dir/.complete"
 fi
 echo "$dir"

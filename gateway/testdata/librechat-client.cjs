@@ -9,7 +9,11 @@
 //
 // Usage: NODE_PATH=<dir with node_modules> node librechat-client.cjs
 'use strict';
-const { createCodeExecutionTool } = require('@librechat/agents');
+// The tool's own module of the package (dist/cjs/tools/CodeExecutor.cjs):
+// the package's main entry also loads every LLM provider, some of whose
+// optional peers npm does not install.
+const path = require('path');
+const { createCodeExecutionTool } = require(path.join(path.dirname(require.resolve('@librechat/agents')), 'tools', 'CodeExecutor.cjs'));
 
 const base = process.env.LIBRECHAT_CODE_BASEURL;
 const key = process.env.LIBRECHAT_CODE_API_KEY;
