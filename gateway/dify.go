@@ -118,22 +118,33 @@ type difyRequest struct {
 	EnableNetwork bool    `json:"enable_network"`
 }
 
+// decodeDifyRun parses a /v1/sandbox/run body: language and code are
+// required, the language python3 or nodejs (else dify-sandbox's
+// "unsupported language").
+func decodeDifyRun(body []byte) (difyRequest, error) {
+	var req difyRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return req, codegw.Errorf(codegw.EINVALID, "request body is not a JSON object like {\"language\": \"python3\", \"code\": \"...\"}: %v", err)
+	}
+	switch {
+	case req.Language == nil || *req.Language == "":
+		return req, codegw.Errorf(codegw.EINVALID, "language is required (python3 or nodejs)")
+	case req.Code == nil || *req.Code == "":
+		return req, codegw.Errorf(codegw.EINVALID, "code is required")
+	case *req.Language != "python3" && *req.Language != "nodejs":
+		return req, codegw.Errorf(codegw.EINVALID, "unsupported language")
+	}
+	return req, nil
+}
+
 func (s *Server) difyRun(c *fiber.Ctx) error {
 	body := c.Body()
 	if len(body) > s.cfg.BodyLimit {
 		return difyFail(c, fiber.StatusRequestEntityTooLarge, -413, "request body is %d bytes; the limit is %d", len(body), s.cfg.BodyLimit)
 	}
-	var req difyRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		return difyFail(c, fiber.StatusBadRequest, -400, "request body is not a JSON object like {\"language\": \"python3\", \"code\": \"...\"}: %v", err)
-	}
-	switch {
-	case req.Language == nil || *req.Language == "":
-		return difyFail(c, fiber.StatusBadRequest, -400, "language is required (python3 or nodejs)")
-	case req.Code == nil || *req.Code == "":
-		return difyFail(c, fiber.StatusBadRequest, -400, "code is required")
-	case *req.Language != "python3" && *req.Language != "nodejs":
-		return difyFail(c, fiber.StatusBadRequest, -400, "unsupported language")
+	req, err := decodeDifyRun(body)
+	if err != nil {
+		return difyFail(c, fiber.StatusBadRequest, -400, "%s", codegw.ErrorMessage(err))
 	}
 	if req.EnableNetwork && s.cfg.DifyNetwork != DifyNetworkOffline && s.cfg.DifyNetwork != DifyNetworkAllow {
 		// dify-sandbox answers HTTP 200 with code -400; Dify shows the message.

@@ -352,6 +352,29 @@ type libreRequest struct {
 	} `json:"files"`
 }
 
+// decodeLibreExec parses an /exec body and returns it with the language's
+// runtime (python, javascript).
+func decodeLibreExec(body []byte) (libreRequest, string, error) {
+	var req libreRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return req, "", codegw.Errorf(codegw.EINVALID, "request body is not a JSON object like {\"lang\": \"py\", \"code\": \"print(1)\"}: %v", err)
+	}
+	if req.Lang == nil || *req.Lang == "" {
+		return req, "", codegw.Errorf(codegw.EINVALID, "lang is required; supported: %s", libreSupported)
+	}
+	lang, ok := libreLangs[strings.ToLower(*req.Lang)]
+	if !ok {
+		return req, "", codegw.Errorf(codegw.EINVALID, "unsupported language %q; supported: %s", *req.Lang, libreSupported)
+	}
+	if req.Code == nil || strings.TrimSpace(*req.Code) == "" {
+		return req, "", codegw.Errorf(codegw.EINVALID, "code is required")
+	}
+	if len(req.Args) > 100 {
+		return req, "", codegw.Errorf(codegw.EINVALID, "at most 100 args")
+	}
+	return req, lang, nil
+}
+
 // libreExec runs code as LibreChat's tool asks: in a fresh kernel (each
 // call a new process: variables do not persist), in a working directory
 // holding the session's files and the files named, where /mnt/data is
@@ -362,26 +385,12 @@ func (s *Server) libreExec(c *fiber.Ctx) error {
 	if len(body) > s.cfg.BodyLimit {
 		return codegw.Errorf(codegw.ETOOLARGE, "request body is %d bytes; the limit is %d", len(body), s.cfg.BodyLimit)
 	}
-	var req libreRequest
-	if err := json.Unmarshal(body, &req); err != nil {
-		return codegw.Errorf(codegw.EINVALID, "request body is not a JSON object like {\"lang\": \"py\", \"code\": \"print(1)\"}: %v", err)
-	}
-	if req.Lang == nil || *req.Lang == "" {
-		return codegw.Errorf(codegw.EINVALID, "lang is required; supported: %s", libreSupported)
-	}
-	lang, ok := libreLangs[strings.ToLower(*req.Lang)]
-	if !ok {
-		return codegw.Errorf(codegw.EINVALID, "unsupported language %q; supported: %s", *req.Lang, libreSupported)
-	}
-	if req.Code == nil || strings.TrimSpace(*req.Code) == "" {
-		return codegw.Errorf(codegw.EINVALID, "code is required")
-	}
-	if len(req.Args) > 100 {
-		return codegw.Errorf(codegw.EINVALID, "at most 100 args")
+	req, lang, err := decodeLibreExec(body)
+	if err != nil {
+		return err
 	}
 	o := owner(c)
 	sid, dir := req.SessionID, ""
-	var err error
 	if sid != "" {
 		if dir, err = s.libreSession(o, sid); err != nil {
 			return err
