@@ -179,7 +179,7 @@ func difyParse(st int, r difyResponse) (map[string]any, error) {
 
 func TestDifySandboxAPI(t *testing.T) {
 	e := newEnv(t, envOptions{keys: []string{"dify-key", "other-key"}, tune: func(c *app.Config) {
-		c.DifyNetwork, c.DifyTimeout = "offline", 3*time.Second
+		c.DifyNetwork, c.DifyTimeout = "offline", 6*time.Second
 	}})
 	run := func(lang, code, preload string) (int, difyResponse) {
 		t.Helper()
@@ -245,7 +245,7 @@ func TestDifySandboxAPI(t *testing.T) {
 				t.Fatalf("%s: error %v, data %+v", lang, err, r.Data)
 			}
 			if took := time.Since(start); took > time.Minute {
-				t.Errorf("%s: the timeout of 3 s took %v", lang, took)
+				t.Errorf("%s: the timeout of 6 s took %v", lang, took)
 			}
 		}
 	})
