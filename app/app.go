@@ -190,6 +190,8 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		Capabilities: caps, Ready: a.ready, Logger: log, Router: router,
 		Metrics: a.Metrics, MetricsKey: cfg.MetricsKey,
 		RateLimit: cfg.RateLimit, RateBurst: cfg.RateBurst,
+		DifyNetwork: cfg.DifyNetwork, DifyTimeout: cfg.DifyTimeout,
+		LibreChatDir: cfg.LibreChatStorePath, LibreChatRetention: cfg.Retention,
 		MCP: mcpserver.NewHandler(&mcpserver.Config{Backend: mcpserver.Manager{M: a.Manager, UploadLimit: cfg.UploadLimit}, Fetcher: fetcher},
 			mcpserver.HandlerOptions{SessionTimeout: cfg.SessionIdle, BaseURL: cfg.PublicBaseURL}),
 	})

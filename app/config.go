@@ -188,6 +188,21 @@ type Config struct {
 	// before the sessions and kernels are stopped. Default: 30.
 	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT"`
 
+	// DifyNetwork is what a run of Dify's sandbox API (/v1/sandbox/run)
+	// asking for "enable_network": true gets (Dify's code node always
+	// asks): refuse answers dify-sandbox's "network is disabled" error;
+	// offline runs it without network, as every kernel runs; allow runs it
+	// with the kernels' network (EXECUTOR=docker with DOCKER_NETWORK_MODE
+	// other than none only). Default: refuse.
+	DifyNetwork string `env:"DIFY_NETWORK"`
+	// DifyTimeout bounds each Dify run, within EXECUTION_TIMEOUT (seconds;
+	// dify-sandbox's worker_timeout). Default: 15.
+	DifyTimeout time.Duration `env:"DIFY_TIMEOUT"`
+	// LibreChatStorePath holds the files of LibreChat's Code Interpreter
+	// sessions (/librechat), one directory per key and session, removed
+	// after STORE_RETENTION untouched. Default: ./data/librechat.
+	LibreChatStorePath string `env:"LIBRECHAT_STORE_PATH"`
+
 	// Multi-instance (REDIS_URL set): see package cluster.
 
 	// InternalAddr is the URL other instances reach this one at (required
@@ -247,7 +262,7 @@ func DefaultConfig() Config {
 
 		ImageStorePath: "./data/images", ImageURLPrefix: "/images",
 		FileStorePath: "./data/files", FileURLPrefix: "/files",
-		Retention: 24 * time.Hour,
+		Retention: 24 * time.Hour, LibreChatStorePath: "./data/librechat",
 
 		OutputAllowedExt: out.AllowedExt, OutputMaxFiles: out.MaxFiles,
 		OutputFileMaxBytes: out.MaxFileBytes, OutputTotalBytes: out.MaxTotalBytes,
@@ -256,8 +271,9 @@ func DefaultConfig() Config {
 
 		LogLevel: "info", LogFormat: "text", InstanceTTL: cluster.DefaultTTL,
 		DrainTimeout: 30 * time.Second,
-		WarmUp:       "pass",
-		BodyLimit:    gateway.DefaultBodyLimit, UploadLimit: gateway.DefaultUploadLimit,
+		DifyNetwork:  "refuse", DifyTimeout: 15 * time.Second,
+		WarmUp:    "pass",
+		BodyLimit: gateway.DefaultBodyLimit, UploadLimit: gateway.DefaultUploadLimit,
 		PingInterval: gateway.DefaultPingInterval,
 	}
 }
@@ -287,6 +303,11 @@ func (c Config) Validate() error {
 	check(c.MaxKernelMemoryPerKey > 0 && c.MemoryBytes == 0, "MAX_KERNEL_MEMORY_PER_KEY needs KERNEL_MEMORY, the limit each kernel counts for")
 	check(c.MaxKernelMemoryPerKey > 0 && c.MemoryBytes > 0 && c.MaxKernelMemoryPerKey < c.MemoryBytes,
 		"MAX_KERNEL_MEMORY_PER_KEY (%d bytes) is less than one kernel's KERNEL_MEMORY (%d bytes): no key could run anything", c.MaxKernelMemoryPerKey, c.MemoryBytes)
+	check(c.DifyNetwork != "" && c.DifyNetwork != "refuse" && c.DifyNetwork != "offline" && c.DifyNetwork != "allow",
+		"DIFY_NETWORK must be refuse, offline or allow, not %q", c.DifyNetwork)
+	check(c.DifyNetwork == "allow" && (c.Executor != "docker" || c.NetworkMode == "" || c.NetworkMode == "none"),
+		"DIFY_NETWORK=allow needs kernels with a network (EXECUTOR=docker and DOCKER_NETWORK_MODE other than none); use offline or refuse")
+	check(c.DifyTimeout < 0, "DIFY_TIMEOUT must not be negative")
 	var level slog.Level
 	check(level.UnmarshalText([]byte(c.LogLevel)) != nil, "LOG_LEVEL must be debug, info, warn or error, not %q", c.LogLevel)
 	return errors.Join(errs...)

@@ -9,7 +9,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -67,6 +66,20 @@ type Config struct {
 	// unlimited), RateBurst the bucket's size (0: one second's worth).
 	RateLimit float64
 	RateBurst int
+
+	// DifyNetwork is what a Dify run asking for network gets:
+	// DifyNetworkRefuse (the default when empty), DifyNetworkOffline or
+	// DifyNetworkAllow (see docs/dify-librechat.md).
+	DifyNetwork string
+	// DifyTimeout bounds each Dify run (default 15s, dify-sandbox's
+	// worker_timeout), within the server's execution timeout.
+	DifyTimeout time.Duration
+	// LibreChatDir holds the files of LibreChat's sessions (see
+	// librechat.go); empty turns /librechat's file routes into 404s.
+	LibreChatDir string
+	// LibreChatRetention is how long an untouched LibreChat session's files
+	// are kept (0: forever).
+	LibreChatRetention time.Duration
 }
 
 // Router forwards requests for sessions other instances hold and lists
@@ -93,6 +106,7 @@ type Server struct {
 	promHandler fiber.Handler
 	draining    atomic.Bool
 	inflight    atomic.Int64 // executions started by handlers, for the drain
+	libreSwept  atomic.Int64 // unix time of the last sweep of LibreChatDir
 	// mcpCtx parents the requests bridged to Config.MCP; Shutdown cancels
 	// it so open event streams end.
 	mcpCtx  context.Context
@@ -220,6 +234,8 @@ func (s *Server) routes() {
 	api.Get("/sessions/:id/files/:name", s.downloadOutput)
 	api.Get("/sessions/:id/ws", s.websocket)
 	s.jupyterRoutes()
+	s.difyRoutes()
+	s.libreRoutes()
 	if s.cfg.MCP != nil {
 		for _, m := range []string{fiber.MethodGet, fiber.MethodPost, fiber.MethodDelete} {
 			a.Add(m, "/mcp", s.auth, s.mcp)
@@ -290,6 +306,9 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 	if code == codegw.EINTERNAL {
 		s.log.Error("internal error", "method", c.Method(), "path", c.Path(), "err", err)
 	}
+	if strings.HasPrefix(c.Path(), "/v1/sandbox/") { // Dify's API: its envelope
+		return difyFail(c, status, -status, "%s", msg)
+	}
 	return c.Status(status).JSON(fiber.Map{"error": msg, "code": code})
 }
 
@@ -310,15 +329,12 @@ func (s *Server) auth(c *fiber.Ctx) error {
 	if key == "" {
 		return codegw.Errorf(codegw.EUNAUTHORIZED, "missing API key: send Authorization: Bearer <key>")
 	}
-	sum := sha256.Sum256([]byte(key))
-	hexSum := hex.EncodeToString(sum[:])
-	for h, owner := range s.keys {
-		if subtle.ConstantTimeCompare([]byte(h), []byte(hexSum)) == 1 {
-			c.Locals("owner", owner)
-			return c.Next()
-		}
+	o, ok := s.keyOwner(key)
+	if !ok {
+		return codegw.Errorf(codegw.EUNAUTHORIZED, "unknown API key")
 	}
-	return codegw.Errorf(codegw.EUNAUTHORIZED, "unknown API key")
+	c.Locals("owner", o)
+	return c.Next()
 }
 
 func owner(c *fiber.Ctx) string {

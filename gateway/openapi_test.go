@@ -147,6 +147,31 @@ func TestOpenAPIMatchesTraffic(t *testing.T) {
 	if got := call("GET", p+"/files/o.txt", "", nil, key); string(got) != "hi" {
 		t.Errorf("download: %q", got)
 	}
+	// Dify's and LibreChat's APIs.
+	call("GET", "/health", "", nil, "")
+	jsonCall("POST", "/v1/sandbox/run", map[string]any{"language": "python3", "code": "print(1)", "preload": "", "enable_network": false})
+	jsonCall("POST", "/v1/sandbox/run", map[string]any{"language": "ruby", "code": "1"})
+	jsonCall("GET", "/v1/sandbox/dependencies?language=python3", nil)
+	call("POST", "/v1/sandbox/run", "application/json", []byte(`{}`), "wrong-key")
+	var lbuf bytes.Buffer
+	lw := multipart.NewWriter(&lbuf)
+	lf, _ := lw.CreateFormFile("file", "in.csv")
+	lf.Write([]byte("a\n1\n"))
+	lw.Close()
+	var up struct {
+		SessionID string `json:"session_id"`
+		Files     []struct{ FileID string }
+	}
+	json.Unmarshal(call("POST", "/librechat/upload", lw.FormDataContentType(), lbuf.Bytes(), key), &up)
+	if up.SessionID == "" || len(up.Files) != 1 {
+		t.Fatalf("librechat upload: %+v", up)
+	}
+	jsonCall("POST", "/librechat/exec", map[string]any{"lang": "py", "code": "open('/mnt/data/o.txt','w').write('x')", "session_id": up.SessionID})
+	jsonCall("POST", "/librechat/exec", map[string]any{"lang": "ts", "code": "1"})
+	jsonCall("GET", "/librechat/files/"+up.SessionID, nil)
+	call("GET", "/librechat/download/"+up.SessionID+"/"+up.Files[0].FileID, "", nil, key)
+	jsonCall("DELETE", "/librechat/files/"+up.SessionID+"/"+up.Files[0].FileID, nil)
+	jsonCall("GET", "/librechat/files/nosuchsession", nil)
 	jsonCall("POST", p+"/interrupt", nil)
 	jsonCall("POST", p+"/restart", nil)
 	jsonCall("DELETE", p, nil)

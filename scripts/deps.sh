@@ -23,6 +23,12 @@ fi
 # and websocket-client: the real Jupyter clients of
 # gateway/jupyter_clients_test.go).
 extra=(bubblewrap iproute2 ca-certificates git curl chromium python3-notebook python3-websocket)
+# npm: installs @librechat/agents for the LibreChat real-client test
+# (scripts/librechat-agents.sh); skipped when a Node.js distribution that
+# bundles npm is already there.
+if ! command -v npm >/dev/null; then
+	extra+=(npm)
+fi
 
 mapfile -t listed < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' executor-image/packages.txt | grep -v '^$')
 wanted=("${listed[@]}" "${extra[@]}")

@@ -50,6 +50,15 @@ fi
 if [[ ${FRESH:-0} == 1 ]]; then go clean -testcache; fi
 unset FRESH FORCE
 
+step "LibreChat's code tool: @librechat/agents from npm (gateway/librechat_client_test.go)"
+# Cached outside the repository by version; node and npm are required under
+# CI=true (the real-client test then fails without them), optional otherwise.
+if agents=$(scripts/librechat-agents.sh); then
+	export CODEGW_LIBRECHAT_AGENTS=$agents
+elif [[ ${CI:-} == true ]]; then
+	exit 1
+fi
+
 step "go vet"
 go vet ./...
 

@@ -345,6 +345,16 @@ func TestParseConfig(t *testing.T) {
 		{"kernel memory per key below one kernel", []string{"MAX_KERNEL_MEMORY_PER_KEY=256m", "KERNEL_MEMORY=1g"}, nil, []string{
 			"MAX_KERNEL_MEMORY_PER_KEY (268435456 bytes) is less than one kernel's KERNEL_MEMORY",
 		}},
+		{"Dify and LibreChat", []string{"DIFY_NETWORK=offline", "DIFY_TIMEOUT=30", "LIBRECHAT_STORE_PATH=/srv/lc"}, func(c app.Config) bool {
+			return c.DifyNetwork == "offline" && c.DifyTimeout == 30*time.Second && c.LibreChatStorePath == "/srv/lc"
+		}, nil},
+		{"Dify defaults", nil, func(c app.Config) bool {
+			return c.DifyNetwork == "refuse" && c.DifyTimeout == 15*time.Second && c.LibreChatStorePath == "./data/librechat"
+		}, nil},
+		{"bad Dify settings", []string{"DIFY_NETWORK=sometimes", "DIFY_TIMEOUT=-1"}, nil, []string{
+			`DIFY_NETWORK must be refuse, offline or allow, not "sometimes"`, "DIFY_TIMEOUT must not be negative",
+		}},
+		{"Dify network without a kernel network", []string{"DIFY_NETWORK=allow"}, nil, []string{"DIFY_NETWORK=allow needs kernels with a network"}},
 		{"bad operations settings", []string{"LOG_FORMAT=xml", "RATE_LIMIT=-1", "DRAIN_TIMEOUT=-5"}, nil, []string{
 			`LOG_FORMAT must be text or json, not "xml"`, "RATE_LIMIT must not be negative", "DRAIN_TIMEOUT must not be negative",
 		}},
