@@ -26,7 +26,7 @@ type Config struct {
 	APIKeys       []string `env:"API_KEYS"`
 	PublicBaseURL string   `env:"PUBLIC_BASE_URL"`
 
-	Executor   string   `env:"EXECUTOR"`          // local | docker
+	Executor   string   `env:"EXECUTOR"`          // local | docker | zygote
 	PoolSize   int      `env:"POOL_SIZE"`         // warm kernels kept ready
 	PoolStarts int      `env:"POOL_MAX_STARTING"` // concurrent kernel starts
 	Preload    []string `env:"EXECUTOR_PRELOAD"`  // nil: the launcher's default; empty: nothing
@@ -41,6 +41,12 @@ type Config struct {
 	MemoryBytes Bytes   `env:"KERNEL_MEMORY"`
 	CPUs        float64 `env:"KERNEL_CPUS"`
 	InstanceID  string  `env:"EXECUTOR_INSTANCE_ID"`
+
+	// ZygoteSocket is, with EXECUTOR=zygote, the unix socket of a fork
+	// server the gateway did not start (executor-image/zygote.py with
+	// EXECUTOR_ZYGOTE_SERVE=1, e.g. a Kubernetes pod's zygote container);
+	// the kernels' directories go beside it. Default "" (required then).
+	ZygoteSocket string `env:"ZYGOTE_SOCKET"`
 
 	MaxWorkers        int           `env:"MAX_WORKERS"`
 	MaxQueue          int           `env:"MAX_QUEUE"`
@@ -158,7 +164,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("config: "+format, args...))
 		}
 	}
-	check(c.Executor != "local" && c.Executor != "docker", "EXECUTOR must be local or docker, not %q", c.Executor)
+	check(c.Executor != "local" && c.Executor != "docker" && c.Executor != "zygote", "EXECUTOR must be local, docker or zygote, not %q", c.Executor)
+	check(c.Executor == "zygote" && c.ZygoteSocket == "", "EXECUTOR=zygote needs ZYGOTE_SOCKET")
 	check(c.Port <= 0 || c.Port > 65535, "PORT %d out of range", c.Port)
 	check(c.MaxWorkers <= 0, "MAX_WORKERS must be at least 1")
 	check(c.PoolSize < 0, "POOL_SIZE must not be negative")
