@@ -7,12 +7,15 @@
 # runc use (unless they were there before). It never touches the Docker
 # engine's containerd or /run/containerd itself. The built binaries
 # (scripts/k8s-build.sh's cache) stay. Idempotent.
-set -uo pipefail
+set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/sbin:/sbin
 log() { printf 'k8s-down: %s\n' "$*" >&2; }
 # shellcheck source=k8s-lib.sh
 . scripts/k8s-lib.sh
+# Best effort from here: every step runs even when an earlier one found
+# nothing to remove or failed.
+set +e
 [[ $(id -u) == 0 ]] || { log "needs root"; exit 1; }
 bin=$(cat "$K8S_STATE/bin" 2>/dev/null || true)
 

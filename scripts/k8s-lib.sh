@@ -1,7 +1,8 @@
 # k8s-lib.sh is sourced by scripts/k8s-up.sh and k8s-down.sh: the one-node
 # cluster's names, paths, ports and ranges, and what it may change on the
 # host (which k8s-up.sh records before changing it and k8s-down.sh
-# restores). Callers define log() and set -euo pipefail.
+# restores). Callers define log().
+set -euo pipefail
 
 K8S_STATE=${K8S_STATE:-/var/lib/codegw-k8s}      # certificates, etcd, containerd's root, logs
 K8S_RUN=${K8S_RUN:-/run/codegw-k8s}              # containerd's state and socket, runc's root

@@ -38,17 +38,12 @@ die() { log "$*"; exit 1; }
 [[ $(id -u) == 0 ]] || die "needs root (a kubelet, containerd, iptables)"
 begin=$SECONDS
 
-# Debian packages: containerd (a private instance), runc, the CNI plugins,
-# iptables, conntrack (kube-proxy), openssl and gcc (certificates, pause).
-pkgs=()
+# Debian packages (scripts/deps.sh installs them): containerd (a private
+# instance), runc, the CNI plugins, iptables, conntrack (kube-proxy), openssl
+# and gcc (certificates, the pause image).
 for p in containerd runc containernetworking-plugins iptables conntrack openssl gcc libc6-dev; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || die "package $p is missing: run scripts/deps.sh"
 done
-if ((${#pkgs[@]})); then
-	log "installing ${pkgs[*]}"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >&2 ||
-		{ apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >&2; }
-fi
 
 bin=$(scripts/k8s-build.sh)
 mkdir -p "$K8S_STATE"/{pki,logs,pids,etcd,kubelet,pod-logs,cni/net.d,cni/ipam,containerd} "$K8S_RUN"
