@@ -48,7 +48,7 @@ fi
 for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop "$c"; done
 # Shims (and anything else) of this containerd: they name its socket.
 for p in /proc/[0-9]*; do
-	if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$K8S_SOCK"; then
+	if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "$K8S_SOCK"; then
 		kill -9 "${p#/proc/}" 2>/dev/null
 	fi
 done
@@ -60,7 +60,7 @@ was() { [[ -f $before ]] && grep -qxF -- "$1" "$before"; }
 awk '{print $2}' /proc/self/mounts | grep -E "^($K8S_STATE|$K8S_RUN|/var/lib/kubelet|/run/netns/cni-)" | sort -r |
 	while read -r m; do umount -l "$m" 2>/dev/null; done
 for n in /run/netns/cni-*; do
-	[[ -e $n ]] || continue
+	[[ -e $n && -f $before ]] || continue
 	was "netns $n" && continue
 	umount -l "$n" 2>/dev/null
 	rm -f "$n"
@@ -104,10 +104,13 @@ fi
 for ctl in /sys/fs/cgroup/*/; do
 	[[ -d ${ctl}kubepods ]] && find "${ctl}kubepods" -depth -type d -exec rmdir {} + 2>/dev/null
 done
-for p in "${K8S_HOST_PATHS[@]}"; do
-	[[ -e $p ]] || continue
-	was "path $p" && continue
-	rm -rf "$p"
-done
+# Only with k8s-up.sh's record: without it nothing says which were ours.
+if [[ -f $before ]]; then
+	for p in "${K8S_HOST_PATHS[@]}"; do
+		[[ -e $p ]] || continue
+		was "path $p" && continue
+		rm -rf "$p"
+	done
+fi
 rm -rf "$K8S_RUN" "$K8S_STATE"
 log "cluster removed"
