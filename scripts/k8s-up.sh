@@ -216,7 +216,7 @@ failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: "unix://$K8S_SOCK"
 podCIDR: "$K8S_NODE_POD_CIDR"
-podLogsDirectory: "$K8S_STATE/pod-logs"
+podLogsDir: "$K8S_STATE/pod-logs"
 resolvConf: /etc/resolv.conf
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
