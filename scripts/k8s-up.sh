@@ -182,7 +182,7 @@ wait_for containerd 30 ctr -a "$K8S_SOCK" version
 start etcd "$bin/etcd" --name codegw --data-dir "$K8S_STATE/etcd" \
 	--listen-client-urls "http://127.0.0.1:$K8S_ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$K8S_ETCD_PORT" \
 	--listen-peer-urls "http://127.0.0.1:$K8S_ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$K8S_ETCD_PEER_PORT" \
-	--initial-cluster "codegw=http://127.0.0.1:$K8S_ETCD_PEER_PORT" --listen-metrics-urls "" --log-level warn
+	--initial-cluster "codegw=http://127.0.0.1:$K8S_ETCD_PEER_PORT" --log-level warn
 start kube-apiserver "$bin/kube-apiserver" --advertise-address "$node_ip" --bind-address "$node_ip" --secure-port "$K8S_API_PORT" \
 	--etcd-servers "http://127.0.0.1:$K8S_ETCD_PORT" --service-cluster-ip-range "$K8S_SVC_CIDR" \
 	--client-ca-file "$pki/ca.crt" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
