@@ -282,6 +282,12 @@ func (a *App) reap(ctx context.Context, r kernel.Reaper, what string) {
 }
 
 func openProvisioner(ctx context.Context, cfg Config) (kernel.Provisioner, error) {
+	if cfg.Executor == "zygote" {
+		return docker.NewExternal(ctx, docker.Config{
+			Memory: int64(cfg.MemoryBytes), PidsLimit: cfg.PidsLimit, InstanceID: cfg.InstanceID,
+			Preload: cfg.Preload, Logger: cfg.Logger,
+		}, cfg.ZygoteSocket)
+	}
 	if cfg.Executor == "docker" {
 		return docker.New(ctx, docker.Config{
 			Image: cfg.DockerImage, NetworkMode: cfg.NetworkMode, Memory: int64(cfg.MemoryBytes),

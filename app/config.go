@@ -38,9 +38,15 @@ type Config struct {
 	// (URLs relative to the server).
 	PublicBaseURL string `env:"PUBLIC_BASE_URL"`
 
-	// Executor is where kernels run: local (a bubblewrap sandbox) or
-	// docker (containers). Default: local.
+	// Executor is where kernels run: local (a bubblewrap sandbox), docker
+	// (containers), or zygote (forked by a fork server the gateway did not
+	// start, e.g. a Kubernetes pod's zygote container: docs/kubernetes.md).
+	// Default: local.
 	Executor string `env:"EXECUTOR"`
+	// ZygoteSocket is, with EXECUTOR=zygote, the unix socket of that fork
+	// server (executor-image/zygote.py with EXECUTOR_ZYGOTE_SERVE=1); the
+	// kernels' directories go beside it. Default: none (required then).
+	ZygoteSocket string `env:"ZYGOTE_SOCKET"`
 	// PoolSize is how many warm kernels are kept ready. Default: 2.
 	PoolSize int `env:"POOL_SIZE"`
 	// PoolStarts bounds concurrent kernel starts. Default: 2.
@@ -287,7 +293,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("config: "+format, args...))
 		}
 	}
-	check(c.Executor != "local" && c.Executor != "docker", "EXECUTOR must be local or docker, not %q", c.Executor)
+	check(c.Executor != "local" && c.Executor != "docker" && c.Executor != "zygote", "EXECUTOR must be local, docker or zygote, not %q", c.Executor)
+	check(c.Executor == "zygote" && c.ZygoteSocket == "", "EXECUTOR=zygote needs ZYGOTE_SOCKET")
 	check(c.Port <= 0 || c.Port > 65535, "PORT %d out of range", c.Port)
 	check(c.MaxWorkers <= 0, "MAX_WORKERS must be at least 1")
 	check(c.PoolSize < 0, "POOL_SIZE must not be negative")

@@ -45,6 +45,10 @@ the children get the same namespaces as with the local sandbox (the
 container's seccomp profile refuses pivot_root: see switch_root); see
 contain() for what a request with "contain" adds.
 
+Standalone (EXECUTOR_ZYGOTE_SERVE=1 with EXECUTOR_ZYGOTE_SOCKET: the zygote
+container of a Kubernetes pod, started by the kubelet, not by the gateway)
+it serves one gateway connection after another: see serve().
+
 Each kernel is one process, a child of the zygote, forked into a new pid
 namespace (the zygote unshares CLONE_NEWPID before the fork and returns to
 its own with setns after it) where the kernel is pid 1: when it ends, every
@@ -758,8 +762,70 @@ def accept_gateway(path):
     return conn.detach()
 
 
+def serve(path):
+    """Serve gateways at path, one at a time, for as long as the container runs.
+
+    The standalone zygote (EXECUTOR_ZYGOTE_SERVE=1: a Kubernetes pod's
+    zygote container, next to the gateway's container, which connects to
+    it): it loads once, listens at path (mode EXECUTOR_ZYGOTE_SOCKET_MODE,
+    default 0660: the pod's shared group reaches it) and forks a Zygote for
+    each gateway connection, the ready message included. When that
+    connection ends (the gateway restarted) that Zygote kills its kernels
+    and exits as usual, and the next connection gets a new one. SIGTERM (the
+    pod is stopping) does not cut a gateway that is draining: the server
+    exits when the connection being served ends, or at once when none is.
+    """
+    launch.setup_environment()
+    load()
+    mode = int(os.environ.pop("EXECUTOR_ZYGOTE_SOCKET_MODE", "0660"), 8)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ln.bind(path)
+    os.chmod(path, mode)
+    ln.listen(4)
+    state = {"busy": False, "stopping": False}
+
+    def on_term(*_):
+        state["stopping"] = True
+        if not state["busy"]:
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    log("serving gateways at %s" % path)
+    while True:
+        conn, _ = ln.accept()
+        state["busy"] = True
+        pid = os.fork()
+        if pid == 0:
+            ln.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            ctl = conn.detach()
+            os.set_inheritable(ctl, False)
+            lifeline, _keep = os.pipe()
+            Zygote(ctl, lifeline).run()
+            os._exit(0)
+        conn.close()
+        while True:
+            try:
+                os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+        state["busy"] = False
+        if state["stopping"]:
+            os._exit(0)
+        log("gateway gone; serving the next one")
+
+
 def main():
     path = os.environ.pop("EXECUTOR_ZYGOTE_SOCKET", "")
+    if path and os.environ.pop("EXECUTOR_ZYGOTE_SERVE", "") == "1":
+        serve(path)
     if path:
         os.environ["EXECUTOR_ZYGOTE_FD"] = str(accept_gateway(path))
     ctl = int(os.environ.pop("EXECUTOR_ZYGOTE_FD"))

@@ -29,6 +29,10 @@ extra=(bubblewrap iproute2 ca-certificates git curl chromium python3-notebook py
 if ! command -v npm >/dev/null; then
 	extra+=(npm)
 fi
+# The one-node Kubernetes of scripts/k8s-up.sh: a private containerd, runc,
+# the CNI plugins, kube-proxy's conntrack, openssl and gcc (certificates,
+# the pause image).
+extra+=(containerd runc containernetworking-plugins iptables conntrack openssl gcc libc6-dev)
 
 mapfile -t listed < <(sed -e 's/#.*//' -e 's/[[:space:]]//g' executor-image/packages.txt | grep -v '^$')
 wanted=("${listed[@]}" "${extra[@]}")

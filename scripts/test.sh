@@ -79,6 +79,14 @@ if [[ ${DOCKER_STARTED:-} == 1 ]]; then
 	step "end-to-end suites again, on Docker executor containers"
 	CODEGW_TEST_EXECUTOR=docker go test -timeout 30m -count=1 ./gateway/
 fi
+# --- Helm chart (deploy/, a Go module of its own) -----------------------------
+# helm lint and helm template through Helm's Go module, every rendered
+# manifest decoded strictly into the k8s.io/api types. ~3-5 min from
+# scratch (Helm's and the Kubernetes libraries' compile), ~10 s warm.
+step "Helm chart: lint, render, strict decoding (deploy/)"
+(cd deploy && go vet ./... && go test -count=1 ./...)
+# ------------------------------------------------------------------------------
+
 step "soak: 60 s of the whole mix, every answer checked, memory flat, nothing left (bench/soak)"
 go run ./bench/soak -duration 60s
 

@@ -55,7 +55,7 @@ func TestRefusesBadStarts(t *testing.T) {
 	}{
 		{"open on a public address", []string{"HOST=0.0.0.0"}, "API_KEYS"},
 		{"bad number", []string{"PORT=abc"}, `PORT="abc" is not an integer`},
-		{"bad executor", []string{"EXECUTOR=vm"}, "EXECUTOR must be local or docker"},
+		{"bad executor", []string{"EXECUTOR=vm"}, "EXECUTOR must be local, docker or zygote"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -330,7 +330,7 @@ func TestParseConfig(t *testing.T) {
 			`ALLOW_OPEN="maybe" is not a boolean`, `KERNEL_CPUS="x" is not a number`,
 		}},
 		{"every bad setting named at once", []string{"EXECUTOR=vm", "MAX_WORKERS=0", "INSTANCE_TTL=0.1", "LOG_LEVEL=loud"}, nil, []string{
-			`EXECUTOR must be local or docker, not "vm"`, "MAX_WORKERS must be at least 1", "INSTANCE_TTL must be at least 0.3 seconds", "LOG_LEVEL",
+			`EXECUTOR must be local, docker or zygote, not "vm"`, "MAX_WORKERS must be at least 1", "INSTANCE_TTL must be at least 0.3 seconds", "LOG_LEVEL",
 		}},
 		{"port out of range", []string{"PORT=70000"}, nil, []string{"PORT 70000 out of range"}},
 		{"operations", []string{"RATE_LIMIT=2.5", "RATE_BURST=10", "MAX_EXECUTIONS_PER_KEY=3", "DRAIN_TIMEOUT=45", "LOG_FORMAT=json", "METRICS_KEY=m"}, func(c app.Config) bool {

@@ -230,6 +230,10 @@ type Provisioner struct {
 	zseq    atomic.Int64
 
 	zyg zygotectl.Keeper[*zygote]
+	// external is the socket of a zygote the provisioner did not start
+	// (zygote mode, external.go), or "".
+	external string
+	shared   bool // zygote mode, unprivileged: kernels' directories shared by group
 
 	uidMu    sync.Mutex
 	uidFree  []int
@@ -399,7 +403,7 @@ func (p *Provisioner) Close() error {
 	if p.cg != nil {
 		p.cg.Remove()
 	}
-	if p.forkDir != "" {
+	if p.forkDir != "" && p.external == "" {
 		p.forget(filepath.Base(p.forkDir))
 		os.RemoveAll(p.forkDir)
 	}

@@ -64,6 +64,9 @@ type forkRun struct {
 // containerPath is where the zygote container sees a path under the fork
 // directory.
 func (p *Provisioner) containerPath(host string) string {
+	if p.external != "" {
+		return host // zygote mode: both see it at the same path
+	}
 	rel, _ := filepath.Rel(p.forkDir, host)
 	return containerForkDir + "/" + filepath.ToSlash(rel)
 }
@@ -128,6 +131,9 @@ func (k *forked) makeDirs() error {
 	if err := os.Mkdir(filepath.Join(k.dir, "root"), 0o700); err != nil {
 		return err
 	}
+	if k.p.shared {
+		return k.makeSharedDirs()
+	}
 	for _, d := range []string{"run", "code", "code/input", "code/output"} {
 		path := filepath.Join(k.dir, d)
 		mode := os.FileMode(0o755)
@@ -155,7 +161,7 @@ func (k *forked) fork(ctx context.Context) error {
 	if err := k.kinfo.WriteFile(connFile); err != nil {
 		return fmt.Errorf("docker: kernel %s: %w", k.id, err)
 	}
-	if err := os.Lchown(connFile, k.uid, k.uid); err != nil {
+	if err := k.giveFile(connFile); err != nil {
 		return fmt.Errorf("docker: kernel %s: %w", k.id, err)
 	}
 	z, err := p.getZygote(ctx)
@@ -167,7 +173,7 @@ func (k *forked) fork(ctx context.Context) error {
 		Token: token, Conn: p.containerPath(connFile), Code: p.containerPath(k.Dir()),
 		Sock: p.containerPath(filepath.Join(k.dir, "run")), Root: p.containerPath(filepath.Join(k.dir, "root")),
 		Sandbox: true, ShareNet: p.cfg.NetworkMode != "none", Binds: []string{containerExecDir},
-		UID: k.uid, GID: k.uid, Env: k.env, Contain: map[string]int{"umask": 0o077},
+		UID: k.uid, GID: k.kernelGID(), Env: k.env, Contain: map[string]int{"umask": k.kernelUmask()},
 	}
 	r := &forkRun{z: z, token: token, exited: make(chan struct{}), bound: make(chan struct{}), t0: time.Now(), kid: k.id, p: p}
 	if p.cg != nil {

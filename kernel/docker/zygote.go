@@ -216,7 +216,11 @@ func (z *zygote) Dead() bool { return z.c.Ended() }
 // the last one died.
 func (p *Provisioner) getZygote(ctx context.Context) (*zygote, error) {
 	z, err := p.zyg.Get(ctx, func(ctx context.Context) (*zygote, error) {
-		z, err := p.startZygote(ctx)
+		start := p.startZygote
+		if p.external != "" {
+			start = p.connectZygote
+		}
+		z, err := start(ctx)
 		if err != nil {
 			p.log.Error("docker: zygote did not start", "err", err)
 		}
