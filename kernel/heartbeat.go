@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+
+	"github.com/codegw/codegw"
 )
 
 // The heartbeat catches a kernel that is alive but frozen (stopped, stuck
@@ -115,6 +117,7 @@ func (h *heartbeats) loop() {
 // scheduler asks and records each pong. It owns the REQ socket.
 func (c *Client) pinger() {
 	defer c.wg.Done()
+	defer codegw.Recover(c.ctx, "kernel heartbeat", func(err error) { c.Fail(err) })
 	for {
 		select {
 		case <-c.ctx.Done():

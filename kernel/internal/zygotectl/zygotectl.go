@@ -17,6 +17,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/codegw/codegw"
 )
 
 // ErrDied is the error of a request to a zygote whose connection ended.
@@ -94,6 +96,27 @@ func (z *Conn) Ready() <-chan struct{} { return z.ready }
 // ErrDied, and so does every later one; it returns the kernels that were
 // running, whose exits the zygote can no longer report.
 func (z *Conn) Read() (orphans []Run) {
+	z.dispatch()
+	z.conn.Close()
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.ended = true
+	for _, ch := range z.pending {
+		close(ch)
+	}
+	z.pending = nil
+	for _, r := range z.runs {
+		orphans = append(orphans, r)
+	}
+	z.runs = nil
+	return orphans
+}
+
+// dispatch acts on the zygote's messages until the connection ends. A
+// panic while doing so ends the connection, as the zygote's death would,
+// not the process.
+func (z *Conn) dispatch() {
+	defer codegw.Recover(context.Background(), z.prefix+" zygote control reader", nil)
 	r := bufio.NewReaderSize(z.conn, 4096)
 	ready := false
 	for {
@@ -138,19 +161,6 @@ func (z *Conn) Read() (orphans []Run) {
 			}
 		}
 	}
-	z.conn.Close()
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	z.ended = true
-	for _, ch := range z.pending {
-		close(ch)
-	}
-	z.pending = nil
-	for _, r := range z.runs {
-		orphans = append(orphans, r)
-	}
-	z.runs = nil
-	return orphans
 }
 
 func (z *Conn) run(token string, remove bool) Run {
