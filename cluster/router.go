@@ -350,9 +350,19 @@ func (r *Router) proxySocket(c *fiber.Ctx, id string, inst store.Instance) error
 // side ends, forwarding close codes and reasons, pings and pongs, so the
 // holder's keep-alive covers the whole path.
 func (r *Router) pumpSocket(client *websocket.Conn, up *gws.Conn) {
+	var wmu sync.Mutex // the client is written by the copy below and by closeClient
+	done := make(chan struct{})
+	copying := false
+	// After a panic the copy from the holder must be done with client
+	// before the handler returns it to Fiber.
 	defer codegw.Recover(context.Background(), "proxy websocket client to holder", func(error) {
+		wmu.Lock()
 		client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+		wmu.Unlock()
 		up.Close()
+		if copying {
+			<-done
+		}
 	})
 	liveFor := 3 * r.ping
 	ctl := func(conn interface {
@@ -378,15 +388,15 @@ func (r *Router) pumpSocket(client *websocket.Conn, up *gws.Conn) {
 	client.SetPingHandler(ctl(up, gws.PingMessage))
 	client.SetPongHandler(ctl(up, gws.PongMessage))
 
-	var wmu sync.Mutex // the client is written by the copy below and by closeClient
-	done := make(chan struct{})
+	copying = true
 	go func() { // holder -> client
 		defer close(done)
 		defer codegw.Recover(context.Background(), "proxy websocket holder to client", func(error) {
 			wmu.Lock()
 			client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
 			wmu.Unlock()
-			client.Close()
+			client.SetReadDeadline(time.Now()) // ends the copy to the holder
+			up.Close()
 		})
 		for {
 			kind, msg, err := up.ReadMessage()

@@ -218,14 +218,15 @@ def preload(shell):
                 log("matplotlib inline setup failed: %s" % e)
 
 
-def bound_stream_buffers(limit=1 << 20):
+def bound_stream_buffers(limit=256 << 10):
     """Send stdout/stderr in chunks of about `limit` characters.
 
     ipykernel buffers writes and flushes every 0.2 s, so a tight print loop
     becomes one message of hundreds of MB that the gateway must hold whole.
     Flushing (which waits for the IO thread) once the buffer passes `limit`
     bounds every message and slows a flooding writer to the pace of the
-    socket instead.
+    socket instead. The gateway's ZeroMQ sockets queue up to 10 messages
+    each, so the chunk size bounds what a flood holds in the gateway.
     """
     from ipykernel import iostream
 

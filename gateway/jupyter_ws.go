@@ -480,8 +480,16 @@ func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
 	c := &jconn{ws: ws, v1: ws.Subprotocol() == v1Protocol, out: make(chan outMsg, jconnQueue), closed: make(chan struct{})}
 	b.join(c)
 	defer b.leave(c)
+	// The reader must be done with ws before the handler returns it to
+	// Fiber, after a panic too.
+	readDone := make(chan struct{})
+	reading := false
 	defer codegw.Recover(context.Background(), "jupyter websocket writer", func(error) {
 		ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+		if reading {
+			ws.SetReadDeadline(time.Now())
+			<-readDone
+		}
 	})
 	ws.SetReadLimit(int64(s.cfg.BodyLimit))
 	// Clients that answer pings only while they read (websocket-client)
@@ -492,7 +500,7 @@ func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
 		ws.SetReadDeadline(time.Now().Add(live))
 		return nil
 	})
-	readDone := make(chan struct{})
+	reading = true
 	go func() {
 		defer close(readDone)
 		defer codegw.Recover(context.Background(), "jupyter websocket reader", func(error) {

@@ -12,7 +12,10 @@ import (
 // TestJupyterSlowConsumerBounded: a Jupyter websocket client that stops
 // reading while its kernel prints 100 MB costs the gateway a few MiB, not
 // the flood: the connection is closed with a reason once 4 MiB wait, and
-// the kernel and the instance go on.
+// the kernel and the instance go on. What the gateway holds is measured as
+// the live heap (after a collection) sampled through the flood: the
+// garbage of the output passing through is not held, and how much of it
+// waits for the collector depends on GOGC, not on the client.
 func TestJupyterSlowConsumerBounded(t *testing.T) {
 	e := newEnv(t, envOptions{keys: []string{"k1"}, poolSize: 1})
 	auth := http.Header{"Authorization": {"token k1"}}
@@ -28,16 +31,19 @@ func TestJupyterSlowConsumerBounded(t *testing.T) {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	base := ms.HeapInuse
+	base := ms.HeapAlloc
 	// 100 MB of output, and then the client reads nothing.
 	c.send("shell", "execute_request", map[string]any{"code": "import sys\nline = 'x' * 999 + '\\n'\nfor _ in range(100_000):\n    sys.stdout.write(line)\nsys.stdout.flush()",
 		"silent": false, "store_history": false, "user_expressions": map[string]any{}, "allow_stdin": false, "stop_on_error": true}, nil)
-	var peak uint64
+	var peak, peakInuse uint64
 	sawBusy := false
 	deadline := time.Now().Add(5 * time.Minute)
 	for tick := time.NewTicker(100 * time.Millisecond); ; <-tick.C {
 		runtime.ReadMemStats(&ms)
-		peak = max(peak, ms.HeapInuse)
+		peakInuse = max(peakInuse, ms.HeapInuse)
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		peak = max(peak, ms.HeapAlloc)
 		var model struct {
 			State string `json:"execution_state"`
 		}
@@ -52,10 +58,15 @@ func TestJupyterSlowConsumerBounded(t *testing.T) {
 			t.Fatalf("the kernel did not finish printing 100 MB in 5 minutes (state %q)", model.State)
 		}
 	}
-	if grew := int64(peak) - int64(base); grew > 20<<20 {
-		t.Errorf("the gateway's heap grew by %d MiB for a client that does not read (want < 20)", grew>>20)
+	limit := int64(20 << 20)
+	if raceEnabled {
+		limit = 32 << 20 // measured ~21 MiB under -race, ~11 MiB without
+	}
+	if grew := int64(peak) - int64(base); grew > limit {
+		t.Errorf("the gateway's live heap grew by %d MiB for a client that does not read (want < %d)", grew>>20, limit>>20)
 	} else {
-		t.Logf("heap growth during a 100 MB flood to a client that does not read: %.1f MiB", float64(grew)/(1<<20))
+		t.Logf("live heap growth during a 100 MB flood to a client that does not read: %.1f MiB (heap in use, garbage included, at most %.1f MiB over the start)",
+			float64(grew)/(1<<20), float64(int64(peakInuse)-int64(base))/(1<<20))
 	}
 	// The slow connection was closed with its reason.
 	c.conn.SetReadDeadline(time.Now().Add(90 * time.Second))

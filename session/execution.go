@@ -159,7 +159,9 @@ func (x *execution) execute(ctx context.Context, code string) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer context.AfterFunc(x.m.halt, cancel)()
+	if x.m != nil && x.m.halt != nil {
+		defer context.AfterFunc(x.m.halt, cancel)()
+	}
 	start := time.Now()
 	reply, err := x.k.Execute(ctx, code, kernel.ExecuteOptions{OnMessage: x.onMessage, OnInput: x.onInput, StoreHistory: true},
 		kernel.Deadline{Timeout: timeout, Grace: x.m.cfg.InterruptGrace})
@@ -509,6 +511,11 @@ func (x *execution) finish(o outcome) {
 	}
 }
 
+// halted reports whether the manager aborted every execution (Abort).
+func (x *execution) halted() bool {
+	return x.m != nil && x.m.halt != nil && x.m.halt.Err() != nil
+}
+
 // status maps the outcome to a status and its error message. The message
 // of a raised exception is a copy of its traceback, charged to the budget.
 func (x *execution) status(o outcome) (codegw.Status, string) {
@@ -516,7 +523,7 @@ func (x *execution) status(o outcome) (codegw.Status, string) {
 	switch {
 	case errors.As(o.err, &de) && de.Timeout > 0:
 		return codegw.StatusTimeout, de.Error()
-	case errors.As(o.err, &de) && x.m.halt.Err() != nil:
+	case errors.As(o.err, &de) && x.halted():
 		msg := "execution interrupted: " + context.Cause(x.m.halt).Error()
 		if de.Killed {
 			msg += "; the kernel did not respond to the interrupt and was killed"
