@@ -2,8 +2,9 @@ package deploy
 
 // The chart on a real cluster (scripts/k8s-up.sh): installed with helm,
 // driven through the Service's ClusterIP from the host. Runs when
-// CODEGW_K8S_E2E=1 (scripts/test.sh sets it after k8s-up.sh); KUBECONFIG
-// and K8S_BIN come from k8s-up.sh.
+// CODEGW_K8S_E2E=1, with KUBECONFIG and K8S_BIN from k8s-up.sh. Not yet in
+// scripts/test.sh: the cluster scripts have not brought a cluster up on
+// this machine yet (docs/kubernetes.md, "Tests").
 
 import (
 	"bytes"
