@@ -346,6 +346,12 @@ func (r *Router) proxySocket(c *fiber.Ctx, id string, inst store.Instance) error
 	return err
 }
 
+// closeInternal tells the client that a panic ended the proxied
+// connection (1011).
+func closeInternal(client *websocket.Conn) {
+	client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+}
+
 // pumpSocket copies frames between the client and the holder until either
 // side ends, forwarding close codes and reasons, pings and pongs, so the
 // holder's keep-alive covers the whole path.
@@ -357,7 +363,7 @@ func (r *Router) pumpSocket(client *websocket.Conn, up *gws.Conn) {
 	// before the handler returns it to Fiber.
 	defer codegw.Recover(context.Background(), "proxy websocket client to holder", func(error) {
 		wmu.Lock()
-		client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+		closeInternal(client)
 		wmu.Unlock()
 		up.Close()
 		if copying {
@@ -393,7 +399,7 @@ func (r *Router) pumpSocket(client *websocket.Conn, up *gws.Conn) {
 		defer close(done)
 		defer codegw.Recover(context.Background(), "proxy websocket holder to client", func(error) {
 			wmu.Lock()
-			client.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+			closeInternal(client)
 			wmu.Unlock()
 			client.SetReadDeadline(time.Now()) // ends the copy to the holder
 			up.Close()

@@ -90,15 +90,22 @@ func (s *Server) keyOwner(key string) (string, bool) {
 	return "", false
 }
 
+// apiKeyHeader is the key sent the way Dify and LibreChat send it:
+// X-Api-Key, else a Bearer authorization.
+func apiKeyHeader(c *fiber.Ctx) string {
+	if key := c.Get("X-Api-Key"); key != "" {
+		return key
+	}
+	if scheme, rest, ok := strings.Cut(c.Get(fiber.HeaderAuthorization), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		return strings.TrimSpace(rest)
+	}
+	return ""
+}
+
 // difyAuth admits callers by X-Api-Key, as dify-sandbox does (a Bearer
 // header works too), answering 401 otherwise.
 func (s *Server) difyAuth(c *fiber.Ctx) error {
-	key := c.Get("X-Api-Key")
-	if key == "" {
-		if scheme, rest, ok := strings.Cut(c.Get(fiber.HeaderAuthorization), " "); ok && strings.EqualFold(scheme, "Bearer") {
-			key = strings.TrimSpace(rest)
-		}
-	}
+	key := apiKeyHeader(c)
 	o, ok := s.keyOwner(key)
 	if !ok {
 		if key == "" {

@@ -485,7 +485,7 @@ func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
 	readDone := make(chan struct{})
 	reading := false
 	defer codegw.Recover(context.Background(), "jupyter websocket writer", func(error) {
-		ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+		closeInternal(ws)
 		if reading {
 			ws.SetReadDeadline(time.Now())
 			<-readDone

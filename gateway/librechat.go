@@ -67,12 +67,7 @@ func (s *Server) libreRoutes() {
 }
 
 func (s *Server) libreAuth(c *fiber.Ctx) error {
-	key := c.Get("X-Api-Key")
-	if key == "" {
-		if scheme, rest, ok := strings.Cut(c.Get(fiber.HeaderAuthorization), " "); ok && strings.EqualFold(scheme, "Bearer") {
-			key = strings.TrimSpace(rest)
-		}
-	}
+	key := apiKeyHeader(c)
 	o, ok := s.keyOwner(key)
 	if !ok {
 		if key == "" {

@@ -264,7 +264,7 @@ var errSocketGone = errors.New("websocket closed")
 func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after uint64, replay bool) {
 	ctx := codegw.WithLogAttrs(context.Background(), "session", sess.ID())
 	defer codegw.Recover(ctx, "session websocket writer", func(error) {
-		conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+		closeInternal(conn)
 	})
 	s.cfg.Metrics.Websocket(1)
 	defer s.cfg.Metrics.Websocket(-1)
@@ -303,7 +303,7 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 		defer close(readDone)
 		defer codegw.Recover(ctx, "session websocket reader", func(error) {
 			wmu.Lock()
-			conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseInternalServerErr, "internal error"), time.Now().Add(time.Second))
+			closeInternal(conn)
 			wmu.Unlock()
 		})
 		conn.SetReadDeadline(time.Now().Add(3 * s.cfg.PingInterval))

@@ -100,15 +100,8 @@ func (p *Provisioner) connectZygote(ctx context.Context) (*zygote, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	go z.read()
-	select {
-	case <-z.c.Ready():
-	case <-z.dead:
-		return nil, fmt.Errorf("%w: zygote: the zygote at %s closed the connection before it was ready", kernel.ErrProvisioner, p.external)
-	case <-ctx.Done():
-		z.c.Close()
-		<-z.dead
-		return nil, fmt.Errorf("%w: zygote: not ready: %v", kernel.ErrProvisioner, ctx.Err())
+	if err := z.awaitReady(ctx, "zygote", fmt.Sprintf("at %s closed the connection before it was ready", p.external)); err != nil {
+		return nil, err
 	}
 	p.log.Info("zygote: connected", "socket", p.external, "ms", time.Since(begin).Milliseconds())
 	return z, nil

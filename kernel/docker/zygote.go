@@ -149,15 +149,8 @@ func (p *Provisioner) startZygote(ctx context.Context) (_ *zygote, err error) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	go z.read()
-	select {
-	case <-z.c.Ready():
-	case <-z.dead:
-		return nil, fmt.Errorf("%w: docker: zygote exited before it was ready (see docker logs of %s)", kernel.ErrProvisioner, z.name)
-	case <-ctx.Done():
-		z.c.Close()
-		<-z.dead
-		return nil, fmt.Errorf("%w: docker: zygote not ready: %v", kernel.ErrProvisioner, ctx.Err())
+	if err := z.awaitReady(ctx, "docker", fmt.Sprintf("exited before it was ready (see docker logs of %s)", z.name)); err != nil {
+		return nil, err
 	}
 	p.log.Info("docker: zygote ready", "container", shortID(z.cid), "name", z.name, "ms", time.Since(begin).Milliseconds())
 	return z, nil
@@ -179,6 +172,22 @@ func (p *Provisioner) containerState(id string) (*container.State, error) {
 // read serves the zygote's connection until it ends, which is the
 // zygote's end: then the container is removed (its pid namespace takes
 // every kernel with it) and each kernel is reported killed.
+// awaitReady reads z's connection and waits for its ready line; died says
+// what a connection ended before it means, in errors prefixed by what.
+func (z *zygote) awaitReady(ctx context.Context, what, died string) error {
+	go z.read()
+	select {
+	case <-z.c.Ready():
+		return nil
+	case <-z.dead:
+		return fmt.Errorf("%w: %s: zygote %s", kernel.ErrProvisioner, what, died)
+	case <-ctx.Done():
+		z.c.Close()
+		<-z.dead
+		return fmt.Errorf("%w: %s: zygote not ready: %v", kernel.ErrProvisioner, what, ctx.Err())
+	}
+}
+
 func (z *zygote) read() {
 	runs := z.c.Read()
 	// Conflict: the engine is removing it already (--rm).
