@@ -35,9 +35,22 @@ for t in ${targets[@]+"${targets[@]}"}; do
 	if ! grep -Eq -- "$only" <<<"$name"; then continue; fi
 	ran=$((ran + 1))
 	printf '%s %s (%s)\n' "--" "$name" "$pkg"
-	if ! go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg"; then
+	# Go's fuzzer may end a run with "context deadline exceeded" and no
+	# crasher when its time ends while a worker is busy: that run is retried
+	# once; a crash always fails.
+	for try in 1 2; do
+		if out=$(go test -run '^$' -fuzz "^${name}\$" -fuzztime "$FUZZTIME" "$pkg" 2>&1); then
+			printf '%s\n' "$out" | tail -3
+			break
+		fi
+		printf '%s\n' "$out" | tail -20
+		if [[ $try == 1 ]] && grep -q 'context deadline exceeded' <<<"$out" && ! grep -q 'Failing input written' <<<"$out"; then
+			echo "fuzz.sh: $name: the fuzzer's deadline ended a busy worker (no crasher); again"
+			continue
+		fi
 		failed+=("$name ($pkg)")
-	fi
+		break
+	done
 done
 if ((ran == 0)); then
 	echo "fuzz.sh: no fuzz target matches '$only'" >&2
