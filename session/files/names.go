@@ -41,7 +41,9 @@ func SanitizeName(name string) string {
 		if len(ext) > 16 || len(ext) >= maxNameBytes {
 			ext = ""
 		}
-		name = TruncateUTF8(name[:len(name)-len(ext)], maxNameBytes-len(ext)) + ext
+		// The cut may end the stem in spaces, which a second pass would
+		// trim: trim them here so that the result is its own sanitised name.
+		name = strings.TrimRight(TruncateUTF8(name[:len(name)-len(ext)], maxNameBytes-len(ext)), " ") + ext
 	}
 	return name
 }
