@@ -101,6 +101,9 @@ type ExecuteResult struct {
 	EName     string   `json:"ename,omitempty"`
 	EValue    string   `json:"evalue,omitempty"`
 	Traceback []string `json:"traceback,omitempty"`
+	// Restored is set on the first answer of a session resumed from a
+	// snapshot.
+	Restored *Restored `json:"restored,omitempty"`
 }
 
 // Event types streamed to websocket and NDJSON clients.
@@ -149,6 +152,45 @@ type Event struct {
 	Truncated      bool    `json:"truncated,omitempty"`
 	// closed, gap
 	Reason string `json:"reason,omitempty"`
+	// restored (a status event): what a resumed session got back
+	Restored *Restored `json:"restored,omitempty"`
+}
+
+// Restored says what a session resumed from a snapshot got back: the
+// variables restored, those skipped (each with its reason), and which
+// snapshot it came from. Lost counts the executions run after the
+// snapshot that the session no longer reflects (an instance died between
+// its last checkpoint and its end); it is zero after a pause.
+type Restored struct {
+	Snapshot   string        `json:"snapshot"`
+	Kind       string        `json:"kind"`
+	TakenAt    time.Time     `json:"taken_at"`
+	Variables  []string      `json:"variables"`
+	Skipped    []SkippedName `json:"skipped"`
+	Executions int           `json:"executions"`
+	Lost       int           `json:"lost_executions"`
+	Message    string        `json:"message"`
+}
+
+// SkippedName is a variable a snapshot could not carry, and why.
+type SkippedName struct {
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// Snapshot describes a stored snapshot of a session (a pause or a
+// checkpoint).
+type Snapshot struct {
+	ID        string        `json:"id"`
+	Session   string        `json:"session_id"`
+	Kind      string        `json:"kind"`
+	TakenAt   time.Time     `json:"taken_at"`
+	Bytes     int64         `json:"bytes"`
+	Variables []string      `json:"variables"`
+	Skipped   []SkippedName `json:"skipped"`
+	// Executions is how many executions the session had run when it was
+	// taken.
+	Executions int `json:"executions"`
 }
 
 // Session is a live kernel owned by one API key.
@@ -162,6 +204,9 @@ type Session struct {
 	State       string            `json:"state"`
 	Env         map[string]string `json:"env,omitempty"`
 	Executions  int               `json:"executions"`
+	// Snapshot names the snapshot a paused session (State "paused") is
+	// resumed from by its next use.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes JSON as seconds.

@@ -27,6 +27,7 @@ import (
 	"github.com/codegw/codegw/metrics"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/snapshot"
 	"github.com/codegw/codegw/store"
 	"github.com/codegw/codegw/store/memory"
 	"github.com/codegw/codegw/store/redis"
@@ -160,6 +161,14 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("input file settings: %w", err)
 	}
+	var snaps snapshot.Store
+	if cfg.SnapshotDir != "" {
+		d, err := snapshot.NewDir(cfg.SnapshotDir)
+		if err != nil {
+			return nil, fmt.Errorf("SNAPSHOT_DIR %s: %w", cfg.SnapshotDir, err)
+		}
+		snaps = d
+	}
 	a.Manager, err = session.New(session.Config{
 		Kernels: a.Pool, Images: a.Images, Files: a.Files, Fetcher: fetcher,
 		Outputs: files.OutputLimits{AllowedExt: cfg.OutputAllowedExt, MaxFiles: cfg.OutputMaxFiles, MaxFileBytes: cfg.OutputFileMaxBytes, MaxTotalBytes: cfg.OutputTotalBytes},
@@ -169,9 +178,16 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		MaxSessions: cfg.MaxSessions, MaxSessionsPerKey: cfg.MaxSessionsPerKey, SessionIdle: cfg.SessionIdle,
 		ReplayEvents: cfg.ReplayEvents, Logger: log, Metrics: a.Metrics,
 		MaxExecutionsPerKey: cfg.MaxExecutionsPerKey, KernelMemory: int64(cfg.MemoryBytes), MaxKernelMemoryPerKey: int64(cfg.MaxKernelMemoryPerKey),
+		Snapshots: snaps, MaxSnapshotBytes: int64(cfg.MaxSnapshotBytes), MaxSnapshotBytesPerKey: int64(cfg.MaxSnapshotBytesPerKey),
+		IdleAction: cfg.IdleAction, PausedTTL: cfg.PausedTTL, CheckpointAfter: cfg.CheckpointAfter,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if n, err := a.Manager.Recover(ctx); err != nil {
+		log.Warn("could not recover the paused sessions of the snapshot store", "err", err)
+	} else if n > 0 {
+		log.Info("recovered paused sessions from the snapshot store", "sessions", n, "dir", cfg.SnapshotDir)
 	}
 
 	caps := cfg.Capabilities

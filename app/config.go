@@ -13,6 +13,7 @@ import (
 	"github.com/codegw/codegw/kernel/local"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/store"
 )
 
 // Config is every setting of the service. The env tags name the
@@ -112,6 +113,29 @@ type Config struct {
 	// MaxSessionsPerKey bounds one key's sessions across instances.
 	// Default: 20.
 	MaxSessionsPerKey int `env:"MAX_SESSIONS_PER_KEY"`
+
+	// SnapshotDir holds session snapshots (pause, resume, checkpoints:
+	// docs/snapshots.md); a volume shared by every instance when several
+	// run. Set it empty to turn snapshots off. Default: ./data/snapshots.
+	SnapshotDir string `env:"SNAPSHOT_DIR"`
+	// MaxSnapshotBytes bounds one snapshot (the variables and the /code
+	// tree, before compression); a larger one is refused with 413 and the
+	// session runs on. Default: 2g.
+	MaxSnapshotBytes Bytes `env:"MAX_SNAPSHOT_BYTES"`
+	// MaxSnapshotBytesPerKey bounds the stored snapshots of one key (429
+	// over it). Default: 0 (unlimited).
+	MaxSnapshotBytesPerKey Bytes `env:"MAX_SNAPSHOT_BYTES_PER_KEY"`
+	// IdleAction is what happens to a session idle past its timeout:
+	// delete, or pause (its state kept in a snapshot, resumed by its next
+	// use). Default: delete.
+	IdleAction string `env:"IDLE_ACTION"`
+	// PausedTTL deletes a paused session and its snapshots this long after
+	// its pause (0: kept until deleted). Default: 604800 (7 days).
+	PausedTTL time.Duration `env:"PAUSED_TTL"`
+	// CheckpointAfter takes a checkpoint of a session once it has been idle
+	// this long after an execution, so that if its instance dies it resumes
+	// elsewhere from there (0: never). Default: 0.
+	CheckpointAfter time.Duration `env:"CHECKPOINT_AFTER"`
 
 	// ImageStorePath is the directory of stored images. Default:
 	// ./data/images.
@@ -264,6 +288,8 @@ func DefaultConfig() Config {
 		MaxWorkers: s.MaxWorkers, MaxQueue: s.MaxQueue, QueueTimeout: s.QueueTimeout,
 		ExecutionTimeout: s.ExecTimeout, MaxOutputBytes: s.MaxOutputBytes,
 		SessionIdle: s.SessionIdle, MaxSessions: s.MaxSessions, MaxSessionsPerKey: s.MaxSessionsPerKey,
+		SnapshotDir: "./data/snapshots", MaxSnapshotBytes: Bytes(s.MaxSnapshotBytes), IdleAction: s.IdleAction,
+		PausedTTL:      7 * 24 * time.Hour,
 		InterruptGrace: s.InterruptGrace, ReplayEvents: s.ReplayEvents,
 
 		ImageStorePath: "./data/images", ImageURLPrefix: "/images",
@@ -315,6 +341,12 @@ func (c Config) Validate() error {
 	check(c.DifyNetwork == "allow" && (c.Executor != "docker" || c.NetworkMode == "" || c.NetworkMode == "none"),
 		"DIFY_NETWORK=allow needs kernels with a network (EXECUTOR=docker and DOCKER_NETWORK_MODE other than none); use offline or refuse")
 	check(c.DifyTimeout < 0, "DIFY_TIMEOUT must not be negative")
+	check(c.IdleAction != "delete" && c.IdleAction != "pause", "IDLE_ACTION must be delete or pause, not %q", c.IdleAction)
+	check(c.IdleAction == "pause" && c.SnapshotDir == "", "IDLE_ACTION=pause needs SNAPSHOT_DIR")
+	check(c.MaxSnapshotBytes <= 0, "MAX_SNAPSHOT_BYTES must be positive")
+	check(c.MaxSnapshotBytesPerKey < 0, "MAX_SNAPSHOT_BYTES_PER_KEY must not be negative")
+	check(c.PausedTTL < 0 || c.CheckpointAfter < 0, "PAUSED_TTL and CHECKPOINT_AFTER must not be negative")
+	check(c.InstanceID == store.Paused, "EXECUTOR_INSTANCE_ID %q is reserved", store.Paused)
 	var level slog.Level
 	check(level.UnmarshalText([]byte(c.LogLevel)) != nil, "LOG_LEVEL must be debug, info, warn or error, not %q", c.LogLevel)
 	return errors.Join(errs...)

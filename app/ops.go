@@ -43,6 +43,7 @@ func (a *App) Drain(timeout time.Duration) bool {
 	defer cancel()
 	if a.waitIdle(ctx) == nil {
 		a.log.Info("drained: no execution running")
+		a.pauseAll(ctx)
 		return true
 	}
 	s := a.Manager.Stats()
@@ -55,7 +56,28 @@ func (a *App) Drain(timeout time.Duration) bool {
 	if err := a.waitIdle(ctx); err != nil {
 		a.log.Error("executions still running after the interrupt", "err", err)
 	}
+	a.pauseAll(ctx)
 	return false
+}
+
+// pauseAll pauses the sessions of this instance within ctx (snapshots on):
+// a restart, on this instance or another, resumes them with their state.
+func (a *App) pauseAll(ctx context.Context) {
+	if !a.Manager.Snapshots() {
+		return
+	}
+	// The pauses get at least a few seconds even when the executions took
+	// the whole drain timeout.
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) < 10*time.Second {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+	}
+	start := time.Now()
+	paused, failed := a.Manager.PauseAll(ctx)
+	if paused+failed > 0 {
+		a.log.Info("drain: sessions paused", "paused", paused, "failed", failed, "took", time.Since(start))
+	}
 }
 
 // waitIdle waits until no execution runs, through the gateway or in the

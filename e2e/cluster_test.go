@@ -107,7 +107,7 @@ func start(t *testing.T, name, redisURL string) *instance {
 		"CLUSTER_SECRET=" + secret, "EXECUTOR_INSTANCE_ID=" + name,
 		"API_KEYS=" + key1 + "," + key2,
 		"EXECUTOR=local", "POOL_SIZE=1", "EXECUTOR_PRELOAD=", "STATE_DIR=" + state,
-		"IMAGE_STORE_PATH=" + filepath.Join(work, "images"), "FILE_STORE_PATH=" + filepath.Join(work, "files"),
+		"IMAGE_STORE_PATH=" + filepath.Join(work, "images"), "FILE_STORE_PATH=" + filepath.Join(work, "files"), "SNAPSHOT_DIR=" + filepath.Join(work, "snapshots"),
 		"SESSION_IDLE_TIMEOUT=600", "LOG_LEVEL=info",
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -233,6 +233,10 @@ func (s *Server) routes() {
 	api.Get("/sessions/:id/files", s.listOutputs)
 	api.Get("/sessions/:id/files/:name", s.downloadOutput)
 	api.Get("/sessions/:id/ws", s.websocket)
+	api.Post("/sessions/:id/pause", s.pause)
+	api.Post("/sessions/:id/resume", s.resume)
+	api.Post("/sessions/:id/checkpoint", s.checkpoint)
+	api.Get("/sessions/:id/snapshots", s.listSnapshots)
 	s.jupyterRoutes()
 	s.difyRoutes()
 	s.libreRoutes()
@@ -250,6 +254,12 @@ func (s *Server) routes() {
 // the handler, others to the Router.
 func (s *Server) route(c *fiber.Ctx) error {
 	id := sessionID(c)
+	if s.cfg.Manager.Local(id) {
+		return c.Next()
+	}
+	if done, err := s.routePaused(c, id); done || err != nil {
+		return err
+	}
 	if s.cfg.Router == nil || s.cfg.Manager.Local(id) {
 		return c.Next()
 	}

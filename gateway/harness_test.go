@@ -111,7 +111,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 	cfg := app.DefaultConfig()
 	cfg.Provisioner, cfg.InstanceID, cfg.APIKeys = prov, "test", o.keys
 	cfg.PoolSize, cfg.PoolStarts = o.poolSize, 0
-	cfg.ImageStorePath, cfg.FileStorePath, cfg.LibreChatStorePath = t.TempDir(), t.TempDir(), t.TempDir()
+	cfg.ImageStorePath, cfg.FileStorePath, cfg.LibreChatStorePath, cfg.SnapshotDir = t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
 	cfg.PublicBaseURL, cfg.Retention = o.publicBase, o.retention
 	cfg.InputMaxFiles, cfg.InputFileMaxBytes, cfg.InputTotalBytes, cfg.InputTimeout = 3, 1<<20, 2<<20, 10*time.Second
 	cfg.InputAllowCIDRs = []string{"127.0.0.1/32"}

@@ -43,6 +43,9 @@ func (s *Server) jupyterRoutes() {
 	a.Post("/api/kernels/:id/interrupt", s.interruptKernel)
 	a.Post("/api/kernels/:id/restart", s.restartKernel)
 	a.Get("/api/kernels/:id/channels", s.kernelChannels)
+	a.Post("/api/kernels/:id/pause", s.pause)
+	a.Post("/api/kernels/:id/resume", s.resume)
+	a.Post("/api/kernels/:id/checkpoint", s.checkpoint)
 }
 
 // Jupyter clients route kernel ids with the pattern \w+-\w+-\w+-\w+-\w+

@@ -395,7 +395,7 @@ func TestKernelMemoryQuota(t *testing.T) {
 	tune := func(c *app.Config) { c.MemoryBytes, c.MaxKernelMemoryPerKey = 256<<20, 512<<20 }
 	if prov.LimitMode() == "none" {
 		cfg := app.DefaultConfig()
-		cfg.Provisioner, cfg.ImageStorePath, cfg.FileStorePath = prov, t.TempDir(), t.TempDir()
+		cfg.Provisioner, cfg.ImageStorePath, cfg.FileStorePath, cfg.SnapshotDir = prov, t.TempDir(), t.TempDir(), t.TempDir()
 		tune(&cfg)
 		if a, err := app.Open(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "MAX_KERNEL_MEMORY_PER_KEY") {
 			if a != nil {

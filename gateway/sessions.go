@@ -22,6 +22,10 @@ import (
 type createBody struct {
 	IdleTimeout float64           `json:"idle_timeout"`
 	Env         map[string]string `json:"env"`
+	// FromSession or FromSnapshot start the session from a snapshot
+	// (branching): a session's latest state, or a checkpoint's.
+	FromSession  string `json:"from_session"`
+	FromSnapshot string `json:"from_snapshot"`
 }
 
 // parseSessionOptions decodes the body of POST /sessions.
@@ -32,7 +36,10 @@ func parseSessionOptions(b []byte) (session.CreateOptions, error) {
 			return session.CreateOptions{}, codegw.Errorf(codegw.EINVALID, "invalid session options: %v", err)
 		}
 	}
-	return session.CreateOptions{IdleTimeout: seconds(body.IdleTimeout), Env: body.Env}, nil
+	if body.FromSession != "" && body.FromSnapshot != "" {
+		return session.CreateOptions{}, codegw.Errorf(codegw.EINVALID, "give from_session or from_snapshot, not both")
+	}
+	return session.CreateOptions{IdleTimeout: seconds(body.IdleTimeout), Env: body.Env, From: body.FromSession + body.FromSnapshot}, nil
 }
 
 // seconds converts a client's number of seconds to a duration, saturating:
@@ -66,6 +73,12 @@ func (s *Server) createSession(c *fiber.Ctx) error {
 		return err
 	}
 	c.Locals(localSession, sess.ID())
+	if r := sess.Restored(); r != nil {
+		return c.Status(fiber.StatusCreated).JSON(struct {
+			codegw.Session
+			Restored *codegw.Restored `json:"restored"`
+		}{sess.Info(), r})
+	}
 	return c.Status(fiber.StatusCreated).JSON(sess.Info())
 }
 

@@ -133,7 +133,7 @@ func TestTypeScriptClientStdio(t *testing.T) {
 		t.Cleanup(func() { os.RemoveAll(state) })
 		tmp := t.TempDir()
 		out := runClient(t, dir, []string{"CODEGW_URL=", "CODEGW_KEY=", "STATE_DIR=" + state, "POOL_SIZE=1",
-			"IMAGE_STORE_PATH=" + filepath.Join(tmp, "img"), "FILE_STORE_PATH=" + filepath.Join(tmp, "files")}, "stdio", bin, "mcp")
+			"IMAGE_STORE_PATH=" + filepath.Join(tmp, "img"), "FILE_STORE_PATH=" + filepath.Join(tmp, "files"), "SNAPSHOT_DIR=" + filepath.Join(tmp, "snapshots")}, "stdio", bin, "mcp")
 		if !strings.Contains(out, "ok file link on disk") {
 			t.Error("no file link on disk")
 		}

@@ -42,6 +42,7 @@ type Metrics struct {
 	websockets     prometheus.Gauge
 	storeErrors    *prometheus.CounterVec
 	forwards       *prometheus.CounterVec
+	snapshots      *prometheus.CounterVec
 }
 
 // New returns Metrics for an instance whose kernels run on executor
@@ -89,8 +90,11 @@ func New(executor string) *Metrics {
 	m.forwards = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "codegw_proxy_forwards_total", Help: "Requests forwarded to the instance holding the session, by outcome.",
 	}, []string{"outcome"})
+	m.snapshots = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "codegw_session_snapshots_total", Help: "Sessions paused and resumed from a snapshot, by event.",
+	}, []string{"event"})
 	r.MustRegister(m.httpDuration, m.executions, m.execDuration, m.kernelStart, m.queueWait,
-		m.truncatedBytes, m.truncated, m.inputs, m.refusals, m.websockets, m.storeErrors, m.forwards,
+		m.truncatedBytes, m.truncated, m.inputs, m.refusals, m.websockets, m.storeErrors, m.forwards, m.snapshots,
 		panicCollector{}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -217,6 +221,23 @@ func (m *Metrics) Forward(outcome string) {
 		return
 	}
 	m.forwards.WithLabelValues(outcome).Inc()
+}
+
+// SessionPaused records a session paused (by a client, idle culling or
+// the drain).
+func (m *Metrics) SessionPaused() {
+	if m == nil {
+		return
+	}
+	m.snapshots.WithLabelValues("paused").Inc()
+}
+
+// SessionResumed records a session resumed from a snapshot.
+func (m *Metrics) SessionResumed() {
+	if m == nil {
+		return
+	}
+	m.snapshots.WithLabelValues("resumed").Inc()
 }
 
 var panicsDesc = prometheus.NewDesc("codegw_panics_total",

@@ -8,7 +8,9 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -19,6 +21,7 @@ import (
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/metrics"
 	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/snapshot"
 	"github.com/codegw/codegw/store"
 )
 
@@ -69,6 +72,24 @@ type Config struct {
 	// Metrics records executions, queue waits, truncation and input
 	// downloads; nil records nothing.
 	Metrics *metrics.Metrics
+
+	// Snapshots stores session snapshots (pause, resume, checkpoints);
+	// nil turns them off. They need Store too.
+	Snapshots snapshot.Store
+	// MaxSnapshotBytes bounds one snapshot before compression;
+	// MaxSnapshotBytesPerKey the stored bytes of one key's snapshots (0:
+	// unlimited).
+	MaxSnapshotBytes       int64
+	MaxSnapshotBytesPerKey int64
+	// IdleAction is what idle culling does: IdleDelete, or IdlePause when
+	// snapshots are on.
+	IdleAction string
+	// PausedTTL deletes paused sessions this long after their pause (0:
+	// never).
+	PausedTTL time.Duration
+	// CheckpointAfter takes a checkpoint of a session once it has been
+	// idle this long after an execution (0: never).
+	CheckpointAfter time.Duration
 }
 
 // DefaultConfig returns limits that suit a laptop; kernels and stores must
@@ -91,6 +112,8 @@ func DefaultConfig() Config {
 		SessionQueue:      16,
 		ReplayEvents:      1000,
 		Instance:          "local",
+		MaxSnapshotBytes:  2 << 30,
+		IdleAction:        IdleDelete,
 	}
 }
 
@@ -107,6 +130,7 @@ type Manager struct {
 
 	mu       sync.Mutex
 	sessions map[string]*Session
+	resuming map[string]chan struct{} // sessions being resumed here
 	closed   bool
 	added    chan struct{} // wakes the culler, which sleeps while there is no session
 
@@ -138,6 +162,11 @@ func New(cfg Config) (*Manager, error) {
 	cfg.MaxSessionIdle = cmp.Or(cfg.MaxSessionIdle, d.MaxSessionIdle)
 	cfg.SessionQueue = cmp.Or(cfg.SessionQueue, d.SessionQueue)
 	cfg.ReplayEvents = cmp.Or(cfg.ReplayEvents, d.ReplayEvents)
+	cfg.MaxSnapshotBytes = cmp.Or(cfg.MaxSnapshotBytes, d.MaxSnapshotBytes)
+	cfg.IdleAction = cmp.Or(cfg.IdleAction, d.IdleAction)
+	if cfg.IdleAction != IdleDelete && cfg.IdleAction != IdlePause {
+		return nil, fmt.Errorf("session: idle action %q: want %q or %q", cfg.IdleAction, IdleDelete, IdlePause)
+	}
 	if cfg.Instance == "" {
 		cfg.Instance = d.Instance
 	}
@@ -150,6 +179,7 @@ func New(cfg Config) (*Manager, error) {
 		cfg: cfg, log: cfg.Logger,
 		workers:  make(chan struct{}, cfg.MaxWorkers),
 		sessions: make(map[string]*Session),
+		resuming: make(map[string]chan struct{}),
 		added:    make(chan struct{}, 1),
 		ctx:      ctx, cancel: cancel,
 		halt: halt, abort: abort,
@@ -338,7 +368,7 @@ func (m *Manager) Close() error {
 	}
 	m.mu.Unlock()
 	for _, s := range list {
-		m.remove(s, "server shutting down")
+		m.end(s, "server shutting down", endShutdown)
 	}
 	m.cancel()
 	m.bg.Wait()
@@ -373,12 +403,39 @@ func (m *Manager) Stats() Stats {
 type CreateOptions struct {
 	IdleTimeout time.Duration
 	Env         map[string]string
+	// From starts the session from a snapshot: a session id (its latest
+	// snapshot, or a checkpoint taken now when it is live here) or a
+	// snapshot id.
+	From string
 }
 
 // Create starts a session for owner on a warm kernel. The kernel's memory
 // counts against owner's quota until the session ends (a *LimitError when
-// over); sessions are refused while the manager drains.
-func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) (_ *Session, err error) {
+// over); sessions are refused while the manager drains. With opts.From the
+// session starts from a snapshot of another session of owner's (branching).
+func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) (*Session, error) {
+	if opts.From != "" {
+		return m.branch(ctx, owner, opts)
+	}
+	return m.open(ctx, owner, opts, opening{})
+}
+
+// opening is how a session comes to be: new (the zero value), resumed
+// under its own id from a snapshot, or branched from one.
+type opening struct {
+	id      string    // the session's id; a new one when empty
+	created time.Time // when the session was first created; now when zero
+	// claim records the session in the store as held here (CreateSession
+	// when nil); unclaim undoes it when the opening fails.
+	claim   func(ctx context.Context) error
+	unclaim func()
+	// restore loads the session's state into its new kernel.
+	restore func(ctx context.Context, s *Session) (*codegw.Restored, error)
+	// executions is the count the resumed session goes on from.
+	executions int
+}
+
+func (m *Manager) open(ctx context.Context, owner string, opts CreateOptions, o opening) (_ *Session, err error) {
 	idle := m.cfg.SessionIdle
 	if opts.IdleTimeout < 0 {
 		return nil, codegw.Errorf(codegw.EINVALID, "idle_timeout must be positive")
@@ -402,7 +459,10 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 			releaseKernel()
 		}
 	}()
-	id := "s_" + codegw.NewID()[:24]
+	id := o.id
+	if id == "" {
+		id = "s_" + codegw.NewID()[:24]
+	}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -410,7 +470,14 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 	}
 	m.mu.Unlock()
 	now := time.Now()
-	if m.cfg.Store != nil {
+	created := cmp.Or(o.created, now)
+	unclaim := func() { m.forget(id) }
+	if o.claim != nil {
+		if err := o.claim(ctx); err != nil {
+			return nil, err
+		}
+		unclaim = o.unclaim
+	} else if m.cfg.Store != nil {
 		rec := store.SessionRecord{ID: id, Owner: owner, Instance: m.cfg.Instance, CreatedAt: now}
 		if err := m.cfg.Store.CreateSession(ctx, rec, m.cfg.MaxSessionsPerKey, m.cfg.MaxSessions); err != nil {
 			return nil, err
@@ -418,7 +485,7 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 	}
 	k, err := m.freshKernel(ctx)
 	if err != nil {
-		m.forget(id)
+		unclaim()
 		return nil, err
 	}
 	if a, ok := k.Process().(assigner); ok {
@@ -429,22 +496,33 @@ func (m *Manager) Create(ctx context.Context, owner string, opts CreateOptions) 
 	s := &Session{
 		m: m, id: id, k: k, hub: newHub(m.cfg.ReplayEvents),
 		jobs:  make(chan *job, m.cfg.SessionQueue),
-		owner: owner, created: now, idle: idle, env: opts.Env,
+		owner: owner, created: created, idle: idle, env: opts.Env,
 		input: make(chan string), lastActive: now,
 		outputs: map[string]files.FileState{}, releaseKernel: releaseKernel,
+		executions: o.executions, checkpointed: o.executions,
 	}
 	if len(opts.Env) > 0 {
 		if err := s.setEnv(ctx); err != nil {
 			m.destroy(k)
-			m.forget(id)
+			unclaim()
 			return nil, err
 		}
+	}
+	if o.restore != nil {
+		r, err := o.restore(ctx, s)
+		if err != nil {
+			m.destroy(k)
+			unclaim()
+			return nil, err
+		}
+		s.restored = r
+		s.outputs = files.Snapshot(filepath.Join(k.Process().Dir(), "output"))
 	}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
 		m.destroy(k)
-		m.forget(id)
+		unclaim()
 		return nil, codegw.Errorf(codegw.EUNAVAILABLE, "server is shutting down")
 	}
 	s.ctx, s.cancel = context.WithCancel(m.ctx)
@@ -505,7 +583,8 @@ func (m *Manager) Local(id string) bool {
 	return m.sessions[id] != nil
 }
 
-// List returns owner's sessions on this instance, oldest first.
+// List returns owner's sessions on this instance, and paused ones, oldest
+// first.
 func (m *Manager) List(owner string) []codegw.Session {
 	m.mu.Lock()
 	var out []codegw.Session
@@ -515,6 +594,7 @@ func (m *Manager) List(owner string) []codegw.Session {
 		}
 	}
 	m.mu.Unlock()
+	out = append(out, m.listPaused(owner)...)
 	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	if out == nil {
 		out = []codegw.Session{}
@@ -532,9 +612,20 @@ func (m *Manager) Delete(id, owner string) error {
 	return nil
 }
 
-// remove ends s: clients are told why, its kernel is destroyed and its
-// record forgotten.
-func (m *Manager) remove(s *Session, reason string) {
+// How a session ends, for its record and snapshots.
+const (
+	endDeleted  = iota // the record and the snapshots go
+	endPaused          // the record says paused; the snapshots stay
+	endShutdown        // paused when a snapshot of it exists, else as endDeleted
+)
+
+// remove ends s for good: clients are told why, its kernel is destroyed,
+// its record forgotten and its snapshots deleted.
+func (m *Manager) remove(s *Session, reason string) { m.end(s, reason, endDeleted) }
+
+// end ends s here: clients are told why and its kernel is destroyed; how
+// says what becomes of its record and snapshots.
+func (m *Manager) end(s *Session, reason string, how int) {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -552,7 +643,27 @@ func (m *Manager) remove(s *Session, reason string) {
 	// the background: the reservation ends now so that the key can open
 	// another session at once (the destroy takes milliseconds).
 	s.releaseKernel()
-	m.forget(s.id)
+	if how == endShutdown && m.Snapshots() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		list, err := m.cfg.Snapshots.List(ctx, s.id)
+		if err == nil && len(list) > 0 {
+			if err := m.cfg.Store.ReassignSession(ctx, s.id, m.cfg.Instance, store.Paused); err == nil {
+				how = endPaused
+				reason += "; it resumes from its checkpoint of " + list[0].TakenAt.Format(time.RFC3339)
+			}
+		}
+		cancel()
+	}
+	switch how {
+	case endPaused:
+	default:
+		m.forget(s.id)
+		if m.Snapshots() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			m.cfg.Snapshots.DeleteSession(ctx, s.id)
+			cancel()
+		}
+	}
 	m.log.Info("session closed", "session", s.id, "reason", reason)
 }
 
@@ -563,9 +674,10 @@ func (m *Manager) cull() {
 	defer m.bg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	var expired time.Time
 	for {
 		m.mu.Lock()
-		none := len(m.sessions) == 0
+		none := len(m.sessions) == 0 && m.cfg.PausedTTL <= 0
 		m.mu.Unlock()
 		if none {
 			t.Stop()
@@ -581,16 +693,83 @@ func (m *Manager) cull() {
 			return
 		case now := <-t.C:
 			m.mu.Lock()
-			var idle []*Session
+			var idle, stale []*Session
 			for _, s := range m.sessions {
-				if s.idleSince(now) > s.idle {
+				since := s.idleSince(now)
+				if since > s.idle {
 					idle = append(idle, s)
+				} else if m.cfg.CheckpointAfter > 0 && since > m.cfg.CheckpointAfter && s.changed() {
+					stale = append(stale, s)
 				}
 			}
 			m.mu.Unlock()
 			for _, s := range idle {
-				m.remove(s, "idle timeout: no activity for "+s.idle.String())
+				m.idle(s)
+			}
+			for _, s := range stale {
+				m.autoCheckpoint(s)
+			}
+			if now.Sub(expired) > time.Minute {
+				expired = now
+				m.expire(m.ctx, now)
 			}
 		}
 	}
+}
+
+// idle ends a session idle past its timeout: paused when IDLE_ACTION is
+// pause (deleted if the pause fails), else deleted.
+func (m *Manager) idle(s *Session) {
+	why := "idle timeout: no activity for " + s.idle.String()
+	if m.cfg.IdleAction == IdlePause && m.Snapshots() {
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			defer codegw.Recover(m.ctx, "pause an idle session", nil)
+			ctx, cancel := context.WithTimeout(m.ctx, 5*time.Minute)
+			defer cancel()
+			if _, err := m.pause(ctx, s, why); err != nil && codegw.ErrorCode(err) != codegw.ECONFLICT {
+				m.log.Warn("could not pause an idle session; deleting it", "session", s.id, "err", err)
+				m.remove(s, why)
+			}
+		}()
+		return
+	}
+	m.remove(s, why)
+}
+
+// changed reports whether s ran an execution since its last snapshot.
+func (s *Session) changed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.executions > s.checkpointed && !s.checkpointing && !s.closing && !s.paused
+}
+
+// autoCheckpoint takes a checkpoint of s in the background (CHECKPOINT_AFTER).
+func (m *Manager) autoCheckpoint(s *Session) {
+	if !m.Snapshots() {
+		return
+	}
+	s.mu.Lock()
+	s.checkpointing = true
+	s.mu.Unlock()
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		defer func() {
+			s.mu.Lock()
+			s.checkpointing = false
+			s.mu.Unlock()
+		}()
+		defer codegw.Recover(m.ctx, "checkpoint an idle session", nil)
+		ctx, cancel := context.WithTimeout(m.ctx, 5*time.Minute)
+		defer cancel()
+		if _, err := s.snapshot(ctx, snapshot.KindAuto); err != nil {
+			m.log.Warn("automatic checkpoint failed", "session", s.id, "err", err)
+			// Not again until the next execution.
+			s.mu.Lock()
+			s.checkpointed = s.executions
+			s.mu.Unlock()
+		}
+	}()
 }

@@ -47,6 +47,22 @@ type Session struct {
 	// outputs is /code/output as the last execution left it; only the
 	// loop touches it.
 	outputs map[string]files.FileState
+
+	// kmu is held by whoever uses the kernel for the session's state: an
+	// execution, or a snapshot (which waits for the execution to end).
+	kmu sync.Mutex
+	// restored is what the session got back from a snapshot, told with
+	// its first answer; checkpointed is the executions count at the last
+	// snapshot (under mu).
+	restored     *codegw.Restored
+	checkpointed int
+	// paused is set once the session's state is in a snapshot and its
+	// kernel is going away: new work is refused as for a closing session.
+	paused bool
+	// checkpointing is set while an automatic checkpoint runs; emptied is
+	// closed when pending drops to zero (waitQueue).
+	checkpointing bool
+	emptied       chan struct{}
 }
 
 type job struct {
@@ -176,6 +192,11 @@ func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID 
 		release()
 		return nil, nil, codegw.Errorf(codegw.ENOTFOUND, "session %q has ended", s.id)
 	}
+	if s.paused {
+		s.mu.Unlock()
+		release()
+		return nil, nil, codegw.Errorf(codegw.ECONFLICT, "session %q is being paused; send the execution again once it is paused, and it resumes", s.id)
+	}
 	queued := s.pending > 0
 	select {
 	case s.jobs <- j:
@@ -264,6 +285,10 @@ func (s *Session) over() {
 	s.mu.Lock()
 	s.pending--
 	s.lastActive = time.Now()
+	if s.pending == 0 && s.emptied != nil {
+		close(s.emptied)
+		s.emptied = nil
+	}
 	s.mu.Unlock()
 }
 
@@ -279,6 +304,8 @@ func (s *Session) run(j *job) {
 		}
 	})
 	<-j.announced
+	s.kmu.Lock()
+	defer s.kmu.Unlock()
 	s.executing.Store(true)
 	defer s.executing.Store(false)
 	x := s.m.newExecution(j.id, j.req, j.code, func(ev codegw.Event) { s.publish(j, ev) })
@@ -303,6 +330,7 @@ func (s *Session) run(j *job) {
 	s.mu.Lock()
 	s.outputs = x.seen
 	s.executions++
+	res.Restored, s.restored = s.restored, nil
 	s.mu.Unlock()
 	answered = true
 	j.result <- res
@@ -356,3 +384,11 @@ func (s *Session) Subscribe(after uint64, replay bool) (*Subscriber, []codegw.Ev
 
 // LastSeq is the seq of the latest event.
 func (s *Session) LastSeq() uint64 { return s.hub.lastSeq() }
+
+// Restored is what the session got back from a snapshot when it was
+// resumed or branched, until its first answer carries it; nil otherwise.
+func (s *Session) Restored() *codegw.Restored {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.restored
+}

@@ -27,6 +27,12 @@ import (
 	"github.com/codegw/codegw"
 )
 
+// Paused is the instance a paused session's record names: no instance
+// holds its kernel, and its state waits in a snapshot for the instance that
+// resumes it (ReassignSession from Paused, so exactly one does). No real
+// instance may take this id.
+const Paused = "(paused)"
+
 // SessionRecord is what the store keeps about one session.
 type SessionRecord struct {
 	// ID is the session id, unique across all instances.

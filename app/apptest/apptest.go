@@ -26,6 +26,7 @@ func Config(t testing.TB) app.Config {
 	c := app.DefaultConfig()
 	c.StateDir, c.PoolSize = state, 1
 	c.ImageStorePath, c.FileStorePath = filepath.Join(t.TempDir(), "img"), filepath.Join(t.TempDir(), "files")
+	c.SnapshotDir = filepath.Join(t.TempDir(), "snapshots")
 	return c
 }
 

@@ -69,7 +69,7 @@ func run(n, warm int) error {
 			"PORT=" + strconv.Itoa(port), "REDIS_URL=" + redisURL, "EXECUTOR_INSTANCE_ID=" + name,
 			"CLUSTER_SECRET=bench", "API_KEYS=k", "EXECUTOR=local", "POOL_SIZE=1", "EXECUTOR_PRELOAD=",
 			"STATE_DIR=" + state, "IMAGE_STORE_PATH=" + filepath.Join(dir, name, "i"),
-			"FILE_STORE_PATH=" + filepath.Join(dir, name, "f"), "LOG_LEVEL=warn"}
+			"FILE_STORE_PATH=" + filepath.Join(dir, name, "f"), "SNAPSHOT_DIR=" + filepath.Join(dir, "snapshots"), "LOG_LEVEL=warn"}
 		cmd.Stderr = os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {

@@ -173,7 +173,7 @@ func startGateway(c config, b bin, start string) (*gateway, error) {
 	cmd.Env = append(os.Environ(),
 		"HOST=127.0.0.1", "PORT="+strconv.Itoa(port), "POOL_SIZE="+strconv.Itoa(c.Pool),
 		"KERNEL_START="+start, "KERNEL_PYTHON="+c.Python, "STATE_DIR="+filepath.Join(dir, "s"),
-		"IMAGE_STORE_PATH="+filepath.Join(dir, "images"), "FILE_STORE_PATH="+filepath.Join(dir, "files"),
+		"IMAGE_STORE_PATH="+filepath.Join(dir, "images"), "FILE_STORE_PATH="+filepath.Join(dir, "files"), "SNAPSHOT_DIR="+filepath.Join(dir, "snapshots"),
 		"LOG_LEVEL=warn", "API_KEYS=", "REDIS_URL=", "EXECUTOR=local")
 	logf, err := os.Create(filepath.Join(dir, "gateway.log"))
 	if err != nil {

@@ -91,7 +91,7 @@ func TestServeAndShutdown(t *testing.T) {
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "STATE_DIR="+state, "POOL_SIZE=2",
 		"LOG_FORMAT=json", "DRAIN_TIMEOUT=60", "REDIS_URL="+redisURL, "EXECUTOR_INSTANCE_ID="+instance,
-		"IMAGE_STORE_PATH="+filepath.Join(cmd.Dir, "img"), "FILE_STORE_PATH="+filepath.Join(cmd.Dir, "files"))
+		"IMAGE_STORE_PATH="+filepath.Join(cmd.Dir, "img"), "FILE_STORE_PATH="+filepath.Join(cmd.Dir, "files"), "SNAPSHOT_DIR="+filepath.Join(cmd.Dir, "snapshots"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +419,7 @@ func drainTimeoutInterrupts(t *testing.T, executor string) {
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "STATE_DIR="+state, "POOL_SIZE=1",
 		"EXECUTOR="+executor, "DRAIN_TIMEOUT=2", "EXECUTOR_INSTANCE_ID="+instance,
-		"IMAGE_STORE_PATH="+filepath.Join(cmd.Dir, "img"), "FILE_STORE_PATH="+filepath.Join(cmd.Dir, "files"))
+		"IMAGE_STORE_PATH="+filepath.Join(cmd.Dir, "img"), "FILE_STORE_PATH="+filepath.Join(cmd.Dir, "files"), "SNAPSHOT_DIR="+filepath.Join(cmd.Dir, "snapshots"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

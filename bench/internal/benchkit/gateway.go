@@ -92,6 +92,7 @@ func StartGateway(cfg GatewayConfig) (*Gateway, error) {
 		c.MaxSessions, c.MaxSessionsPerKey = cfg.MaxSessions, cfg.MaxSessions
 	}
 	c.ImageStorePath, c.FileStorePath, c.Retention = dir+"/images", dir+"/files", time.Hour
+	c.SnapshotDir = dir + "/snapshots"
 	c.Capabilities = func() any { return map[string]any{} }
 	if cfg.Tune != nil {
 		cfg.Tune(&c)

@@ -1,0 +1,182 @@
+package gateway_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/app"
+)
+
+// stateCell builds every kind of state a snapshot carries, and two it must
+// skip by name.
+const stateCell = `
+import os, numpy as np, pandas as pd
+x = 41
+df = pd.DataFrame({'a': np.arange(1000), 'b': np.arange(1000) * 2.0})
+add = lambda v: v + x
+class Point:
+    def __init__(self, a, b): self.a, self.b = a, b
+    def norm2(self): return self.a * self.a + self.b * self.b
+p = Point(3, 4)
+def total(): return int(df.b.sum()) + x
+gen = (i for i in range(3))
+fh = open('/code/output/notes.txt', 'w'); fh.write('kept'); fh.flush()
+os.makedirs('/code/work', exist_ok=True)
+open('/code/work/w.txt', 'w').write('tree')
+os.environ['MY_SETTING'] = 'on'
+os.chdir('/code/work')
+`
+
+const checkCell = `print(x, add(1), p.norm2(), total(), len(df), os.environ.get('MY_SETTING'), os.getcwd(), open('/code/output/notes.txt').read(), open('/code/work/w.txt').read())`
+
+const checkWant = "41 42 25 999041 1000 on /code/work kept tree"
+
+func skippedNames(r *codegw.Restored) []string {
+	var out []string
+	for _, s := range r.Skipped {
+		out = append(out, s.Name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestSessionPauseResume(t *testing.T) {
+	e := newEnv(t, envOptions{poolSize: 1, keys: []string{"ka", "kb"}})
+	s := e.createSession(t, map[string]any{"env": map[string]string{"GREETING": "hi"}})
+	if res := e.sexec(t, s.ID, map[string]any{"code": stateCell}); res.Status != "ok" {
+		t.Fatalf("state cell: %+v %s", res, strOr(res.Error))
+	}
+	// Another key can neither pause, resume, checkpoint nor read snapshots.
+	for _, path := range []string{"/pause", "/resume", "/checkpoint"} {
+		if st := e.do("POST", "/api/v1/sessions/"+s.ID+path, nil, nil, "Authorization", "Bearer kb"); st != 404 {
+			t.Errorf("key B %s: %d, want 404", path, st)
+		}
+	}
+	var paused struct {
+		Status   string
+		Session  codegw.Session
+		Snapshot codegw.Snapshot
+	}
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/pause", nil, &paused); st != 200 || paused.Session.State != "paused" {
+		t.Fatalf("pause: %d %+v", st, paused)
+	}
+	if got := strings.Join(paused.Snapshot.Variables, ","); !strings.Contains(got, "df") || !strings.Contains(got, "add") || !strings.Contains(got, "Point") {
+		t.Errorf("saved variables = %v", paused.Snapshot.Variables)
+	}
+	if e.mgr.Local(s.ID) {
+		t.Fatal("a paused session still holds its kernel")
+	}
+	var info codegw.Session
+	if st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, &info); st != 200 || info.State != "paused" || info.Snapshot == "" {
+		t.Errorf("get paused: %d %+v", st, info)
+	}
+	if st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, nil, "Authorization", "Bearer kb"); st != 404 {
+		t.Errorf("key B reads a paused session: %d", st)
+	}
+	var list struct{ Sessions []codegw.Session }
+	if e.do("GET", "/api/v1/sessions", nil, &list); len(list.Sessions) != 1 || list.Sessions[0].State != "paused" {
+		t.Errorf("list = %+v", list)
+	}
+	// The next execution resumes it, and its answer says what came back.
+	res := e.sexec(t, s.ID, map[string]any{"code": checkCell + "\nprint(os.environ['GREETING'])"})
+	if res.Stdout != checkWant+"\nhi\n" {
+		t.Fatalf("after resume: %q %s", res.Stdout, strOr(res.Error))
+	}
+	if res.Restored == nil || res.Restored.Kind != "pause" || !slices.Contains(res.Restored.Variables, "df") {
+		t.Fatalf("restored = %+v", res.Restored)
+	}
+	if got := skippedNames(res.Restored); !slices.Equal(got, []string{"fh", "gen"}) {
+		t.Errorf("skipped = %v (%+v)", got, res.Restored.Skipped)
+	}
+	if res.ExecutionCount != 2 {
+		t.Errorf("execution count after resume = %d, want 2 (the kernel's count goes on)", res.ExecutionCount)
+	}
+	// A function defined before the pause sees globals changed after it.
+	if res := e.sexec(t, s.ID, map[string]any{"code": "x = 100\nprint(add(1), total())"}); res.Result != "101 999100" {
+		t.Errorf("globals after resume: %q", res.Result)
+	}
+
+	// A checkpoint, then a branch from it: the branch has the state, the
+	// original goes on independently.
+	var ck codegw.Snapshot
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/checkpoint", nil, &ck); st != 201 || !strings.HasPrefix(ck.ID, "ck_") {
+		t.Fatalf("checkpoint: %d %+v", st, ck)
+	}
+	e.sexec(t, s.ID, map[string]any{"code": "x = 7"})
+	var branch struct {
+		codegw.Session
+		Restored *codegw.Restored
+	}
+	if st := e.do("POST", "/api/v1/sessions", map[string]any{"from_snapshot": ck.ID}, &branch); st != 201 || branch.Restored == nil {
+		t.Fatalf("branch: %d %+v", st, branch)
+	}
+	if res := e.sexec(t, branch.ID, map[string]any{"code": "print(x, p.norm2())"}); res.Result != "100 25" {
+		t.Errorf("branch state: %q %s", res.Result, strOr(res.Error))
+	}
+	if res := e.sexec(t, s.ID, map[string]any{"code": "print(x)"}); res.Result != "7" {
+		t.Errorf("original after branch: %q", res.Result)
+	}
+	if st := e.do("POST", "/api/v1/sessions", map[string]any{"from_snapshot": ck.ID}, nil, "Authorization", "Bearer kb"); st != 404 {
+		t.Errorf("key B branches from key A's checkpoint: %d", st)
+	}
+
+	// Deleting a paused session deletes its snapshots.
+	if st := e.do("POST", "/api/v1/sessions/"+branch.ID+"/pause", nil, nil); st != 200 {
+		t.Fatalf("pause branch: %d", st)
+	}
+	if st := e.do("DELETE", "/api/v1/sessions/"+branch.ID, nil, nil); st != 204 {
+		t.Errorf("delete paused: %d", st)
+	}
+	if st := e.do("GET", "/api/v1/sessions/"+branch.ID, nil, nil); st != 404 {
+		t.Errorf("deleted paused session: %d", st)
+	}
+}
+
+// TestSnapshotDamaged: a corrupted snapshot is refused with a clear error
+// and the session stays paused; a snapshot over the limit is refused and
+// the session runs on.
+func TestSnapshotDamaged(t *testing.T) {
+	dir := t.TempDir()
+	e := newEnv(t, envOptions{poolSize: 1, tune: func(c *app.Config) {
+		c.SnapshotDir, c.MaxSnapshotBytes = dir, 4<<20
+	}})
+	s := e.createSession(t, nil)
+	e.sexec(t, s.ID, map[string]any{"code": "big = bytearray(8 << 20)\nsmall = 1"})
+	var errBody struct{ Error, Code string }
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/pause", nil, &errBody); st != 413 || !strings.Contains(errBody.Error, "MAX_SNAPSHOT_BYTES") {
+		t.Fatalf("pause over the limit: %d %+v", st, errBody)
+	}
+	if res := e.sexec(t, s.ID, map[string]any{"code": "del big\nprint(small)"}); res.Result != "1" {
+		t.Fatalf("session after a refused pause: %+v %s", res, strOr(res.Error))
+	}
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/pause", nil, nil); st != 200 {
+		t.Fatalf("pause: %d", st)
+	}
+	// Flip one byte in the middle of the stored snapshot.
+	paths, _ := filepath.Glob(filepath.Join(dir, s.ID, "*.zst"))
+	if len(paths) != 1 {
+		t.Fatalf("snapshot files: %v", paths)
+	}
+	b, err := os.ReadFile(paths[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x55
+	os.WriteFile(paths[0], b, 0o600)
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/execute", map[string]any{"code": "print(small)"}, &errBody); st != 400 || !strings.Contains(errBody.Error, "damaged") {
+		t.Errorf("resume from a damaged snapshot: %d %+v", st, errBody)
+	}
+	var info codegw.Session
+	if st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, &info); st != 200 || info.State != "paused" {
+		t.Errorf("after a failed resume: %d %+v", st, info)
+	}
+	// Truncated: the same.
+	os.WriteFile(paths[0], b[:len(b)/3], 0o600)
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/resume", nil, &errBody); st != 400 || !strings.Contains(errBody.Error, "damaged") {
+		t.Errorf("resume from a truncated snapshot: %d %+v", st, errBody)
+	}
+}
