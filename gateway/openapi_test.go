@@ -174,6 +174,21 @@ func TestOpenAPIMatchesTraffic(t *testing.T) {
 	jsonCall("GET", "/librechat/files/nosuchsession", nil)
 	jsonCall("POST", p+"/interrupt", nil)
 	jsonCall("POST", p+"/restart", nil)
+	// Snapshots: checkpoint, branch, pause, read paused, resume.
+	jsonCall("POST", p+"/execute", map[string]any{"code": "x = 1\ng = (i for i in range(2))"})
+	var ck struct{ ID string }
+	json.Unmarshal(jsonCall("POST", p+"/checkpoint", nil), &ck)
+	jsonCall("GET", p+"/snapshots", nil)
+	var br struct{ ID string }
+	json.Unmarshal(jsonCall("POST", "/api/v1/sessions", map[string]any{"from_snapshot": ck.ID}), &br)
+	jsonCall("POST", "/api/v1/sessions", map[string]any{"from_snapshot": "ck_nosuchsnapshot"})
+	jsonCall("POST", p+"/pause", nil)
+	jsonCall("GET", p, nil)
+	jsonCall("GET", "/api/v1/sessions", nil)
+	jsonCall("POST", p+"/pause", nil)
+	jsonCall("POST", p+"/resume", nil)
+	jsonCall("POST", p+"/execute", map[string]any{"code": "x"})
+	jsonCall("DELETE", "/api/v1/sessions/"+br.ID, nil)
 	jsonCall("DELETE", p, nil)
 	jsonCall("GET", p, nil)
 }
