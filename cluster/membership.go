@@ -107,6 +107,43 @@ func (r *recordingStore) CreateSession(ctx context.Context, rec store.SessionRec
 	return err
 }
 
+// ReassignSession notes a record moving to this instance (a session
+// resumed here) before it moves, as CreateSession does, and forgets one
+// moving away (paused).
+func (r *recordingStore) ReassignSession(ctx context.Context, id, from, to string) error {
+	r.m.mu.Lock()
+	prev, had := r.m.known[id]
+	if to == r.m.self.ID {
+		r.m.known[id] = knownRecord{rec: store.SessionRecord{ID: id, Instance: to}, seen: time.Now()}
+	} else {
+		delete(r.m.known, id)
+	}
+	r.m.mu.Unlock()
+	err := r.Store.ReassignSession(ctx, id, from, to)
+	if err != nil {
+		r.m.mu.Lock()
+		if had {
+			r.m.known[id] = prev
+		} else {
+			delete(r.m.known, id)
+		}
+		r.m.mu.Unlock()
+		return err
+	}
+	if to == r.m.self.ID {
+		// The whole record, for a beat that must record it again.
+		if rec, err := r.Store.GetSession(ctx, id); err == nil {
+			r.m.mu.Lock()
+			if k, ok := r.m.known[id]; ok {
+				k.rec = rec
+				r.m.known[id] = k
+			}
+			r.m.mu.Unlock()
+		}
+	}
+	return nil
+}
+
 // DeleteSession queues a refused delete for the next beats.
 func (r *recordingStore) DeleteSession(ctx context.Context, id string) error {
 	r.m.mu.Lock()

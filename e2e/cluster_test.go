@@ -84,7 +84,8 @@ func freePort(t *testing.T) int {
 }
 
 // start runs an instance against redisURL and waits until it serves.
-func start(t *testing.T, name, redisURL string) *instance {
+// Settings in env come last, so they override the defaults above them.
+func start(t *testing.T, name, redisURL string, env ...string) *instance {
 	t.Helper()
 	port := freePort(t)
 	state, err := os.MkdirTemp("", "cgc"+name) // ipc socket paths must be short
@@ -110,6 +111,7 @@ func start(t *testing.T, name, redisURL string) *instance {
 		"IMAGE_STORE_PATH=" + filepath.Join(work, "images"), "FILE_STORE_PATH=" + filepath.Join(work, "files"), "SNAPSHOT_DIR=" + filepath.Join(work, "snapshots"),
 		"SESSION_IDLE_TIMEOUT=600", "LOG_LEVEL=info",
 	}
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

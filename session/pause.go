@@ -273,6 +273,10 @@ func (m *Manager) Resume(ctx context.Context, id, owner string) (s *Session, ok 
 	if !m.Snapshots() {
 		return nil, false, nil
 	}
+	// The id becomes the session's and a map key: it must not share the
+	// caller's buffer (Fiber's path parameters live in buffers reused by
+	// the next request).
+	id = strings.Clone(id)
 	// One resume per session at a time on this instance; the others wait
 	// for it and find the session local.
 	for {
