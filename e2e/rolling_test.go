@@ -141,3 +141,57 @@ func TestRollingRestart(t *testing.T) {
 		t.Errorf("%d wrong answers; errors:\n%s", wrong.Load(), strings.Join(errs[:min(len(errs), 20)], "\n"))
 	}
 }
+
+// TestKillResumesFromCheckpoint: an instance killed with SIGKILL leaves
+// its sessions to the others. One that went idle after its executions has
+// a checkpoint (CHECKPOINT_AFTER) and resumes from it on another instance,
+// whose first answer says when it was taken and how many executions were
+// lost; one with no checkpoint answers 410 session_lost as before.
+func TestKillResumesFromCheckpoint(t *testing.T) {
+	rs := redistest.Start(t)
+	env := []string{"SNAPSHOT_DIR=" + t.TempDir(), "CHECKPOINT_AFTER=0.3"}
+	a, b := start(t, "a", rs.URL(), env...), start(t, "b", rs.URL(), env...)
+	kept := a.create(t, key1)
+	a.exec(t, kept, "x = 1\nimport pandas as pd\ndf = pd.DataFrame({'v': [1, 2, 3]})")
+	var snaps struct{ Snapshots []codegw.Snapshot }
+	poll(t, 30*time.Second, 50*time.Millisecond, "an automatic checkpoint", func() string {
+		a, err := a.call("GET", "/api/v1/sessions/"+kept+"/snapshots", key1, nil)
+		if err != nil {
+			return err.Error()
+		}
+		json.Unmarshal(a.body, &snaps)
+		if len(snaps.Snapshots) == 0 || snaps.Snapshots[0].Kind != "auto" || snaps.Snapshots[0].Executions != 1 {
+			return a.String()
+		}
+		return ""
+	})
+	// Two executions after the checkpoint, killed before the next one.
+	a.exec(t, kept, "x = 2")
+	a.exec(t, kept, "x = 3")
+	none := a.create(t, key1) // no execution: no checkpoint
+	a.kill9()
+
+	var res codegw.ExecuteResult
+	poll(t, 30*time.Second, 100*time.Millisecond, "the session resumed on b", func() string {
+		ans, err := b.call("POST", "/api/v1/sessions/"+kept+"/execute", key1, map[string]any{"code": "print(x, int(df.v.sum()))"})
+		if err != nil || ans.status != 200 {
+			return fmt.Sprint(ans, err)
+		}
+		json.Unmarshal(ans.body, &res)
+		return ""
+	})
+	if res.Result != "1 6" {
+		t.Errorf("resumed from the checkpoint: %q, want %q", res.Result, "1 6")
+	}
+	if r := res.Restored; r == nil || r.Kind != "auto" || r.Lost != 2 || !strings.Contains(r.Message, "instance a") {
+		t.Errorf("restored = %+v; want the checkpoint, 2 executions lost, naming instance a", r)
+	}
+	ans, err := b.call("POST", "/api/v1/sessions/"+none+"/execute", key1, map[string]any{"code": "1"})
+	if code, _ := ans.apiErr(); err != nil || ans.status != 410 || code != "session_lost" {
+		t.Errorf("session without a checkpoint: %v %v; want 410 session_lost", ans, err)
+	}
+	// The resumed session lives on b, under its id, for every later call.
+	if r := b.exec(t, kept, "x += 10\nprint(x)"); r.Result != "11" || r.Restored != nil {
+		t.Errorf("after the resume: %+v", r)
+	}
+}

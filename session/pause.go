@@ -340,8 +340,11 @@ func (m *Manager) Resume(ctx context.Context, id, owner string) (s *Session, ok 
 			case latest.Kind == snapshot.KindPause && lost == "":
 				r.Message = fmt.Sprintf("resumed from its pause at %s", latest.TakenAt.Format(time.RFC3339))
 			default:
-				r.Message = fmt.Sprintf("%sresumed from its last checkpoint, taken at %s after %d executions: anything run after it is lost",
-					lost, latest.TakenAt.Format(time.RFC3339), latest.Executions)
+				if n, err := m.cfg.Snapshots.Progress(ctx, id); err == nil && n > latest.Executions {
+					r.Lost = n - latest.Executions
+				}
+				r.Message = fmt.Sprintf("%sresumed from its last checkpoint, taken at %s after %d executions: the %d executions run after it are lost",
+					lost, latest.TakenAt.Format(time.RFC3339), latest.Executions, r.Lost)
 			}
 			return r, nil
 		},
@@ -581,4 +584,17 @@ func (m *Manager) listPaused(owner string) []codegw.Session {
 		out = append(out, pausedInfo(rec, list[0]))
 	}
 	return out
+}
+
+// noteProgress records a session's executions count when checkpoints are
+// taken (CHECKPOINT_AFTER), for the loss report of a resume after a crash.
+func (m *Manager) noteProgress(id string, executions int) {
+	if !m.Snapshots() || m.cfg.CheckpointAfter <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(m.ctx, 5*time.Second)
+	defer cancel()
+	if err := m.cfg.Snapshots.SetProgress(ctx, id, executions); err != nil {
+		m.log.Warn("record a session's progress", "session", id, "err", err)
+	}
 }

@@ -330,8 +330,10 @@ func (s *Session) run(j *job) {
 	s.mu.Lock()
 	s.outputs = x.seen
 	s.executions++
+	n := s.executions
 	res.Restored, s.restored = s.restored, nil
 	s.mu.Unlock()
+	s.m.noteProgress(s.id, n)
 	answered = true
 	j.result <- res
 }

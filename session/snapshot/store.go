@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -89,6 +90,11 @@ type Store interface {
 	Sessions(ctx context.Context) ([]string, error)
 	// Usage is the bytes owner's snapshots take.
 	Usage(ctx context.Context, owner string) (int64, error)
+	// SetProgress records how many executions a live session has run, so
+	// that a resume from its last checkpoint after its instance died can
+	// say how many were lost; Progress reads it (0 when never set).
+	SetProgress(ctx context.Context, session string, executions int) error
+	Progress(ctx context.Context, session string) (int, error)
 }
 
 // Dir stores each snapshot as <dir>/<session>/<id>.zst with its meta in
@@ -297,6 +303,52 @@ func (d *Dir) Usage(ctx context.Context, owner string) (int64, error) {
 		if m, err := readMeta(p); err == nil && m.Owner == owner {
 			n += m.Bytes
 		}
+	}
+	return n, nil
+}
+
+// SetProgress implements Store.
+func (d *Dir) SetProgress(ctx context.Context, session string, executions int) error {
+	if !validName(session) {
+		return codegw.Errorf(codegw.EINVALID, "snapshot: invalid session id")
+	}
+	dir := filepath.Join(d.dir, session)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	// Each writer has its own temporary file: two instances may briefly
+	// both write a session's progress around a resume.
+	tmp, err := os.CreateTemp(dir, ".progress-*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.WriteString(strconv.Itoa(executions))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(dir, "progress"))
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
+
+// Progress implements Store.
+func (d *Dir) Progress(ctx context.Context, session string) (int, error) {
+	if !validName(session) {
+		return 0, nil
+	}
+	b, err := os.ReadFile(filepath.Join(d.dir, session, "progress"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 0 {
+		return 0, codegw.Errorf(codegw.EINVALID, "snapshot: progress of %s is not a count", session)
 	}
 	return n, nil
 }
