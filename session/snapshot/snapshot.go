@@ -217,6 +217,11 @@ func (r *byteReader) Read(p []byte) (int, error) {
 
 func bytesReader(b []byte) io.Reader { return &byteReader{b} }
 
+// Timing, when set (benchmarks), receives the two halves of each restore:
+// the gateway's (check and unpack into the kernel's directory) and the
+// kernel's (load).
+var Timing func(id string, unpack, load time.Duration)
+
 // ErrDamaged is matched by the error of a snapshot whose bytes do not
 // match its checksum or format.
 var ErrDamaged = errors.New("snapshot damaged")
@@ -230,6 +235,7 @@ func damaged(id, why string) error {
 // written to the kernel's directory before the kernel loads any of them.
 // limit bounds the uncompressed size.
 func Restore(ctx context.Context, k *kernel.Kernel, meta Meta, r io.Reader, limit int64) (*codegw.Restored, error) {
+	start := time.Now()
 	root, err := os.OpenRoot(k.Process().Dir())
 	if err != nil {
 		return nil, codegw.WrapError(codegw.EINTERNAL, err, "open the kernel's directory")
@@ -270,9 +276,13 @@ func Restore(ctx context.Context, k *kernel.Kernel, meta Meta, r io.Reader, limi
 	if got := hex.EncodeToString(h.Sum(nil)); got != meta.SHA256 || n+rest != meta.Bytes {
 		return nil, damaged(meta.ID, "its checksum does not match")
 	}
+	unpacked := time.Since(start)
 	rep, err := run(ctx, k, fmt.Sprintf("_codegw_restore(%q)", "/code/"+restoreDir), restoreDir)
 	if err != nil {
 		return nil, err
+	}
+	if Timing != nil {
+		Timing(meta.ID, unpacked, time.Since(start)-unpacked)
 	}
 	return &codegw.Restored{
 		Snapshot: meta.ID, Kind: meta.Kind, TakenAt: meta.TakenAt,

@@ -52,21 +52,29 @@ def _codegw_snapshot(out, limit, root="/code"):
             if reason:
                 skipped.append({"name": name, "reason": reason + " (" + type(value).__name__ + ") cannot be saved"})
                 continue
+            # Pickled straight into the file (no copy of a large value in
+            # memory); a value that fails is cut off again.
+            key = name.encode()
+            start = f.tell()
+            f.write(struct.pack("<IQ", len(key), 0))
+            f.write(key)
             try:
-                data = dill.dumps(value, protocol=5)
+                dill.dump(value, f, protocol=5)
             except BaseException as e:  # noqa: BLE001 (anything a reduce may raise)
+                f.seek(start)
+                f.truncate()
                 if isinstance(e, KeyboardInterrupt):
                     raise
                 skipped.append({"name": name, "reason": "cannot be serialized: " + type(e).__name__ + ": " + str(e)[:200]})
                 continue
-            key = name.encode()
-            total += len(key) + len(data) + 12
+            end = f.tell()
+            total = end
             if total > limit:
                 over = True
                 break
-            f.write(struct.pack("<IQ", len(key), len(data)))
-            f.write(key)
-            f.write(data)
+            f.seek(start)
+            f.write(struct.pack("<IQ", len(key), end - start - 12 - len(key)))
+            f.seek(end)
             saved.append(name)
     env = dict(os.environ)
     state = {
@@ -147,14 +155,16 @@ def _codegw_restore(src, root="/code"):
                 break
             klen, dlen = struct.unpack("<IQ", head)
             name = f.read(klen).decode()
-            data = f.read(dlen)
+            start = f.tell()
             try:
-                ns[name] = dill.loads(data)
+                # Read from the file itself: no copy of a large value.
+                ns[name] = dill.load(f)
                 restored.append(name)
             except BaseException as e:  # noqa: BLE001
                 if isinstance(e, KeyboardInterrupt):
                     raise
                 skipped.append({"name": name, "reason": "cannot be restored: " + type(e).__name__ + ": " + str(e)[:200]})
+            f.seek(start + dlen)
     keep = os.environ
     # What each kernel sets for itself is not carried over.
     kernel_env = {"HOME", "PWD", "OLDPWD", "HOSTNAME", "MPLCONFIGDIR", "TMPDIR", "PATH", "PYTHONPATH"}

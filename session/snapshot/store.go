@@ -145,10 +145,10 @@ func (d *Dir) Put(ctx context.Context, meta Meta, r io.Reader) (Meta, error) {
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
+	// Not fsynced: a snapshot must survive the process (a restart, a
+	// replaced container), and the rename below makes it whole or absent;
+	// a crash of the host itself may lose the latest ones.
 	n, err := io.Copy(io.MultiWriter(tmp, h), r)
-	if err == nil {
-		err = tmp.Sync()
-	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
