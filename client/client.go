@@ -302,6 +302,10 @@ type SessionOptions struct {
 	IdleTimeout time.Duration
 	// Env is set in the kernel's environment.
 	Env map[string]string
+	// FromSession or FromSnapshot start the session from a snapshot of
+	// another of the caller's sessions (branching): that session's latest
+	// state, or a checkpoint's (ck_...).
+	FromSession, FromSnapshot string
 }
 
 // CreateSession starts a session: a kernel that keeps its state across
@@ -313,6 +317,12 @@ func (c *Client) CreateSession(ctx context.Context, opts SessionOptions) (*Sessi
 	}
 	if len(opts.Env) > 0 {
 		body["env"] = opts.Env
+	}
+	if opts.FromSession != "" {
+		body["from_session"] = opts.FromSession
+	}
+	if opts.FromSnapshot != "" {
+		body["from_snapshot"] = opts.FromSnapshot
 	}
 	var info codegw.Session
 	if err := c.call(ctx, http.MethodPost, "/api/v1/sessions", body, &info); err != nil {
@@ -385,6 +395,44 @@ func (s *Session) Interrupt(ctx context.Context) error {
 // Restart restarts the kernel: variables are lost, files are kept.
 func (s *Session) Restart(ctx context.Context) error {
 	return s.c.call(ctx, http.MethodPost, s.path("/restart"), struct{}{}, nil)
+}
+
+// Pause snapshots the session's state (variables, working directory,
+// environment, /code) and frees its kernel; its next use, or Resume,
+// restores it, on any instance.
+func (s *Session) Pause(ctx context.Context) (codegw.Snapshot, error) {
+	var out struct {
+		Snapshot codegw.Snapshot `json:"snapshot"`
+	}
+	err := s.c.call(ctx, http.MethodPost, s.path("/pause"), struct{}{}, &out)
+	return out.Snapshot, err
+}
+
+// Resume brings a paused session back and says what was restored and
+// skipped (nil when the session was not paused).
+func (s *Session) Resume(ctx context.Context) (*codegw.Restored, error) {
+	var out struct {
+		Restored *codegw.Restored `json:"restored"`
+	}
+	err := s.c.call(ctx, http.MethodPost, s.path("/resume"), struct{}{}, &out)
+	return out.Restored, err
+}
+
+// Checkpoint snapshots the session's state and leaves it running; the
+// snapshot's id starts new sessions (SessionOptions.FromSnapshot).
+func (s *Session) Checkpoint(ctx context.Context) (codegw.Snapshot, error) {
+	var snap codegw.Snapshot
+	err := s.c.call(ctx, http.MethodPost, s.path("/checkpoint"), struct{}{}, &snap)
+	return snap, err
+}
+
+// Snapshots lists the session's snapshots, newest first.
+func (s *Session) Snapshots(ctx context.Context) ([]codegw.Snapshot, error) {
+	var out struct {
+		Snapshots []codegw.Snapshot `json:"snapshots"`
+	}
+	err := s.c.call(ctx, http.MethodGet, s.path("/snapshots"), nil, &out)
+	return out.Snapshots, err
 }
 
 // FileInfo describes a file in the session's /code/input or /code/output.

@@ -214,10 +214,11 @@ func execCode(args []string) error {
 
 func sessionCmd(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: codegw session create|list|delete [ID...]")
+		return errors.New("usage: codegw session create|list|delete|pause|resume|checkpoint [ID...]")
 	}
 	fs, cf := newFlags("session " + args[0])
 	idle := fs.Duration("idle", 0, "idle timeout of a new session (create)")
+	from := fs.String("from", "", "start the new session from this session's state or this snapshot (ck_...) (create)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -228,7 +229,13 @@ func sessionCmd(args []string) error {
 	ctx := context.Background()
 	switch args[0] {
 	case "create":
-		s, err := c.CreateSession(ctx, client.SessionOptions{IdleTimeout: *idle})
+		opts := client.SessionOptions{IdleTimeout: *idle}
+		if strings.HasPrefix(*from, "ck_") {
+			opts.FromSnapshot = *from
+		} else {
+			opts.FromSession = *from
+		}
+		s, err := c.CreateSession(ctx, opts)
 		if err != nil {
 			return err
 		}
@@ -255,8 +262,52 @@ func sessionCmd(args []string) error {
 			}
 			fmt.Println("deleted", id)
 		}
+	case "pause", "resume", "checkpoint":
+		if fs.NArg() == 0 {
+			return fmt.Errorf("usage: codegw session %s ID...", args[0])
+		}
+		for _, id := range fs.Args() {
+			s := c.Session(id)
+			switch args[0] {
+			case "pause":
+				snap, err := s.Pause(ctx)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("paused %s: snapshot %s, %d bytes, %d variables%s\n", id, snap.ID, snap.Bytes, len(snap.Variables), skippedNote(snap.Skipped))
+			case "resume":
+				r, err := s.Resume(ctx)
+				if err != nil {
+					return err
+				}
+				if r == nil {
+					fmt.Printf("%s is running\n", id)
+				} else {
+					fmt.Printf("resumed %s: %s; %d variables%s\n", id, r.Message, len(r.Variables), skippedNote(r.Skipped))
+				}
+			case "checkpoint":
+				snap, err := s.Checkpoint(ctx)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("%s\t%d bytes, %d variables%s\n", snap.ID, snap.Bytes, len(snap.Variables), skippedNote(snap.Skipped))
+			}
+		}
 	default:
-		return fmt.Errorf("unknown session command %q: create, list or delete", args[0])
+		return fmt.Errorf("unknown session command %q: create, list, delete, pause, resume or checkpoint", args[0])
 	}
 	return nil
+}
+
+// skippedNote names the variables a snapshot could not carry.
+func skippedNote(skipped []codegw.SkippedName) string {
+	if len(skipped) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("; skipped:")
+	for _, s := range skipped {
+		fmt.Fprintf(&b, " %s (%s)", s.Name, s.Reason)
+	}
+	return b.String()
 }

@@ -95,6 +95,32 @@ open("/code/output/table.csv", "w").write("a,b\n1,2\n")
 	if stdout, _, code = cli(t, bin, env, "", "session", "list"); code != 0 || !strings.Contains(stdout, id) {
 		t.Fatalf("session list: %d %q", code, stdout)
 	}
+	// Checkpoint, branch, pause, list as paused, resume.
+	stdout, stderr, code = cli(t, bin, env, "", "session", "checkpoint", id)
+	ck, _, _ := strings.Cut(stdout, "\t")
+	if code != 0 || !strings.HasPrefix(ck, "ck_") {
+		t.Fatalf("session checkpoint: %d %q %s", code, stdout, stderr)
+	}
+	stdout, stderr, code = cli(t, bin, env, "", "session", "create", "-from", ck)
+	branch := strings.TrimSpace(stdout)
+	if code != 0 || !strings.HasPrefix(branch, "s_") {
+		t.Fatalf("session create -from: %d %q %s", code, stdout, stderr)
+	}
+	if stdout, stderr, code = cli(t, bin, env, "", "exec", "-s", branch, "print(x + 1)"); code != 0 || stdout != "22\n" {
+		t.Fatalf("exec in the branch: %d %q %s", code, stdout, stderr)
+	}
+	if stdout, stderr, code = cli(t, bin, env, "", "session", "pause", id); code != 0 || !strings.Contains(stdout, "paused "+id) {
+		t.Fatalf("session pause: %d %q %s", code, stdout, stderr)
+	}
+	if stdout, _, _ = cli(t, bin, env, "", "session", "list"); !strings.Contains(stdout, "paused") {
+		t.Fatalf("paused session not listed as paused: %q", stdout)
+	}
+	if stdout, stderr, code = cli(t, bin, env, "", "session", "resume", id); code != 0 || !strings.Contains(stdout, "resumed "+id) {
+		t.Fatalf("session resume: %d %q %s", code, stdout, stderr)
+	}
+	if stdout, stderr, code = cli(t, bin, env, "", "exec", "-s", id, "print(x)"); code != 0 || stdout != "21\n" {
+		t.Fatalf("exec after resume: %d %q %s", code, stdout, stderr)
+	}
 	if _, stderr, code = cli(t, bin, env, "", "session", "delete", id); code != 0 {
 		t.Fatalf("session delete: %d %s", code, stderr)
 	}
