@@ -324,11 +324,14 @@ func (c *Client) CreateSession(ctx context.Context, opts SessionOptions) (*Sessi
 	if opts.FromSnapshot != "" {
 		body["from_snapshot"] = opts.FromSnapshot
 	}
-	var info codegw.Session
+	var info struct {
+		codegw.Session
+		Restored *codegw.Restored `json:"restored"`
+	}
 	if err := c.call(ctx, http.MethodPost, "/api/v1/sessions", body, &info); err != nil {
 		return nil, err
 	}
-	return &Session{c: c, ID: info.ID, Info: info}, nil
+	return &Session{c: c, ID: info.ID, Info: info.Session, Restored: info.Restored}, nil
 }
 
 // Session returns a handle on an existing session, without a call.
@@ -353,7 +356,13 @@ type Session struct {
 	ID string
 	// Info is what the server said when the session was created.
 	Info codegw.Session
+	// Restored is, for a session started from a snapshot, what it got
+	// back.
+	Restored *codegw.Restored
 }
+
+// Client is the client the session was made with.
+func (s *Session) Client() *Client { return s.c }
 
 func (s *Session) path(suffix string) string {
 	return "/api/v1/sessions/" + url.PathEscape(s.ID) + suffix

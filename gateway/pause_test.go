@@ -1,11 +1,16 @@
 package gateway_test
 
 import (
+	"context"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
@@ -178,5 +183,55 @@ func TestSnapshotDamaged(t *testing.T) {
 	os.WriteFile(paths[0], b[:len(b)/3], 0o600)
 	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/resume", nil, &errBody); st != 400 || !strings.Contains(errBody.Error, "damaged") {
 		t.Errorf("resume from a truncated snapshot: %d %+v", st, errBody)
+	}
+}
+
+// TestMCPCheckpoint: the MCP tools checkpoint and restore_checkpoint, with
+// the MCP SDK's client: a checkpoint, a change, then the checkpoint again.
+func TestMCPCheckpoint(t *testing.T) {
+	e := newEnv(t, envOptions{keys: []string{"mk"}, poolSize: 2})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	client := mcp.NewClient(&mcp.Implementation{Name: "snapshot-test", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: e.base + "/mcp",
+		HTTPClient: &http.Client{Transport: bearer{"mk"}}, DisableStandaloneSSE: true}, nil)
+	if err != nil {
+		t.Fatalf("MCP connect: %v", err)
+	}
+	defer cs.Close()
+	call := func(tool string, args map[string]any) string {
+		t.Helper()
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: args})
+		if err != nil {
+			t.Fatalf("%s: %v", tool, err)
+		}
+		var text strings.Builder
+		for _, c := range res.Content {
+			if tc, ok := c.(*mcp.TextContent); ok {
+				text.WriteString(tc.Text)
+			}
+		}
+		if res.IsError {
+			t.Fatalf("%s: error %q", tool, text.String())
+		}
+		return text.String()
+	}
+	call("execute_python", map[string]any{"code": "x = 5\ng = (i for i in range(3))"})
+	text := call("checkpoint", nil)
+	i := strings.Index(text, "ck_")
+	if i < 0 || !strings.Contains(text, "not saved: g") {
+		t.Fatalf("checkpoint: %q", text)
+	}
+	ck := strings.Fields(text[i:])[0]
+	call("execute_python", map[string]any{"code": "x = 6"})
+	if text := call("restore_checkpoint", map[string]any{"checkpoint": ck}); !strings.Contains(text, "restored from "+ck) {
+		t.Fatalf("restore: %q", text)
+	}
+	if text := call("execute_python", map[string]any{"code": "print(x)"}); !strings.Contains(text, "5") || strings.Contains(text, "6") {
+		t.Errorf("after the restore: %q", text)
+	}
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "restore_checkpoint", Arguments: map[string]any{"checkpoint": "ck_nosuch"}})
+	if err != nil || !res.IsError {
+		t.Errorf("restore of a missing checkpoint: %v %+v", err, res)
 	}
 }

@@ -3,6 +3,7 @@ package mcpserver
 import (
 	"context"
 	"io"
+	"sync"
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/client"
@@ -32,6 +33,10 @@ type Kernel interface {
 	Read(ctx context.Context, name string, w io.Writer) (int64, error)
 	// Upload writes r into /code/input/name.
 	Upload(ctx context.Context, name string, r io.Reader) (File, error)
+	// Checkpoint snapshots the kernel's state (variables, /code); Restore
+	// replaces the kernel with one started from such a snapshot.
+	Checkpoint(ctx context.Context) (codegw.Snapshot, error)
+	Restore(ctx context.Context, snapshot string) (*codegw.Restored, error)
 	// Close deletes the session and its kernel.
 	Close() error
 }
@@ -78,7 +83,7 @@ func (b Manager) Open(ctx context.Context, owner string) (Kernel, error) {
 	if limit <= 0 {
 		limit = 100 << 20
 	}
-	return &managerKernel{m: b.M, s: s, owner: owner, limit: limit}, nil
+	return &managerKernel{m: b.M, ss: s, owner: owner, limit: limit}, nil
 }
 
 // events passes a session's events to s.
@@ -93,33 +98,58 @@ func (s Stream) events(ev codegw.Event) {
 
 type managerKernel struct {
 	m     *session.Manager
-	s     *session.Session
 	owner string
 	limit int64
+
+	mu sync.Mutex
+	ss *session.Session // swapped by Restore
+}
+
+func (k *managerKernel) sess() *session.Session {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.ss
+}
+
+func (k *managerKernel) Checkpoint(ctx context.Context) (codegw.Snapshot, error) {
+	return k.m.Checkpoint(ctx, k.sess().ID(), k.owner)
+}
+
+func (k *managerKernel) Restore(ctx context.Context, snapshot string) (*codegw.Restored, error) {
+	s, err := k.m.Create(ctx, k.owner, session.CreateOptions{From: snapshot})
+	if err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	old := k.ss
+	k.ss = s
+	k.mu.Unlock()
+	k.m.Delete(old.ID(), k.owner)
+	return s.Restored(), nil
 }
 
 func (k *managerKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, out Stream) (*codegw.ExecuteResult, error) {
-	stop := context.AfterFunc(ctx, func() { k.s.Interrupt(context.Background()) })
+	stop := context.AfterFunc(ctx, func() { k.sess().Interrupt(context.Background()) })
 	defer stop()
-	return k.s.Execute(context.WithoutCancel(ctx), req, out.events)
+	return k.sess().Execute(context.WithoutCancel(ctx), req, out.events)
 }
 
-func (k *managerKernel) Restart(ctx context.Context) error { return k.s.Restart(ctx) }
+func (k *managerKernel) Restart(ctx context.Context) error { return k.sess().Restart(ctx) }
 
 func (k *managerKernel) Files(ctx context.Context) ([]File, error) {
-	list, err := k.s.Outputs()
+	list, err := k.sess().Outputs()
 	if err != nil {
 		return nil, err
 	}
 	out := make([]File, len(list))
 	for i, f := range list {
-		out[i] = File{Name: f.Name, Size: f.Size, URL: "/api/v1/sessions/" + k.s.ID() + "/files/" + f.Name}
+		out[i] = File{Name: f.Name, Size: f.Size, URL: "/api/v1/sessions/" + k.sess().ID() + "/files/" + f.Name}
 	}
 	return out, nil
 }
 
 func (k *managerKernel) Read(ctx context.Context, name string, w io.Writer) (int64, error) {
-	f, _, err := k.s.OpenOutput(name)
+	f, _, err := k.sess().OpenOutput(name)
 	if err != nil {
 		return 0, err
 	}
@@ -128,11 +158,11 @@ func (k *managerKernel) Read(ctx context.Context, name string, w io.Writer) (int
 }
 
 func (k *managerKernel) Upload(ctx context.Context, name string, r io.Reader) (File, error) {
-	fi, err := k.s.Upload(name, r, k.limit)
+	fi, err := k.sess().Upload(name, r, k.limit)
 	return File{Name: fi.Name, Size: fi.Size}, err
 }
 
-func (k *managerKernel) Close() error { return k.m.Delete(k.s.ID(), k.owner) }
+func (k *managerKernel) Close() error { return k.m.Delete(k.sess().ID(), k.owner) }
 
 // Remote is the Backend of a running gateway, reached through the client
 // SDK with the client's key; owners are ignored (the key is the owner).
@@ -149,21 +179,47 @@ func (b Remote) Open(ctx context.Context, owner string) (Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return remoteKernel{s}, nil
+	return &remoteKernel{ss: s}, nil
 }
 
-type remoteKernel struct{ s *client.Session }
+type remoteKernel struct {
+	mu sync.Mutex
+	ss *client.Session // swapped by Restore
+}
 
-func (k remoteKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, out Stream) (*codegw.ExecuteResult, error) {
-	stop := context.AfterFunc(ctx, func() { k.s.Interrupt(context.Background()) })
+func (k *remoteKernel) sess() *client.Session {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.ss
+}
+
+func (k *remoteKernel) Checkpoint(ctx context.Context) (codegw.Snapshot, error) {
+	return k.sess().Checkpoint(ctx)
+}
+
+func (k *remoteKernel) Restore(ctx context.Context, snapshot string) (*codegw.Restored, error) {
+	s, err := k.sess().Client().CreateSession(ctx, client.SessionOptions{FromSnapshot: snapshot})
+	if err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	old := k.ss
+	k.ss = s
+	k.mu.Unlock()
+	old.Delete(ctx)
+	return s.Restored, nil
+}
+
+func (k *remoteKernel) Execute(ctx context.Context, req codegw.ExecuteRequest, out Stream) (*codegw.ExecuteResult, error) {
+	stop := context.AfterFunc(ctx, func() { k.sess().Interrupt(context.Background()) })
 	defer stop()
-	return k.s.ExecuteStream(context.WithoutCancel(ctx), req, out.handler())
+	return k.sess().ExecuteStream(context.WithoutCancel(ctx), req, out.handler())
 }
 
-func (k remoteKernel) Restart(ctx context.Context) error { return k.s.Restart(ctx) }
+func (k *remoteKernel) Restart(ctx context.Context) error { return k.sess().Restart(ctx) }
 
-func (k remoteKernel) Files(ctx context.Context) ([]File, error) {
-	list, err := k.s.Files(ctx)
+func (k *remoteKernel) Files(ctx context.Context) ([]File, error) {
+	list, err := k.sess().Files(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -174,13 +230,13 @@ func (k remoteKernel) Files(ctx context.Context) ([]File, error) {
 	return out, nil
 }
 
-func (k remoteKernel) Read(ctx context.Context, name string, w io.Writer) (int64, error) {
-	return k.s.Download(ctx, name, w)
+func (k *remoteKernel) Read(ctx context.Context, name string, w io.Writer) (int64, error) {
+	return k.sess().Download(ctx, name, w)
 }
 
-func (k remoteKernel) Upload(ctx context.Context, name string, r io.Reader) (File, error) {
-	fi, err := k.s.Upload(ctx, name, r)
+func (k *remoteKernel) Upload(ctx context.Context, name string, r io.Reader) (File, error) {
+	fi, err := k.sess().Upload(ctx, name, r)
 	return File{Name: fi.Name, Size: fi.Size, URL: fi.URL}, err
 }
 
-func (k remoteKernel) Close() error { return k.s.Delete(context.Background()) }
+func (k *remoteKernel) Close() error { return k.sess().Delete(context.Background()) }

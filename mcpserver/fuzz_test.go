@@ -45,6 +45,10 @@ func (echoKernel) Upload(ctx context.Context, name string, r io.Reader) (File, e
 	return File{Name: name, Size: n}, err
 }
 func (echoKernel) Close() error { return nil }
+func (echoKernel) Checkpoint(context.Context) (codegw.Snapshot, error) {
+	return codegw.Snapshot{ID: "ck_echo"}, nil
+}
+func (echoKernel) Restore(context.Context, string) (*codegw.Restored, error) { return nil, nil }
 
 type echoBackend struct{}
 
@@ -53,7 +57,7 @@ func (echoBackend) Execute(ctx context.Context, owner string, req codegw.Execute
 }
 func (echoBackend) Open(context.Context, string) (Kernel, error) { return echoKernel{}, nil }
 
-var fuzzTools = []string{"execute_python", "list_files", "read_file", "upload_file", "restart_kernel", "no_such_tool"}
+var fuzzTools = []string{"execute_python", "list_files", "read_file", "upload_file", "restart_kernel", "checkpoint", "restore_checkpoint", "no_such_tool"}
 
 // FuzzToolCall sends arbitrary arguments to every tool over a real MCP
 // session (in memory): the SDK validates and decodes them into the tools'

@@ -194,6 +194,60 @@ func (st *state) tools(s *mcp.Server) {
 		Description: "Restart this session's kernel: all variables and imports are lost, files in /code/input and /code/output are kept. Use it when the kernel is stuck or its state is broken.",
 		Annotations: &mcp.ToolAnnotations{DestructiveHint: ptr(true)},
 	}, st.restart)
+	mcp.AddTool(s, &mcp.Tool{
+		Name: "checkpoint",
+		Description: "Save this session's state (variables, functions, DataFrames, models, the working directory and the files under /code) " +
+			"as a checkpoint and return its id; restore_checkpoint goes back to it later. Open files, generators and other values that cannot be saved are named in the answer.",
+	}, st.checkpoint)
+	mcp.AddTool(s, &mcp.Tool{
+		Name:        "restore_checkpoint",
+		Description: "Replace this session's kernel with one restored from a checkpoint id that checkpoint returned: variables and files come back as they were then; what ran since is gone.",
+		Annotations: &mcp.ToolAnnotations{DestructiveHint: ptr(true)},
+	}, st.restoreCheckpoint)
+}
+
+// RestoreArgs are the arguments of restore_checkpoint.
+type RestoreArgs struct {
+	Checkpoint string `json:"checkpoint" jsonschema:"the checkpoint id (ck_...) that checkpoint returned"`
+}
+
+func (st *state) checkpoint(ctx context.Context, req *mcp.CallToolRequest, _ NoArgs) (*mcp.CallToolResult, any, error) {
+	k, err := st.kernel(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	st.watch(req.Session)
+	snap, err := k.Checkpoint(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	text := fmt.Sprintf("checkpoint %s saved (%d bytes): %s", snap.ID, snap.Bytes, strings.Join(snap.Variables, ", "))
+	for _, s := range snap.Skipped {
+		text += fmt.Sprintf("\nnot saved: %s (%s)", s.Name, s.Reason)
+	}
+	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: text}}}, nil, nil
+}
+
+func (st *state) restoreCheckpoint(ctx context.Context, req *mcp.CallToolRequest, in RestoreArgs) (*mcp.CallToolResult, any, error) {
+	if in.Checkpoint == "" {
+		return nil, nil, errors.New("checkpoint is required")
+	}
+	k, err := st.kernel(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := k.Restore(ctx, in.Checkpoint)
+	if err != nil {
+		return nil, nil, err
+	}
+	text := "restored"
+	if r != nil {
+		text = fmt.Sprintf("restored from %s: %s", r.Snapshot, strings.Join(r.Variables, ", "))
+		for _, s := range r.Skipped {
+			text += fmt.Sprintf("\nnot restored: %s (%s)", s.Name, s.Reason)
+		}
+	}
+	return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: text}}}, nil, nil
 }
 
 func ptr[T any](v T) *T { return &v }
