@@ -162,7 +162,14 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		return nil, fmt.Errorf("input file settings: %w", err)
 	}
 	var snaps snapshot.Store
-	if cfg.SnapshotDir != "" {
+	if cfg.SnapshotS3Bucket != "" {
+		s3, err := snapshot.NewS3(ctx, snapshot.S3Config{Endpoint: cfg.SnapshotS3Endpoint, Bucket: cfg.SnapshotS3Bucket,
+			Prefix: cfg.SnapshotS3Prefix, Region: cfg.SnapshotS3Region, AccessKey: cfg.SnapshotS3AccessKey, SecretKey: cfg.SnapshotS3SecretKey})
+		if err != nil {
+			return nil, fmt.Errorf("SNAPSHOT_S3_BUCKET %s at %s: %w", cfg.SnapshotS3Bucket, cfg.SnapshotS3Endpoint, err)
+		}
+		snaps = s3
+	} else if cfg.SnapshotDir != "" {
 		d, err := snapshot.NewDir(cfg.SnapshotDir)
 		if err != nil {
 			return nil, fmt.Errorf("SNAPSHOT_DIR %s: %w", cfg.SnapshotDir, err)

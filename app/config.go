@@ -118,6 +118,22 @@ type Config struct {
 	// docs/snapshots.md); a volume shared by every instance when several
 	// run. Set it empty to turn snapshots off. Default: ./data/snapshots.
 	SnapshotDir string `env:"SNAPSHOT_DIR"`
+	// SnapshotS3Bucket is, when set, the bucket of an S3-compatible object
+	// store that keeps the snapshots instead of SNAPSHOT_DIR (shared by every
+	// instance: docs/snapshots.md). Default: none.
+	SnapshotS3Bucket string `env:"SNAPSHOT_S3_BUCKET"`
+	// SnapshotS3Endpoint is the object store's host:port or URL (http://
+	// for no TLS). Default: none.
+	SnapshotS3Endpoint string `env:"SNAPSHOT_S3_ENDPOINT"`
+	// SnapshotS3Prefix starts every key the snapshots use in the bucket.
+	// Default: codegw/.
+	SnapshotS3Prefix string `env:"SNAPSHOT_S3_PREFIX"`
+	// SnapshotS3Region is the bucket's region. Default: us-east-1.
+	SnapshotS3Region string `env:"SNAPSHOT_S3_REGION"`
+	// SnapshotS3AccessKey is the object store's access key. Default: none.
+	SnapshotS3AccessKey string `env:"SNAPSHOT_S3_ACCESS_KEY"`
+	// SnapshotS3SecretKey is the object store's secret key. Default: none.
+	SnapshotS3SecretKey string `env:"SNAPSHOT_S3_SECRET_KEY"`
 	// MaxSnapshotBytes bounds one snapshot (the variables and the /code
 	// tree, before compression); a larger one is refused with 413 and the
 	// session runs on. Default: 2g.
@@ -289,7 +305,7 @@ func DefaultConfig() Config {
 		ExecutionTimeout: s.ExecTimeout, MaxOutputBytes: s.MaxOutputBytes,
 		SessionIdle: s.SessionIdle, MaxSessions: s.MaxSessions, MaxSessionsPerKey: s.MaxSessionsPerKey,
 		SnapshotDir: "./data/snapshots", MaxSnapshotBytes: Bytes(s.MaxSnapshotBytes), IdleAction: s.IdleAction,
-		PausedTTL:      7 * 24 * time.Hour,
+		PausedTTL: 7 * 24 * time.Hour, SnapshotS3Prefix: "codegw/", SnapshotS3Region: "us-east-1",
 		InterruptGrace: s.InterruptGrace, ReplayEvents: s.ReplayEvents,
 
 		ImageStorePath: "./data/images", ImageURLPrefix: "/images",
@@ -342,7 +358,8 @@ func (c Config) Validate() error {
 		"DIFY_NETWORK=allow needs kernels with a network (EXECUTOR=docker and DOCKER_NETWORK_MODE other than none); use offline or refuse")
 	check(c.DifyTimeout < 0, "DIFY_TIMEOUT must not be negative")
 	check(c.IdleAction != "delete" && c.IdleAction != "pause", "IDLE_ACTION must be delete or pause, not %q", c.IdleAction)
-	check(c.IdleAction == "pause" && c.SnapshotDir == "", "IDLE_ACTION=pause needs SNAPSHOT_DIR")
+	check(c.IdleAction == "pause" && c.SnapshotDir == "" && c.SnapshotS3Bucket == "", "IDLE_ACTION=pause needs SNAPSHOT_DIR or SNAPSHOT_S3_BUCKET")
+	check(c.SnapshotS3Bucket != "" && c.SnapshotS3Endpoint == "", "SNAPSHOT_S3_BUCKET needs SNAPSHOT_S3_ENDPOINT")
 	check(c.MaxSnapshotBytes <= 0, "MAX_SNAPSHOT_BYTES must be positive")
 	check(c.MaxSnapshotBytesPerKey < 0, "MAX_SNAPSHOT_BYTES_PER_KEY must not be negative")
 	check(c.PausedTTL < 0 || c.CheckpointAfter < 0, "PAUSED_TTL and CHECKPOINT_AFTER must not be negative")

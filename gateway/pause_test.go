@@ -14,6 +14,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/session/snapshot/snaptest"
 )
 
 // stateCell builds every kind of state a snapshot carries, and two it must
@@ -233,5 +234,42 @@ func TestMCPCheckpoint(t *testing.T) {
 	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "restore_checkpoint", Arguments: map[string]any{"checkpoint": "ck_nosuch"}})
 	if err != nil || !res.IsError {
 		t.Errorf("restore of a missing checkpoint: %v %+v", err, res)
+	}
+}
+
+// TestSnapshotsOnS3: pause and resume with the snapshots in an
+// S3-compatible object store (a real server: scripts/s3-up.sh), then a
+// second gateway on the same bucket resumes a session the first paused.
+func TestSnapshotsOnS3(t *testing.T) {
+	s3 := snaptest.S3(t)
+	tune := func(c *app.Config) {
+		c.SnapshotDir, c.SnapshotS3Bucket, c.SnapshotS3Endpoint, c.SnapshotS3Prefix = "", s3.Bucket, s3.Endpoint, s3.Prefix
+		c.SnapshotS3AccessKey, c.SnapshotS3SecretKey = s3.AccessKey, s3.SecretKey
+	}
+	e := newEnv(t, envOptions{poolSize: 1, tune: tune})
+	s := e.createSession(t, nil)
+	e.sexec(t, s.ID, map[string]any{"code": stateCell})
+	var paused struct{ Snapshot codegw.Snapshot }
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/pause", nil, &paused); st != 200 || paused.Snapshot.Bytes == 0 {
+		t.Fatalf("pause: %d %+v", st, paused)
+	}
+	if res := e.sexec(t, s.ID, map[string]any{"code": checkCell}); res.Stdout != checkWant+"\n" || res.Restored == nil {
+		t.Fatalf("after resume from S3: %q %+v %s", res.Stdout, res.Restored, strOr(res.Error))
+	}
+	var ck codegw.Snapshot
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/checkpoint", nil, &ck); st != 201 {
+		t.Fatalf("checkpoint: %d", st)
+	}
+	// Another gateway on the same bucket branches from the checkpoint.
+	e2 := newEnv(t, envOptions{poolSize: 1, tune: tune})
+	var branch struct {
+		codegw.Session
+		Restored *codegw.Restored
+	}
+	if st := e2.do("POST", "/api/v1/sessions", map[string]any{"from_snapshot": ck.ID}, &branch); st != 201 || branch.Restored == nil {
+		t.Fatalf("branch on another gateway: %d %+v", st, branch)
+	}
+	if res := e2.sexec(t, branch.ID, map[string]any{"code": "print(x, p.norm2())"}); res.Result != "41 25" {
+		t.Errorf("branch state: %q %s", res.Result, strOr(res.Error))
 	}
 }
