@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -128,6 +129,42 @@ func TestSessionPauseResume(t *testing.T) {
 	}
 	if st := e.do("POST", "/api/v1/sessions", map[string]any{"from_snapshot": ck.ID}, nil, "Authorization", "Bearer kb"); st != 404 {
 		t.Errorf("key B branches from key A's checkpoint: %d", st)
+	}
+
+	// A websocket client sees the pause close it, and reconnecting with its
+	// last seq resumes the session: the first event is the "restored"
+	// status, numbered after what it saw.
+	w := e.mustDial(t, s.ID, "")
+	closedEv := make(chan codegw.Event, 1)
+	go func() {
+		for ev := range w.events {
+			if ev.Type == codegw.EventClosed {
+				closedEv <- ev
+				return
+			}
+		}
+	}()
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/pause", nil, nil); st != 200 {
+		t.Fatalf("pause with a websocket: %d", st)
+	}
+	var last codegw.Event
+	select {
+	case last = <-closedEv:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no closed event at the pause")
+	}
+	if !strings.Contains(last.Reason, "paused") || last.Seq == 0 {
+		t.Errorf("closed event: %+v", last)
+	}
+	w2 := e.mustDial(t, s.ID, fmt.Sprintf("?last_seq=%d", last.Seq))
+	evs := w2.until(func(ev codegw.Event) bool { return ev.Type == codegw.EventStatus && ev.State == "restored" }, 60*time.Second)
+	if got := evs[len(evs)-1]; got.Seq != last.Seq+1 || got.Restored == nil || !slices.Contains(got.Restored.Variables, "x") {
+		t.Errorf("restored event %+v after seq %d", got, last.Seq)
+	}
+	for _, ev := range evs {
+		if ev.Type == codegw.EventGap {
+			t.Errorf("a gap reported across the resume: %+v", ev)
+		}
 	}
 
 	// Deleting a paused session deletes its snapshots.

@@ -431,8 +431,10 @@ type opening struct {
 	unclaim func()
 	// restore loads the session's state into its new kernel.
 	restore func(ctx context.Context, s *Session) (*codegw.Restored, error)
-	// executions is the count the resumed session goes on from.
+	// executions is the count the resumed session goes on from; seq the
+	// event seq.
 	executions int
+	seq        uint64
 }
 
 func (m *Manager) open(ctx context.Context, owner string, opts CreateOptions, o opening) (_ *Session, err error) {
@@ -501,6 +503,7 @@ func (m *Manager) open(ctx context.Context, owner string, opts CreateOptions, o 
 		outputs: map[string]files.FileState{}, releaseKernel: releaseKernel,
 		executions: o.executions, checkpointed: o.executions,
 	}
+	s.hub.seq = o.seq
 	if len(opts.Env) > 0 {
 		if err := s.setEnv(ctx); err != nil {
 			m.destroy(k)

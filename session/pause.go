@@ -70,7 +70,7 @@ func (s *Session) snapshot(ctx context.Context, kind string) (snapshot.Meta, err
 	s.mu.Lock()
 	meta := snapshot.Meta{
 		ID: snapshot.NewID(), Session: s.id, Owner: s.owner, Kind: kind, TakenAt: time.Now().UTC(),
-		SessionCreated: s.created, Executions: s.executions, IdleTimeout: s.idle, Env: s.env,
+		SessionCreated: s.created, Executions: s.executions, IdleTimeout: s.idle, Env: s.env, Seq: s.hub.lastSeq(),
 		Variables: t.Variables, Skipped: t.Skipped,
 	}
 	s.mu.Unlock()
@@ -315,8 +315,15 @@ func (m *Manager) Resume(ctx context.Context, id, owner string) (s *Session, ok 
 	if from != store.Paused {
 		lost = fmt.Sprintf("instance %s holding the session is gone; ", from)
 	}
+	// Events go on after the snapshot's: after a pause the only event since
+	// is the "closed" one; after a checkpoint, as many as ran since, far
+	// fewer than a million.
+	seq := latest.Seq + 1
+	if latest.Kind != snapshot.KindPause {
+		seq = latest.Seq + 1<<20
+	}
 	o := opening{
-		id: id, created: rec.CreatedAt, executions: latest.Executions,
+		id: id, created: rec.CreatedAt, executions: latest.Executions, seq: seq,
 		claim: func(ctx context.Context) error {
 			err := m.cfg.Store.ReassignSession(ctx, id, from, m.cfg.Instance)
 			if codegw.ErrorCode(err) == codegw.ECONFLICT {

@@ -47,7 +47,10 @@ type Meta struct {
 	TakenAt        time.Time `json:"taken_at"`
 	SessionCreated time.Time `json:"session_created"`
 	// Executions is how many executions the session had run.
-	Executions  int                  `json:"executions"`
+	Executions int `json:"executions"`
+	// Seq is the session's last event seq: a resumed session numbers its
+	// events after it, so that clients reconnecting with last_seq see them.
+	Seq         uint64               `json:"seq"`
 	IdleTimeout time.Duration        `json:"idle_timeout"`
 	Env         map[string]string    `json:"env,omitempty"`
 	Variables   []string             `json:"variables"`

@@ -431,9 +431,27 @@
         if (ev.state === "restarted") {
           banner("Kernel restarted: variables are gone, files are kept.", "info");
           for (const c of cells.values()) if (!c.done && c.el.dataset.mode === "session") c.finish("restarted");
+        } else if (ev.state === "restored" && ev.restored) {
+          const r = ev.restored;
+          const skipped = (r.skipped || []).map((s) => `${s.name} (${s.reason})`).join(", ");
+          banner(`Session restored: ${r.message}. ${(r.variables || []).length} variables back` +
+            (skipped ? `; not restored: ${skipped}.` : "."), "info");
         }
         break;
       case "closed":
+        if (/session is paused/.test(ev.reason || "")) {
+          // Paused, not gone: the next run reconnects, which resumes it.
+          banner("The session was paused: " + ev.reason + ". Press Run to resume it with its variables.", "info");
+          const ws = sess.ws;
+          sess.ws = null;
+          sess.open = false;
+          sess.want = false;
+          clearTimeout(sess.timer);
+          if (ws) ws.close();
+          conn("paused");
+          updateButtons();
+          return;
+        }
         banner("The session ended: " + (ev.reason || "closed") + ". Press Run to start a new one.", "info");
         dropSession("closed");
         return;
