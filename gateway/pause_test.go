@@ -57,11 +57,20 @@ func TestSessionPauseResume(t *testing.T) {
 	if res := e.sexec(t, s.ID, map[string]any{"code": stateCell}); res.Status != "ok" {
 		t.Fatalf("state cell: %+v %s", res, strOr(res.Error))
 	}
-	// Another key can neither pause, resume, checkpoint nor read snapshots.
+	// Another key can neither pause, resume, checkpoint nor list snapshots.
 	for _, path := range []string{"/pause", "/resume", "/checkpoint"} {
 		if st := e.do("POST", "/api/v1/sessions/"+s.ID+path, nil, nil, "Authorization", "Bearer kb"); st != 404 {
 			t.Errorf("key B %s: %d, want 404", path, st)
 		}
+	}
+	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/checkpoint", nil, nil); st != 201 {
+		t.Fatalf("checkpoint: %d", st)
+	}
+	if st := e.do("GET", "/api/v1/sessions/"+s.ID+"/snapshots", nil, nil, "Authorization", "Bearer kb"); st != 404 {
+		t.Errorf("key B lists key A's snapshots: %d, want 404", st)
+	}
+	if st := e.do("POST", "/api/v1/sessions", map[string]any{"from_session": s.ID}, nil, "Authorization", "Bearer kb"); st != 404 {
+		t.Errorf("key B branches from key A's session: %d, want 404", st)
 	}
 	var paused struct {
 		Status   string

@@ -2,7 +2,8 @@
 # test.sh runs the whole test suite on real parts. On a fresh Debian bookworm
 # machine it first installs and starts what the tests need, idempotently:
 # the kernel side (Debian's ipykernel and data stack, bubblewrap, a CJK
-# font), a redis-server on a loopback port, and a Docker engine with the
+# font), a redis-server and an S3-compatible store (SeaweedFS) on loopback
+# ports, and a Docker engine with the
 # executor image built locally. What it started, it stops.
 #
 #   scripts/test.sh            # everything
@@ -34,9 +35,15 @@ step "redis-server"
 eval "$(scripts/redis-up.sh)"
 cleanup() {
 	scripts/redis-down.sh || true
+	scripts/s3-down.sh || true
 	if [[ ${DOCKER_STARTED:-} == 1 ]]; then scripts/docker-down.sh || true; fi
 }
 trap cleanup EXIT
+
+# Session snapshots' object store (session/snapshot, gateway TestSnapshotsOnS3):
+# SeaweedFS built from its Go module once (~10-25 min), then cached by version.
+step "S3-compatible object store (SeaweedFS on loopback)"
+eval "$(scripts/s3-up.sh)"
 
 if [[ ${SKIP_DOCKER:-} == 1 && ${CI:-} != true ]]; then
 	step "Docker suites skipped (SKIP_DOCKER=1)"
