@@ -499,7 +499,7 @@ func (m *Manager) open(ctx context.Context, owner string, opts CreateOptions, o 
 		m: m, id: id, k: k, hub: newHub(m.cfg.ReplayEvents),
 		jobs:  make(chan *job, m.cfg.SessionQueue),
 		owner: owner, created: created, idle: idle, env: opts.Env,
-		input: make(chan string), lastActive: now,
+		lastActive: now,
 		outputs: map[string]files.FileState{}, releaseKernel: releaseKernel,
 		executions: o.executions, checkpointed: o.executions,
 	}

@@ -32,7 +32,6 @@ type Session struct {
 	executing atomic.Bool
 
 	interrupted atomic.Bool
-	input       chan string // the answer to the pending input_request
 
 	mu         sync.Mutex
 	lastActive time.Time
@@ -59,6 +58,9 @@ type Session struct {
 	// paused is set once the session's state is in a snapshot and its
 	// kernel is going away: new work is refused as for a closing session.
 	paused bool
+	// awaiting receives the answer to the pending input_request; nil when
+	// none is pending (Reply refuses then).
+	awaiting chan string
 	// checkpointing is set while an automatic checkpoint runs; emptied is
 	// closed when pending drops to zero (waitQueue).
 	checkpointing bool
@@ -312,9 +314,22 @@ func (s *Session) run(j *job) {
 	x.k, x.seen, x.interrupted = s.k, s.outputs, &s.interrupted
 	if j.stdin {
 		x.onInput = func(ctx context.Context, ir kernel.InputRequest) (string, error) {
+			// Awaited before the client hears of it, so that an
+			// immediate reply finds it.
+			reply := make(chan string, 1)
+			s.mu.Lock()
+			s.awaiting = reply
+			s.mu.Unlock()
+			defer func() {
+				s.mu.Lock()
+				if s.awaiting == reply {
+					s.awaiting = nil
+				}
+				s.mu.Unlock()
+			}()
 			x.send(codegw.Event{Type: codegw.EventInputRequest, Prompt: ir.Prompt, Password: ir.Password})
 			select {
-			case v := <-s.input:
+			case v := <-reply:
 				return v, nil
 			case <-ctx.Done():
 				return "", ctx.Err()
@@ -341,13 +356,16 @@ func (s *Session) run(j *job) {
 // Reply answers the pending input_request. It fails when no input is
 // awaited.
 func (s *Session) Reply(value string) error {
-	select {
-	case s.input <- value:
-		s.touch()
-		return nil
-	case <-time.After(100 * time.Millisecond):
+	s.mu.Lock()
+	reply := s.awaiting
+	s.awaiting = nil // one reply per input_request
+	s.mu.Unlock()
+	if reply == nil {
 		return codegw.Errorf(codegw.ECONFLICT, "no input is awaited")
 	}
+	reply <- value // buffered: never blocks
+	s.touch()
+	return nil
 }
 
 // Interrupt interrupts the running execution.
