@@ -500,7 +500,7 @@ func (m *Manager) open(ctx context.Context, owner string, opts CreateOptions, o 
 		jobs:  make(chan *job, m.cfg.SessionQueue),
 		owner: owner, created: created, idle: idle, env: opts.Env,
 		lastActive: now,
-		outputs: map[string]files.FileState{}, releaseKernel: releaseKernel,
+		outputs:    map[string]files.FileState{}, releaseKernel: releaseKernel,
 		executions: o.executions, checkpointed: o.executions,
 	}
 	s.hub.seq = o.seq

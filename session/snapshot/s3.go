@@ -84,7 +84,9 @@ func ownerHash(owner string) string {
 func (s *S3) dataKey(m Meta) string {
 	return s.prefix + "data/" + ownerHash(m.Owner) + "/" + m.Session + "/" + m.ID + ".zst"
 }
-func (s *S3) metaKey(session, id string) string { return s.prefix + "meta/" + session + "/" + id + ".json" }
+func (s *S3) metaKey(session, id string) string {
+	return s.prefix + "meta/" + session + "/" + id + ".json"
+}
 
 func (s *S3) put(ctx context.Context, key string, b []byte) error {
 	_, err := s.c.PutObject(ctx, s.bucket, key, bytes.NewReader(b), int64(len(b)), minio.PutObjectOptions{ContentType: "application/json"})
