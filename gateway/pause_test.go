@@ -319,3 +319,44 @@ func TestSnapshotsOnS3(t *testing.T) {
 		t.Errorf("branch state: %q %s", res.Result, strOr(res.Error))
 	}
 }
+
+// TestIdlePauseAndTTL: with IDLE_ACTION=pause an idle session is paused,
+// not deleted, and its next use resumes it; PAUSED_TTL deletes a paused
+// session and its snapshots.
+func TestIdlePauseAndTTL(t *testing.T) {
+	dir := t.TempDir()
+	e := newEnv(t, envOptions{poolSize: 1, sessIdle: time.Second, tune: func(c *app.Config) {
+		c.SnapshotDir, c.IdleAction, c.PausedTTL = dir, "pause", 3*time.Second
+	}})
+	s := e.createSession(t, map[string]any{"idle_timeout": 1})
+	e.sexec(t, s.ID, map[string]any{"code": "import numpy as np, pandas as pd\nbig = pd.DataFrame({'a': np.arange(13_000_000, dtype='float64')})\nprint(big.memory_usage().sum() >= 100e6)"})
+	var info codegw.Session
+	deadline := time.Now().Add(30 * time.Second)
+	for info.State != "paused" {
+		if time.Now().After(deadline) {
+			t.Fatalf("not paused after idling: %+v", info)
+		}
+		time.Sleep(100 * time.Millisecond)
+		e.do("GET", "/api/v1/sessions/"+s.ID, nil, &info)
+	}
+	// 104 MB of DataFrame came back whole.
+	res := e.sexec(t, s.ID, map[string]any{"code": "print(int(big.a.sum()), len(big))"})
+	if res.Result != "84499993500000 13000000" || res.Restored == nil {
+		t.Fatalf("after the idle pause: %q %+v %s", res.Result, res.Restored, strOr(res.Error))
+	}
+	// Paused again by idling, then expired by PAUSED_TTL: gone, snapshots too.
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, nil)
+		if st == 404 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("paused session not expired by PAUSED_TTL: %d", st)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, s.ID, "*")); len(left) != 0 {
+		t.Errorf("snapshots left after the TTL: %v", left)
+	}
+}

@@ -712,7 +712,7 @@ func (m *Manager) cull() {
 			for _, s := range stale {
 				m.autoCheckpoint(s)
 			}
-			if now.Sub(expired) > time.Minute {
+			if now.Sub(expired) > min(time.Minute, max(m.cfg.PausedTTL/4, time.Second)) {
 				expired = now
 				m.expire(m.ctx, now)
 			}
