@@ -312,7 +312,6 @@ func (s *Server) handleError(c *fiber.Ctx, err error) error {
 		status = fiber.StatusInternalServerError
 	}
 	noteLimit(c, err)
-	noteLimit(c, err)
 	if code == codegw.EINTERNAL {
 		s.log.Error("internal error", "method", c.Method(), "path", c.Path(), "err", err)
 	}
