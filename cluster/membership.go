@@ -16,6 +16,7 @@ type MemberStore interface {
 	Heartbeat(ctx context.Context, inst store.Instance, ttl time.Duration) error
 	RemoveInstance(ctx context.Context, id string) error
 	ListInstanceSessions(ctx context.Context, instance string) ([]store.SessionRecord, error)
+	GetSession(ctx context.Context, id string) (store.SessionRecord, error)
 	CreateSession(ctx context.Context, rec store.SessionRecord, maxPerOwner, maxTotal int) error
 	DeleteSession(ctx context.Context, id string) error
 }
@@ -48,6 +49,10 @@ type Membership struct {
 	mu      sync.Mutex
 	known   map[string]knownRecord // sessions recorded by this run and not deleted
 	pending map[string]bool        // deletes the store refused, to retry
+	// moved holds the sessions whose record this run moved to another
+	// holder (paused), and when: a beat's listing taken before the move
+	// still names this instance, and must not delete the moved record.
+	moved map[string]time.Time
 	down    bool                   // the last beat failed (for logging transitions)
 
 	stop chan struct{}
@@ -76,7 +81,7 @@ func NewMembership(st MemberStore, self store.Instance, ttl time.Duration, log *
 	}
 	return &Membership{
 		st: st, self: self, ttl: ttl, log: log,
-		known: map[string]knownRecord{}, pending: map[string]bool{},
+		known: map[string]knownRecord{}, pending: map[string]bool{}, moved: map[string]time.Time{},
 	}
 }
 
@@ -115,8 +120,10 @@ func (r *recordingStore) ReassignSession(ctx context.Context, id, from, to strin
 	prev, had := r.m.known[id]
 	if to == r.m.self.ID {
 		r.m.known[id] = knownRecord{rec: store.SessionRecord{ID: id, Instance: to}, seen: time.Now()}
+		delete(r.m.moved, id)
 	} else {
 		delete(r.m.known, id)
+		r.m.moved[id] = time.Now()
 	}
 	r.m.mu.Unlock()
 	err := r.Store.ReassignSession(ctx, id, from, to)
@@ -255,6 +262,14 @@ func (m *Membership) reconcile(ctx context.Context) error {
 	}
 	now := time.Now()
 	m.mu.Lock()
+	moved := make(map[string]bool, len(m.moved))
+	for id, at := range m.moved {
+		if now.Sub(at) > time.Minute {
+			delete(m.moved, id)
+			continue
+		}
+		moved[id] = true
+	}
 	known := make(map[string]knownRecord, len(m.known))
 	for id, k := range m.known {
 		if !m.local(id) && now.Sub(k.seen) > createGrace {
@@ -267,7 +282,12 @@ func (m *Membership) reconcile(ctx context.Context) error {
 	have := make(map[string]bool, len(recs))
 	for _, r := range recs {
 		have[r.ID] = true
-		if _, ok := known[r.ID]; ok || m.local(r.ID) {
+		if _, ok := known[r.ID]; ok || m.local(r.ID) || moved[r.ID] {
+			continue
+		}
+		// The listing may be older than a move made since: delete only a
+		// record that still names this instance.
+		if cur, err := m.st.GetSession(ctx, r.ID); err != nil || cur.Instance != m.self.ID {
 			continue
 		}
 		if err := m.st.DeleteSession(ctx, r.ID); err != nil {

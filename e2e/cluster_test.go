@@ -123,7 +123,11 @@ func start(t *testing.T, name, redisURL string, env ...string) *instance {
 		in.stop()
 		if t.Failed() {
 			b, _ := os.ReadFile(in.log)
-			t.Logf("log of instance %s:\n%s", name, tail(string(b), 40))
+			lines := 40
+			if n, err := strconv.Atoi(os.Getenv("CODEGW_E2E_LOG_LINES")); err == nil {
+				lines = n
+			}
+			t.Logf("log of instance %s:\n%s", name, tail(string(b), lines))
 		}
 		os.RemoveAll(state)
 	})

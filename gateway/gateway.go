@@ -28,6 +28,7 @@ import (
 	"github.com/codegw/codegw/metrics"
 	"github.com/codegw/codegw/session"
 	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/store"
 	"github.com/codegw/codegw/web"
 )
 
@@ -264,6 +265,16 @@ func (s *Server) route(c *fiber.Ctx) error {
 		return c.Next()
 	}
 	err := s.cfg.Router.Forward(c, id, owner(c))
+	if errors.Is(err, store.ErrPaused) {
+		// Paused after routePaused looked (its holder was pausing it):
+		// look again, which resumes it here.
+		if done, err := s.routePaused(c, id); done || err != nil {
+			return err
+		}
+		if s.cfg.Manager.Local(id) {
+			return c.Next()
+		}
+	}
 	s.cfg.Metrics.Forward(forwardOutcome(err))
 	return err
 }

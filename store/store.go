@@ -22,6 +22,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/codegw/codegw"
@@ -32,6 +33,10 @@ import (
 // resumes it (ReassignSession from Paused, so exactly one does). No real
 // instance may take this id.
 const Paused = "(paused)"
+
+// ErrPaused is matched by Locate's error for a paused session: no instance
+// holds it, and the caller resumes it instead of forwarding.
+var ErrPaused = errors.New("session paused")
 
 // SessionRecord is what the store keeps about one session.
 type SessionRecord struct {
@@ -136,6 +141,9 @@ func Locate(ctx context.Context, s Locator, id string) (SessionRecord, Instance,
 	rec, err := s.GetSession(ctx, id)
 	if err != nil {
 		return SessionRecord{}, Instance{}, err
+	}
+	if rec.Instance == Paused {
+		return rec, Instance{}, codegw.WrapError(codegw.EUNAVAILABLE, ErrPaused, "session %s is paused; its next use resumes it", rec.ID)
 	}
 	inst, err := s.GetInstance(ctx, rec.Instance)
 	if codegw.ErrorCode(err) == codegw.ENOTFOUND {
