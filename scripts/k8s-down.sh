@@ -46,10 +46,19 @@ if [[ -S $K8S_SOCK ]]; then
 	done
 fi
 for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop "$c"; done
-# Shims (and anything else) of this containerd: they name its socket.
+# Shims (and anything else) of this containerd: they name its socket. A
+# shim listens on /run/containerd/s/<sha256 of "<containerd socket>/<namespace>/<id>">
+# whatever containerd's state directory (containerd 1.6 hard-codes it; the
+# Docker engine's shims use the same directory): only ours are removed.
 for p in /proc/[0-9]*; do
-	if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "$K8S_SOCK"; then
-		kill -9 "${p#/proc/}" 2>/dev/null
+	cmd=$({ tr '\0' '\n' <"$p/cmdline"; } 2>/dev/null) || continue
+	grep -qxF -- "$K8S_SOCK" <<<"$cmd" || continue
+	kill -9 "${p#/proc/}" 2>/dev/null
+	ns=$(grep -A1 -x -- -namespace <<<"$cmd" | sed -n 2p)
+	id=$(grep -A1 -x -- -id <<<"$cmd" | sed -n 2p)
+	if [[ -n $ns && -n $id ]]; then
+		s=$(printf '%s' "$K8S_SOCK/$ns/$id" | sha256sum | cut -c1-64)
+		rm -f "/run/containerd/s/$s"
 	fi
 done
 
@@ -105,11 +114,17 @@ for ctl in /sys/fs/cgroup/*/; do
 	[[ -d ${ctl}kubepods ]] && find "${ctl}kubepods" -depth -type d -exec rmdir {} + 2>/dev/null
 done
 # Only with k8s-up.sh's record: without it nothing says which were ours.
+# Shared directories (K8S_SHARED_DIRS) are only removed when empty.
 if [[ -f $before ]]; then
 	for p in "${K8S_HOST_PATHS[@]}"; do
 		[[ -e $p ]] || continue
 		was "path $p" && continue
 		rm -rf "$p"
+	done
+	for p in "${K8S_SHARED_DIRS[@]}"; do
+		[[ -d $p ]] || continue
+		was "path $p" && continue
+		rmdir "$p" 2>/dev/null
 	done
 fi
 rm -rf "$K8S_RUN" "$K8S_STATE"

@@ -45,7 +45,13 @@ K8S_SYSCTLS=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.ipv4.con
 # before. Never the parent /run/containerd: the Docker engine's containerd
 # lives there.
 K8S_HOST_PATHS=(/var/lib/kubelet /var/log/pods /var/log/containers /var/lib/cni /run/containerd/runc/k8s.io
-	/run/containerd/s /run/netns /var/run/netns /etc/cni /opt/cni)
+	/run/netns /etc/cni /opt/cni /opt/containerd)
+# Directories the Docker engine's containerd may use at the same time: the
+# shims' sockets (containerd 1.6 puts every shim's socket in
+# /run/containerd/s, whatever its state directory) and runc's root. Only our
+# own files in them go, and the directory when it is empty and was not
+# there before.
+K8S_SHARED_DIRS=(/run/containerd/runc /run/containerd/s) # never /run/containerd itself
 
 # running NAME tells whether component NAME, started by k8s-up.sh, runs.
 running() {

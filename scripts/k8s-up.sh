@@ -60,7 +60,7 @@ if [[ ! -f $K8S_STATE/before ]]; then
 		for s in "${K8S_SYSCTLS[@]}"; do
 			v=$(sysctl -n "$s" 2>/dev/null) && printf 'sysctl %s %s\n' "$s" "${v//$'\t'/ }"
 		done
-		for p in "${K8S_HOST_PATHS[@]}"; do [[ -e $p ]] && printf 'path %s\n' "$p"; done
+		for p in "${K8S_HOST_PATHS[@]}" "${K8S_SHARED_DIRS[@]}"; do [[ -e $p ]] && printf 'path %s\n' "$p"; done
 		for n in /run/netns/*; do [[ -e $n ]] && printf 'netns %s\n' "$n"; done
 		true
 	} >"$K8S_STATE/before.tmp"
@@ -119,6 +119,7 @@ version = 2
 root = "$K8S_STATE/containerd/root"
 state = "$K8S_RUN/containerd"
 oom_score = 0
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
 [grpc]
   address = "$K8S_SOCK"
 [ttrpc]
@@ -127,6 +128,8 @@ oom_score = 0
   address = ""
 [metrics]
   address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$K8S_STATE/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$K8S_PAUSE_IMAGE"
   restrict_oom_score_adj = true
@@ -189,7 +192,7 @@ start kube-apiserver "$bin/kube-apiserver" --advertise-address "$node_ip" --bind
 	--kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
 	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
 	--service-account-issuer https://kubernetes.default.svc --authorization-mode Node,RBAC \
-	--allow-privileged=true --profiling=false --v=1
+	--kubelet-preferred-address-types InternalIP --allow-privileged=true --profiling=false --v=1
 wait_for kube-apiserver 90 "$bin/kubectl" --kubeconfig "$kubeconfig" get --raw /readyz
 start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$kubeconfig" --leader-elect=false \
 	--allocate-node-cidrs --cluster-cidr "$K8S_POD_CIDR" --node-cidr-mask-size 24 --service-cluster-ip-range "$K8S_SVC_CIDR" \
