@@ -244,7 +244,7 @@ func TestTemplateDefaults(t *testing.T) {
 		t.Errorf("API_KEYS: %+v", e)
 	}
 	cm := find[*corev1.ConfigMap](t, objs)
-	if cm.Data["EXECUTOR"] != "zygote" || cm.Data["ZYGOTE_SOCKET"] != "/run/codegw/zygote.sock" || cm.Data["KERNEL_MEMORY"] != "512m" {
+	if cm.Data["EXECUTOR"] != "zygote" || cm.Data["ZYGOTE_SOCKET"] != "/run/codegw/zygote.sock" || cm.Data["KERNEL_MEMORY"] != "1g" {
 		t.Errorf("config map: %v", cm.Data)
 	}
 	drain := 30
