@@ -7,6 +7,11 @@ set -euo pipefail
 K8S_STATE=${K8S_STATE:-/var/lib/codegw-k8s}      # certificates, etcd, containerd's root, logs
 K8S_RUN=${K8S_RUN:-/run/codegw-k8s}              # containerd's state and socket, runc's root
 K8S_SOCK=$K8S_RUN/containerd/containerd.sock
+# The private containerd's root (its image content and unpacked snapshots)
+# outlives the cluster, like the built binaries: importing the images takes
+# a minute or two and removing their unpacked files as long. k8s-down.sh
+# deletes every container in it; K8S_KEEP_IMAGES=0 there removes it too.
+K8S_IMAGES=${K8S_IMAGES:-/var/cache/codegw/k8s-containerd}
 K8S_NODE=codegw-k8s
 K8S_MARK=codegw-k8s # the comment on this cluster's own iptables rules
 

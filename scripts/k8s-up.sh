@@ -116,7 +116,7 @@ KC
 # --- containerd (private), the CNI bridge ----------------------------------
 cat >"$K8S_STATE/containerd/config.toml" <<TOML
 version = 2
-root = "$K8S_STATE/containerd/root"
+root = "$K8S_IMAGES"
 state = "$K8S_RUN/containerd"
 oom_score = 0
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
@@ -181,6 +181,14 @@ wait_for() {
 
 start containerd containerd --config "$K8S_STATE/containerd/config.toml"
 wait_for containerd 30 ctr -a "$K8S_SOCK" version
+# Containers a cluster that ended badly left in the kept root: none may
+# look like this cluster's to the kubelet.
+if ! running kubelet; then
+	for c in $(ctr -a "$K8S_SOCK" -n k8s.io containers ls -q); do
+		ctr -a "$K8S_SOCK" -n k8s.io tasks delete -f "$c" >/dev/null 2>&1 || true
+		ctr -a "$K8S_SOCK" -n k8s.io containers delete "$c" >/dev/null 2>&1 || true
+	done
+fi
 
 start etcd "$bin/etcd" --name codegw --data-dir "$K8S_STATE/etcd" \
 	--listen-client-urls "http://127.0.0.1:$K8S_ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$K8S_ETCD_PORT" \
@@ -251,12 +259,13 @@ pause_rootfs() {
 import_k8s() {
 	local img=$1 name=${2:-$1} id stamp
 	id=$(docker image inspect -f '{{.Id}}' "$img" 2>/dev/null) || die "image $img is missing"
-	stamp=$K8S_STATE/images/$(printf '%s' "$name" | tr '/:' '__')
-	mkdir -p "$K8S_STATE/images"
+	stamp=$K8S_IMAGES/codegw-imported/$(printf '%s' "$name" | tr '/:' '__')
+	mkdir -p "$K8S_IMAGES/codegw-imported"
 	if [[ $(cat "$stamp" 2>/dev/null) == "$id" ]] && ctr -a "$K8S_SOCK" -n k8s.io images ls -q | grep -qx "docker.io/$name\|$name"; then
 		return 0
 	fi
 	log "importing $img as $name"
+	ctr -a "$K8S_SOCK" -n k8s.io images rm "$name" "docker.io/$name" >/dev/null 2>&1 || true
 	[[ $img == "$name" ]] || docker tag "$img" "$name"
 	docker save "$name" | ctr -a "$K8S_SOCK" -n k8s.io images import - >/dev/null
 	[[ $img == "$name" ]] || docker image rm "$name" >/dev/null
