@@ -354,6 +354,7 @@ func jupyterRun(t *testing.T, conn *websocket.Conn, code, msgID string) string {
 // (logged, at most 10).
 type load struct {
 	ok, bad atomic.Int64
+	other   atomic.Int64 // failures other than a drain's 503 unavailable
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	mu      sync.Mutex
@@ -378,6 +379,9 @@ func (c *cluster) startLoad(workers int) *load {
 					continue
 				}
 				l.bad.Add(1)
+				if err != nil || a.status != 503 || a.code() != "unavailable" {
+					l.other.Add(1)
+				}
 				l.mu.Lock()
 				if len(l.errs) < 10 {
 					l.errs = append(l.errs, fmt.Sprintf("%v %v", a, err))
@@ -705,6 +709,12 @@ print(",".join(res))`, podIP, ip, redisIP, redisPod)
 		t.Logf("stateless calls while a pod was deleted: %d served, %d failed %v", ok, bad, errs)
 		if ok == 0 {
 			t.Error("no stateless call served while a pod was deleted")
+		}
+		// A call that reached the pod after its drain began is refused
+		// with 503 unavailable and Retry-After (a client retries it);
+		// nothing else fails.
+		if n := l.other.Load(); n > 0 {
+			t.Errorf("%d stateless calls failed otherwise than with the drain's 503: %v", n, errs)
 		}
 		var fresh string
 		for _, p := range now {
