@@ -257,11 +257,14 @@ pause_rootfs() {
 # import_k8s IMAGE [K8S_NAME] imports a Docker image into the cluster's
 # containerd (namespace k8s.io) when its id changed since the last import.
 import_k8s() {
-	local img=$1 name=${2:-$1} id stamp
+	local img=$1 name=${2:-$1} id stamp have
 	id=$(docker image inspect -f '{{.Id}}' "$img" 2>/dev/null) || die "image $img is missing"
 	stamp=$K8S_IMAGES/codegw-imported/$(printf '%s' "$name" | tr '/:' '__')
 	mkdir -p "$K8S_IMAGES/codegw-imported"
-	if [[ $(cat "$stamp" 2>/dev/null) == "$id" ]] && ctr -a "$K8S_SOCK" -n k8s.io images ls -q | grep -qx "docker.io/$name\|$name"; then
+	# The listing first: grep -q would end the pipe early (SIGPIPE, and
+	# pipefail would take the image for missing).
+	have=$(ctr -a "$K8S_SOCK" -n k8s.io images ls -q)
+	if [[ $(cat "$stamp" 2>/dev/null) == "$id" ]] && grep -qx "docker.io/$name\|$name" <<<"$have"; then
 		return 0
 	fi
 	log "importing $img as $name"
