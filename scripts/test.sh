@@ -89,12 +89,14 @@ step "Helm chart: lint, render, strict decoding (deploy/)"
 
 # --- Kubernetes: a real one-node cluster (scripts/k8s-*.sh) -------------------
 # Kubernetes, etcd and helm are built from the Go module proxy once per
-# version (scripts/k8s-build.sh, cached under /var/cache/codegw: ~10-15 min
-# the first time, then milliseconds); the cluster comes up with the api,
-# executor and Redis images imported (~1-2 min), TestK8s installs the chart
-# and drives it (~2-3 min), and k8s-down.sh removes the cluster, here or in
-# the EXIT trap when something failed. Needs root and the Docker engine
-# (the images); under CI=true a missing part fails.
+# version (scripts/k8s-build.sh, cached under /var/cache/codegw: ~15 min
+# the first time on a loaded machine, then milliseconds); the cluster comes
+# up in ~10 s (the first import of the images into its containerd, kept in
+# the same cache, 1-2 min more), TestK8s installs the chart and drives it
+# (~2 min), and k8s-down.sh removes the cluster (~15 s), here or in the
+# EXIT trap when something failed: ~2.5 min in all with warm caches. Needs
+# root and the Docker engine (the images); under CI=true a missing part
+# fails.
 if [[ $(id -u) != 0 || ${DOCKER_STARTED:-} != 1 ]]; then
 	if [[ ${CI:-} == true ]]; then
 		echo "CI=true: the Kubernetes step needs root and the Docker engine" >&2
