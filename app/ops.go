@@ -24,6 +24,14 @@ func (a *App) watch() {
 	})
 }
 
+// Leave makes every client connection close after its next answer while
+// the instance serves on (see gateway.Server.Leave): the first step of a
+// shutdown announced ahead (SIGUSR1, a Kubernetes preStop hook).
+func (a *App) Leave() {
+	a.gateway.Leave()
+	a.log.Info("leaving: client connections close after their next answer")
+}
+
 // Drain stops taking new work and waits, up to timeout, for the running
 // executions to finish: /readyz fails at once, new executions (every way
 // in: REST, NDJSON, websockets, Jupyter, MCP) and sessions are refused

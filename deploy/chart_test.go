@@ -244,7 +244,7 @@ func TestTemplateDefaults(t *testing.T) {
 		t.Errorf("API_KEYS: %+v", e)
 	}
 	cm := find[*corev1.ConfigMap](t, objs)
-	if cm.Data["EXECUTOR"] != "zygote" || cm.Data["ZYGOTE_SOCKET"] != "/run/codegw/zygote.sock" || cm.Data["KERNEL_MEMORY"] != "512m" {
+	if cm.Data["EXECUTOR"] != "zygote" || cm.Data["ZYGOTE_SOCKET"] != "/run/codegw/zygote.sock" || cm.Data["KERNEL_MEMORY"] != "1g" {
 		t.Errorf("config map: %v", cm.Data)
 	}
 	drain := 30
@@ -290,6 +290,7 @@ func TestTemplateOptions(t *testing.T) {
 		"podDisruptionBudget": map[string]any{"enabled": false},
 		"image":               map[string]any{"pullPolicy": "Never"},
 		"settings":            map[string]any{"RATE_LIMIT": "10"},
+		"snapshots":           map[string]any{"s3": map[string]any{"bucket": "snaps", "endpoint": "http://s3.example:8333", "existingSecret": "mine"}},
 	}
 	files, err := render(t, vals)
 	if err != nil {
@@ -318,6 +319,17 @@ func TestTemplateOptions(t *testing.T) {
 	}
 	if cm := find[*corev1.ConfigMap](t, objs); cm.Data["RATE_LIMIT"] != "10" {
 		t.Errorf("settings not in the config map: %v", cm.Data)
+	} else if cm.Data["SNAPSHOT_S3_BUCKET"] != "snaps" || cm.Data["SNAPSHOT_S3_ENDPOINT"] != "http://s3.example:8333" || cm.Data["SNAPSHOT_DIR"] != "" {
+		t.Errorf("snapshot settings: %v", cm.Data)
+	}
+	keys := 0
+	for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "SNAPSHOT_S3_ACCESS_KEY" || e.Name == "SNAPSHOT_S3_SECRET_KEY" {
+			keys++
+		}
+	}
+	if keys != 2 {
+		t.Errorf("%d of the S3 keys from the secret", keys)
 	}
 	if h := find[*autoscalingv2.HorizontalPodAutoscaler](t, objs); h.Spec.MaxReplicas != 5 || *h.Spec.MinReplicas != 2 {
 		t.Errorf("hpa: %+v", h.Spec)

@@ -106,6 +106,7 @@ type Server struct {
 	quotas      *quotas
 	promHandler fiber.Handler
 	draining    atomic.Bool
+	leaving     atomic.Bool  // Leave: every answer closes its connection
 	inflight    atomic.Int64 // executions started by handlers, for the drain
 	libreSwept  atomic.Int64 // unix time of the last sweep of LibreChatDir
 	// mcpCtx parents the requests bridged to Config.MCP; Shutdown cancels
@@ -204,6 +205,7 @@ func (s *Server) routes() {
 	a := s.app
 	a.Use(s.recoverRequest)
 	a.Use(s.observe)
+	a.Use(s.closeWhenLeaving)
 	a.Use(func(c *fiber.Ctx) error {
 		if len(c.Request().RequestURI()) > maxURL {
 			return c.Status(fiber.StatusRequestURITooLong).JSON(fiber.Map{

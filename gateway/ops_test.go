@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -674,4 +675,34 @@ func TestMCPQuotaAndDrain(t *testing.T) {
 	if text, isErr := call("print(1)", false); !isErr || !strings.Contains(text, "shutting down") {
 		t.Errorf("MCP call while draining: %q (error %v); want the drain's refusal", text, isErr)
 	}
+}
+
+// TestLeave checks that after Leave (SIGUSR1, a pod's preStop) every answer
+// closes its connection while executions are served as before, and that a
+// websocket upgrade still succeeds.
+func TestLeave(t *testing.T) {
+	e := newEnv(t, envOptions{keys: []string{"lk"}, poolSize: 1})
+	get := func() *http.Response {
+		t.Helper()
+		resp, err := http.Get(e.base + "/healthz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if r := get(); r.Close || r.Header.Get("Connection") == "close" {
+		t.Fatalf("before Leave: Connection %q", r.Header.Get("Connection"))
+	}
+	e.app.Leave()
+	if r := get(); !r.Close {
+		t.Errorf("after Leave: Connection %q, want close", r.Header.Get("Connection"))
+	}
+	var res map[string]any
+	if st := e.do("POST", "/api/v1/execute", map[string]any{"code": "print(6*7)"}, &res); st != 200 || res["stdout"] != "42\n" {
+		t.Errorf("execute after Leave: %d %v", st, res)
+	}
+	sess := e.createSession(t, nil)
+	e.mustDial(t, sess.ID, "")
 }

@@ -7,6 +7,11 @@ set -euo pipefail
 K8S_STATE=${K8S_STATE:-/var/lib/codegw-k8s}      # certificates, etcd, containerd's root, logs
 K8S_RUN=${K8S_RUN:-/run/codegw-k8s}              # containerd's state and socket, runc's root
 K8S_SOCK=$K8S_RUN/containerd/containerd.sock
+# The private containerd's root (its image content and unpacked snapshots)
+# outlives the cluster, like the built binaries: importing the images takes
+# a minute or two and removing their unpacked files as long. k8s-down.sh
+# deletes every container in it; K8S_KEEP_IMAGES=0 there removes it too.
+K8S_IMAGES=${K8S_IMAGES:-/var/cache/codegw/k8s-containerd}
 K8S_NODE=codegw-k8s
 K8S_MARK=codegw-k8s # the comment on this cluster's own iptables rules
 
@@ -45,7 +50,13 @@ K8S_SYSCTLS=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.ipv4.con
 # before. Never the parent /run/containerd: the Docker engine's containerd
 # lives there.
 K8S_HOST_PATHS=(/var/lib/kubelet /var/log/pods /var/log/containers /var/lib/cni /run/containerd/runc/k8s.io
-	/run/containerd/s /run/netns /var/run/netns /etc/cni /opt/cni)
+	/run/netns /etc/cni /opt/cni /opt/containerd)
+# Directories the Docker engine's containerd may use at the same time: the
+# shims' sockets (containerd 1.6 puts every shim's socket in
+# /run/containerd/s, whatever its state directory) and runc's root. Only our
+# own files in them go, and the directory when it is empty and was not
+# there before.
+K8S_SHARED_DIRS=(/run/containerd/runc /run/containerd/s) # never /run/containerd itself
 
 # running NAME tells whether component NAME, started by k8s-up.sh, runs.
 running() {

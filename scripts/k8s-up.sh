@@ -60,7 +60,7 @@ if [[ ! -f $K8S_STATE/before ]]; then
 		for s in "${K8S_SYSCTLS[@]}"; do
 			v=$(sysctl -n "$s" 2>/dev/null) && printf 'sysctl %s %s\n' "$s" "${v//$'\t'/ }"
 		done
-		for p in "${K8S_HOST_PATHS[@]}"; do [[ -e $p ]] && printf 'path %s\n' "$p"; done
+		for p in "${K8S_HOST_PATHS[@]}" "${K8S_SHARED_DIRS[@]}"; do [[ -e $p ]] && printf 'path %s\n' "$p"; done
 		for n in /run/netns/*; do [[ -e $n ]] && printf 'netns %s\n' "$n"; done
 		true
 	} >"$K8S_STATE/before.tmp"
@@ -116,9 +116,10 @@ KC
 # --- containerd (private), the CNI bridge ----------------------------------
 cat >"$K8S_STATE/containerd/config.toml" <<TOML
 version = 2
-root = "$K8S_STATE/containerd/root"
+root = "$K8S_IMAGES"
 state = "$K8S_RUN/containerd"
 oom_score = 0
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
 [grpc]
   address = "$K8S_SOCK"
 [ttrpc]
@@ -127,6 +128,8 @@ oom_score = 0
   address = ""
 [metrics]
   address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$K8S_STATE/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$K8S_PAUSE_IMAGE"
   restrict_oom_score_adj = true
@@ -178,6 +181,14 @@ wait_for() {
 
 start containerd containerd --config "$K8S_STATE/containerd/config.toml"
 wait_for containerd 30 ctr -a "$K8S_SOCK" version
+# Containers a cluster that ended badly left in the kept root: none may
+# look like this cluster's to the kubelet.
+if ! running kubelet; then
+	for c in $(ctr -a "$K8S_SOCK" -n k8s.io containers ls -q); do
+		ctr -a "$K8S_SOCK" -n k8s.io tasks delete -f "$c" >/dev/null 2>&1 || true
+		ctr -a "$K8S_SOCK" -n k8s.io containers delete "$c" >/dev/null 2>&1 || true
+	done
+fi
 
 start etcd "$bin/etcd" --name codegw --data-dir "$K8S_STATE/etcd" \
 	--listen-client-urls "http://127.0.0.1:$K8S_ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$K8S_ETCD_PORT" \
@@ -189,7 +200,7 @@ start kube-apiserver "$bin/kube-apiserver" --advertise-address "$node_ip" --bind
 	--kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
 	--service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
 	--service-account-issuer https://kubernetes.default.svc --authorization-mode Node,RBAC \
-	--allow-privileged=true --profiling=false --v=1
+	--kubelet-preferred-address-types InternalIP --allow-privileged=true --profiling=false --v=1
 wait_for kube-apiserver 90 "$bin/kubectl" --kubeconfig "$kubeconfig" get --raw /readyz
 start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$kubeconfig" --leader-elect=false \
 	--allocate-node-cidrs --cluster-cidr "$K8S_POD_CIDR" --node-cidr-mask-size 24 --service-cluster-ip-range "$K8S_SVC_CIDR" \
@@ -246,14 +257,18 @@ pause_rootfs() {
 # import_k8s IMAGE [K8S_NAME] imports a Docker image into the cluster's
 # containerd (namespace k8s.io) when its id changed since the last import.
 import_k8s() {
-	local img=$1 name=${2:-$1} id stamp
+	local img=$1 name=${2:-$1} id stamp have
 	id=$(docker image inspect -f '{{.Id}}' "$img" 2>/dev/null) || die "image $img is missing"
-	stamp=$K8S_STATE/images/$(printf '%s' "$name" | tr '/:' '__')
-	mkdir -p "$K8S_STATE/images"
-	if [[ $(cat "$stamp" 2>/dev/null) == "$id" ]] && ctr -a "$K8S_SOCK" -n k8s.io images ls -q | grep -qx "docker.io/$name\|$name"; then
+	stamp=$K8S_IMAGES/codegw-imported/$(printf '%s' "$name" | tr '/:' '__')
+	mkdir -p "$K8S_IMAGES/codegw-imported"
+	# The listing first: grep -q would end the pipe early (SIGPIPE, and
+	# pipefail would take the image for missing).
+	have=$(ctr -a "$K8S_SOCK" -n k8s.io images ls -q)
+	if [[ $(cat "$stamp" 2>/dev/null) == "$id" ]] && grep -qx "docker.io/$name\|$name" <<<"$have"; then
 		return 0
 	fi
 	log "importing $img as $name"
+	ctr -a "$K8S_SOCK" -n k8s.io images rm "$name" "docker.io/$name" >/dev/null 2>&1 || true
 	[[ $img == "$name" ]] || docker tag "$img" "$name"
 	docker save "$name" | ctr -a "$K8S_SOCK" -n k8s.io images import - >/dev/null
 	[[ $img == "$name" ]] || docker image rm "$name" >/dev/null

@@ -26,7 +26,8 @@ func LoadConfig() (app.Config, error) {
 
 // parseConfig reads the variables in environ ("NAME=value") over the
 // defaults. Values are trimmed; an empty value keeps the default, except
-// EXECUTOR_PRELOAD, where it means "preload nothing".
+// EXECUTOR_PRELOAD, where it means "preload nothing", and SNAPSHOT_DIR,
+// where it turns snapshots off.
 func parseConfig(environ []string) (app.Config, error) {
 	vars := env.ToMap(environ)
 	for k, v := range vars {
@@ -36,6 +37,9 @@ func parseConfig(environ []string) (app.Config, error) {
 	err := env.ParseWithOptions(&c, env.Options{Environment: vars, FuncMap: parsers})
 	if v, ok := vars["EXECUTOR_PRELOAD"]; ok && v == "" {
 		c.Preload = []string{}
+	}
+	if v, ok := vars["SNAPSHOT_DIR"]; ok && v == "" {
+		c.SnapshotDir = ""
 	}
 	if err != nil { // a value that does not parse keeps its default: check the rest too
 		return c, errors.Join(configErrors(err, vars), c.Validate())

@@ -79,6 +79,16 @@ func run() error {
 	errc := make(chan error, 1)
 	go func() { errc <- a.Listen() }()
 	cfg.Logger.Info("codegw listening", "addr", "http://"+addr, "executor", cfg.Executor, "pool", cfg.PoolSize, "instance", cfg.InstanceID)
+	// SIGUSR1 announces the shutdown (a Kubernetes preStop hook): client
+	// connections close after their next answer, serving goes on.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	go func() {
+		if _, ok := <-usr1; ok {
+			a.Leave()
+		}
+	}()
 	select {
 	case err = <-errc:
 		err = fmt.Errorf("listen %s: %w", addr, err)

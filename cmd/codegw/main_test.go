@@ -319,6 +319,9 @@ func TestParseConfig(t *testing.T) {
 		{"empty preload means nothing", []string{"EXECUTOR_PRELOAD="}, func(c app.Config) bool {
 			return c.Preload != nil && len(c.Preload) == 0
 		}, nil},
+		{"empty snapshot dir turns snapshots off", []string{"SNAPSHOT_DIR="}, func(c app.Config) bool {
+			return c.SnapshotDir == ""
+		}, nil},
 		{"empty value keeps the default", []string{"PORT=", "HOST=  "}, func(c app.Config) bool {
 			return c.Port == 14564 && c.Host == "127.0.0.1"
 		}, nil},
