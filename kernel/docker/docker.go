@@ -322,6 +322,10 @@ func (p *Provisioner) chooseStart(ctx context.Context) error {
 	return nil
 }
 
+// MakesOneShots reports whether Spec.OneShot gets a one-shot kernel: only
+// the zygote container forks them.
+func (p *Provisioner) MakesOneShots() bool { return p.fork }
+
 // StartMode says how kernels are made: "fork" or "spawn".
 func (p *Provisioner) StartMode() string {
 	if p.fork {

@@ -31,6 +31,8 @@ type forked struct {
 	info  kernel.ConnectionInfo // host paths, where the gateway dials
 	kinfo kernel.ConnectionInfo // container paths, where the kernel binds
 	env   map[string]string
+	// oneShot: the kernel is a one-shot kernel (Spec.OneShot).
+	oneShot bool
 
 	opMu   sync.Mutex // serialises Restart and Close
 	closed bool
@@ -40,9 +42,13 @@ type forked struct {
 }
 
 var (
-	_ kernel.Process = (*forked)(nil)
-	_ kernel.Binder  = (*forked)(nil)
+	_ kernel.Process    = (*forked)(nil)
+	_ kernel.Binder     = (*forked)(nil)
+	_ kernel.OneShotter = (*forked)(nil)
 )
+
+// OneShot reports whether the kernel is a one-shot kernel.
+func (k *forked) OneShot() bool { return k.oneShot }
 
 // forkRun is one child of a zygote; Restart forks a new one.
 type forkRun struct {
@@ -73,7 +79,7 @@ func (p *Provisioner) containerPath(host string) string {
 
 // startForked makes the kernel's directories and forks it.
 func (p *Provisioner) startForked(ctx context.Context, spec kernel.Spec) (_ *forked, err error) {
-	k := &forked{p: p, id: spec.ID, dir: filepath.Join(p.forkDir, spec.ID), env: map[string]string{}}
+	k := &forked{p: p, id: spec.ID, dir: filepath.Join(p.forkDir, spec.ID), env: map[string]string{}, oneShot: spec.OneShot}
 	for _, kv := range p.env {
 		name, v, _ := strings.Cut(kv, "=")
 		k.env[name] = v
@@ -174,6 +180,7 @@ func (k *forked) fork(ctx context.Context) error {
 		Sock: p.containerPath(filepath.Join(k.dir, "run")), Root: p.containerPath(filepath.Join(k.dir, "root")),
 		Sandbox: true, ShareNet: p.cfg.NetworkMode != "none", Binds: []string{containerExecDir},
 		UID: k.uid, GID: k.kernelGID(), Env: k.env, Contain: map[string]int{"umask": k.kernelUmask()},
+		OneShot: k.oneShot,
 	}
 	r := &forkRun{z: z, token: token, exited: make(chan struct{}), bound: make(chan struct{}), t0: time.Now(), kid: k.id, p: p}
 	if p.cg != nil {

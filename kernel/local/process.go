@@ -27,7 +27,9 @@ type Process struct {
 	info kernel.ConnectionInfo
 	env  []string
 	spec map[string]string // Spec.Env, applied by forked kernels
-	lock *os.File          // flock held while the kernel's directory is ours
+	// oneShot: Spec.OneShot, honoured by forked kernels only.
+	oneShot bool
+	lock    *os.File // flock held while the kernel's directory is ours
 
 	opMu   sync.Mutex // serialises Restart and Close
 	closed bool
@@ -37,9 +39,15 @@ type Process struct {
 }
 
 var (
-	_ kernel.Process = (*Process)(nil)
-	_ kernel.Binder  = (*Process)(nil)
+	_ kernel.Process    = (*Process)(nil)
+	_ kernel.Binder     = (*Process)(nil)
+	_ kernel.OneShotter = (*Process)(nil)
 )
+
+// OneShot reports whether the kernel is a one-shot kernel: asked for
+// (Spec.OneShot) and forked from the zygote. Spawned kernels are full
+// kernels.
+func (k *Process) OneShot() bool { return k.oneShot }
 
 // run is one process of a kernel; Restart makes a new one.
 type run struct {

@@ -208,7 +208,8 @@ func (k *Process) startFork(ctx context.Context) error {
 	delete(env, "EXECUTOR_LIFELINE_FD") // the kernel watches the zygote
 	delete(env, "EXECUTOR_MPL_CACHE")   // the zygote loaded the fonts
 	req := zygotectl.Request{Token: token, Conn: connFile, Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
-		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env}
+		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env,
+		OneShot: k.oneShot}
 	if p.cred != nil {
 		req.UID, req.GID = int(p.cred.Uid), int(p.cred.Gid)
 	}

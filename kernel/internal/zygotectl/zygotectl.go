@@ -42,6 +42,8 @@ type Request struct {
 	Rlimits  map[string]int64  `json:"rlimits,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
 	Contain  map[string]int    `json:"contain,omitempty"`
+	// OneShot makes the child a one-shot kernel (zygote.py's run_oneshot).
+	OneShot bool `json:"oneshot,omitempty"`
 }
 
 // msg is one line from the zygote.
