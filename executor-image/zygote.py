@@ -1032,11 +1032,31 @@ class OneShot:
             except KeyboardInterrupt:
                 continue  # an interrupt between cells
 
+    def no_stdin(self):
+        """input() and getpass() as a full kernel has them for a request
+        without stdin: ipykernel's own, which raise at once (the same
+        error and traceback)."""
+        import types
+
+        class NoStdin:
+            _allow_stdin = False
+
+        try:
+            from ipykernel.kernelbase import Kernel
+
+            stub = NoStdin()
+            return types.MethodType(Kernel.raw_input, stub), types.MethodType(Kernel.getpass, stub)
+        except Exception:
+            from IPython.core.error import StdinNotImplementedError
+
+            def no_input(*args, **kwargs):
+                raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
+
+            return no_input, no_input
+
     def execute(self, msg):
         import builtins
         import getpass
-
-        from IPython.core.error import StdinNotImplementedError
 
         shell = self.shell
         parent = msg["header"]
@@ -1051,11 +1071,8 @@ class OneShot:
         silent = bool(content.get("silent"))
         store_history = bool(content.get("store_history", not silent))
 
-        def no_input(*args, **kwargs):
-            raise StdinNotImplementedError("raw_input was called, but this frontend does not support stdin.")
-
         saved = builtins.input, getpass.getpass
-        builtins.input, getpass.getpass = no_input, no_input
+        builtins.input, getpass.getpass = self.no_stdin()
         reply = {}
         try:
             res = shell.run_cell(content.get("code", ""), store_history=store_history, silent=silent)
