@@ -177,8 +177,37 @@ def load():
             PREPARED = prepare_kernel()
         except Exception as e:
             log("kernel not prepared (each kernel builds it whole): %s: %s" % (type(e).__name__, e))
+    if PREPARED is not None and os.environ.get("EXECUTOR_ZYGOTE_WARM", "1") != "0":
+        warm(PREPARED[1])
     gc.collect()
     gc.freeze()
+
+
+# A cell run once in the zygote's shell before the freeze, so that what a
+# first cell builds (IPython's compiler and AST passes, pandas' and
+# matplotlib's lazily made parts, a PNG encoder) is in every child already.
+WARM_CELL = """
+import pandas as _cg_pd
+_cg_pd.DataFrame({"a": [1, 2]}).sum()
+_cg_pd.DataFrame({"a": [1, 2]})._repr_html_()
+import matplotlib.pyplot as _cg_plt
+import io as _cg_io
+_cg_f = _cg_plt.figure()
+_cg_plt.plot([1, 2])
+_cg_f.savefig(_cg_io.BytesIO(), format="png")
+_cg_plt.close("all")
+del _cg_pd, _cg_plt, _cg_io, _cg_f
+"""
+
+
+def warm(shell):
+    """Run WARM_CELL silently, without history; a failure is only logged."""
+    try:
+        res = shell.run_cell(WARM_CELL, store_history=False, silent=True)
+        if not res.success:
+            log("warm-up cell failed: %r" % (res.error_in_exec or res.error_before_exec))
+    except Exception as e:
+        log("warm-up failed: %s: %s" % (type(e).__name__, e))
 
 
 # (app, shell, excepthook) built by prepare_kernel, or None.
