@@ -275,6 +275,11 @@ func (a *App) ready() error {
 	if s := a.Pool.Stats(); s.Size > 0 && s.Ready == 0 && s.LastErr != "" {
 		return errors.New("no kernel can start: " + s.LastErr)
 	}
+	if a.OneShots != nil {
+		if s := a.OneShots.Stats(); s.Size > 0 && s.Ready == 0 && s.LastErr != "" {
+			return errors.New("no one-shot kernel can start: " + s.LastErr)
+		}
+	}
 	return nil
 }
 
