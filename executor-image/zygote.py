@@ -26,7 +26,8 @@ Descriptors (set by the provisioner):
 
 - EXECUTOR_ZYGOTE_FD: a unix stream socket to the gateway carrying one JSON
   object per line. Requests: {"op": "fork", "token", ...} (see specialise)
-  and {"op": "kill", "token"}. Answers and events: {"op": "ready"},
+  and {"op": "kill", "token"}. Answers and events: {"op": "ready",
+  "oneshot"} (whether it makes one-shot kernels: run_oneshot),
   {"op": "forked", "token", "pid"}, {"op": "error", "token", "error"},
   {"op": "bound", "token"} (the kernel's sockets are bound: the child wrote
   to its bound pipe, see launch.signal_bound), {"op": "exit", "token",
@@ -325,7 +326,9 @@ class Zygote:
         n = threads()
         if n != 1:
             log("warning: %d threads before the first fork" % n)
-        self.send({"op": "ready", "pid": os.getpid(), "threads": n})
+        # "oneshot": this zygote makes one-shot kernels ("oneshot" in a
+        # fork request); a gateway asks only a zygote that says so.
+        self.send({"op": "ready", "pid": os.getpid(), "threads": n, "oneshot": PREPARED is not None})
         while True:
             r, _, _ = select.select([self.ctl, self.sig_r, self.lifeline, *self.bound], [], [])
             for fd in r:

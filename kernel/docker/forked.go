@@ -47,8 +47,13 @@ var (
 	_ kernel.OneShotter = (*forked)(nil)
 )
 
-// OneShot reports whether the kernel is a one-shot kernel.
-func (k *forked) OneShot() bool { return k.oneShot }
+// OneShot reports whether the current process is a one-shot kernel: asked
+// for and forked by a zygote that makes them.
+func (k *forked) OneShot() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur != nil && k.cur.oneShot
+}
 
 // forkRun is one child of a zygote; Restart forks a new one.
 type forkRun struct {
@@ -65,6 +70,7 @@ type forkRun struct {
 	t0        time.Time
 	kid       string
 	p         *Provisioner
+	oneShot   bool // the zygote made it a one-shot kernel
 }
 
 // containerPath is where the zygote container sees a path under the fork
@@ -180,9 +186,9 @@ func (k *forked) fork(ctx context.Context) error {
 		Sock: p.containerPath(filepath.Join(k.dir, "run")), Root: p.containerPath(filepath.Join(k.dir, "root")),
 		Sandbox: true, ShareNet: p.cfg.NetworkMode != "none", Binds: []string{containerExecDir},
 		UID: k.uid, GID: k.kernelGID(), Env: k.env, Contain: map[string]int{"umask": k.kernelUmask()},
-		OneShot: k.oneShot,
+		OneShot: k.oneShot && z.c.OneShots(),
 	}
-	r := &forkRun{z: z, token: token, exited: make(chan struct{}), bound: make(chan struct{}), t0: time.Now(), kid: k.id, p: p}
+	r := &forkRun{z: z, token: token, exited: make(chan struct{}), bound: make(chan struct{}), t0: time.Now(), kid: k.id, p: p, oneShot: req.OneShot}
 	if p.cg != nil {
 		cg, err := p.cg.Create(token, p.cfg.Memory, p.cfg.PidsLimit)
 		if err != nil {

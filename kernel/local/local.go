@@ -223,7 +223,10 @@ func (p *Provisioner) chooseStart() error {
 
 // MakesOneShots reports whether Spec.OneShot gets a one-shot kernel: only
 // the zygote forks them.
-func (p *Provisioner) MakesOneShots() bool { return p.fork }
+func (p *Provisioner) MakesOneShots() bool {
+	z, err := p.getZygote(context.Background())
+	return p.fork && err == nil && z.c.OneShots()
+}
 
 // StartMode says how kernels are made: "fork" or "spawn".
 func (p *Provisioner) StartMode() string {

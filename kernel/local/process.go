@@ -44,10 +44,14 @@ var (
 	_ kernel.OneShotter = (*Process)(nil)
 )
 
-// OneShot reports whether the kernel is a one-shot kernel: asked for
-// (Spec.OneShot) and forked from the zygote. Spawned kernels are full
-// kernels.
-func (k *Process) OneShot() bool { return k.oneShot }
+// OneShot reports whether the current process is a one-shot kernel: asked
+// for (Spec.OneShot) and forked from a zygote that makes them. Spawned
+// kernels are full kernels.
+func (k *Process) OneShot() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur != nil && k.cur.oneShot
+}
 
 // run is one process of a kernel; Restart makes a new one.
 type run struct {
@@ -71,11 +75,13 @@ type run struct {
 	// pid namespace.
 	z     *zygote
 	token string
-	cg    *cgroupv1.Group
-	once  sync.Once
-	t0    time.Time
-	kid   string
-	log   *slog.Logger
+	// oneShot: the zygote made it a one-shot kernel.
+	oneShot bool
+	cg      *cgroupv1.Group
+	once    sync.Once
+	t0      time.Time
+	kid     string
+	log     *slog.Logger
 }
 
 // outputTail bounds the kernel output kept for diagnostics.
