@@ -187,24 +187,35 @@ def load():
 # A cell run once in the zygote's shell before the freeze, so that what a
 # first cell builds (IPython's compiler and AST passes, pandas' and
 # matplotlib's lazily made parts, a PNG encoder) is in every child already.
-WARM_CELL = """
+# Only what the preload imported is warmed: the cell imports nothing new.
+WARM_CELL = "_cg_x = 1\ndel _cg_x\n"
+WARM_PANDAS = """
 import pandas as _cg_pd
 _cg_pd.DataFrame({"a": [1, 2]}).sum()
 _cg_pd.DataFrame({"a": [1, 2]})._repr_html_()
+del _cg_pd
+"""
+WARM_PLOT = """
 import matplotlib.pyplot as _cg_plt
 import io as _cg_io
 _cg_f = _cg_plt.figure()
 _cg_plt.plot([1, 2])
 _cg_f.savefig(_cg_io.BytesIO(), format="png")
 _cg_plt.close("all")
-del _cg_pd, _cg_plt, _cg_io, _cg_f
+del _cg_plt, _cg_io, _cg_f
 """
 
 
 def warm(shell):
-    """Run WARM_CELL silently, without history; a failure is only logged."""
+    """Run the warm-up cells silently, without history; a failure is only
+    logged."""
+    cell = WARM_CELL
+    if "pandas" in sys.modules:
+        cell += WARM_PANDAS
+    if "matplotlib.pyplot" in sys.modules:
+        cell += WARM_PLOT
     try:
-        res = shell.run_cell(WARM_CELL, store_history=False, silent=True)
+        res = shell.run_cell(cell, store_history=False, silent=True)
         if not res.success:
             log("warm-up cell failed: %r" % (res.error_in_exec or res.error_before_exec))
     except Exception as e:
