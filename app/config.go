@@ -77,7 +77,7 @@ type Config struct {
 	// fork, not of a kernel) or kernel (a full ipykernel, as sessions and the
 	// Jupyter API always have). Kernels that are spawned (KERNEL_START=spawn,
 	// or a gateway that is not root) are full kernels either way;
-	// /capabilities says which is in use (stateless_kernel). Default: kernel.
+	// /capabilities says which is in use (stateless_kernel). Default: oneshot.
 	StatelessKernel string `env:"STATELESS_KERNEL"`
 	// DockerImage is the executor image. Default: codegw/executor:latest.
 	DockerImage string `env:"DOCKER_IMAGE"`
@@ -271,7 +271,7 @@ func DefaultConfig() Config {
 	return Config{
 		Host: "127.0.0.1", Port: 14564,
 		Executor: "local", PoolSize: 2, PoolStarts: kernel.DefaultMaxStarting,
-		Python: local.DefaultPython, Sandbox: local.SandboxAuto, KernelStart: local.StartFork, StatelessKernel: StatelessFull,
+		Python: local.DefaultPython, Sandbox: local.SandboxAuto, KernelStart: local.StartFork, StatelessKernel: StatelessOneShot,
 		DockerImage: d.Image, NetworkMode: d.NetworkMode, PidsLimit: d.PidsLimit,
 		MemoryBytes: 1 << 30, CPUs: 1, InstanceID: d.InstanceID,
 
