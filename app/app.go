@@ -36,11 +36,14 @@ import (
 // App is the running service. The parts tests and benchmarks look inside
 // are exported; the gateway is not listening until Listen or Serve.
 type App struct {
-	Pool    *kernel.Pool
-	Images  *files.Store
-	Files   *files.Store
-	Manager *session.Manager
-	Metrics *metrics.Metrics
+	Pool *kernel.Pool
+	// OneShots keeps one-shot kernels for stateless calls
+	// (STATELESS_KERNEL=oneshot); nil when they take full kernels from Pool.
+	OneShots *kernel.Pool
+	Images   *files.Store
+	Files    *files.Store
+	Manager  *session.Manager
+	Metrics  *metrics.Metrics
 
 	prov       kernel.Provisioner
 	store      store.Store
@@ -116,6 +119,20 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		return k, err
 	}
 	a.Pool = kernel.NewPool(kernel.PoolConfig{Size: cfg.PoolSize, MaxStarting: cfg.PoolStarts, Launch: launch, Logger: log})
+	var stateless session.Acquirer
+	if cfg.StatelessKernel == StatelessOneShot {
+		// No warm-up: the zygote warmed the shell once for all of them.
+		launchOne := func(ctx context.Context) (*kernel.Kernel, error) {
+			id := fmt.Sprintf("k%s-%d", runID, seq.Add(1))
+			start := time.Now()
+			k, err := kernel.Launch(ctx, a.prov, kernel.Spec{ID: id, Labels: map[string]string{"instance": cfg.InstanceID}, OneShot: true},
+				kernel.LaunchOptions{Logger: log, Client: kernel.ClientOptions{HeartbeatTimeout: cfg.HeartbeatTimeout}})
+			a.Metrics.KernelStart(time.Since(start), err)
+			return k, err
+		}
+		a.OneShots = kernel.NewPool(kernel.PoolConfig{Size: cfg.PoolSize, MaxStarting: cfg.PoolStarts, Launch: launchOne, Logger: log})
+		stateless = a.OneShots
+	}
 
 	if cfg.RedisURL == "" {
 		a.store = memory.New()
@@ -177,7 +194,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		snaps = d
 	}
 	a.Manager, err = session.New(session.Config{
-		Kernels: a.Pool, Images: a.Images, Files: a.Files, Fetcher: fetcher,
+		Kernels: a.Pool, Stateless: stateless, Images: a.Images, Files: a.Files, Fetcher: fetcher,
 		Outputs: files.OutputLimits{AllowedExt: cfg.OutputAllowedExt, MaxFiles: cfg.OutputMaxFiles, MaxFileBytes: cfg.OutputFileMaxBytes, MaxTotalBytes: cfg.OutputTotalBytes},
 		Store:   sessionStore, Instance: cfg.InstanceID,
 		ExecTimeout: cfg.ExecutionTimeout, InterruptGrace: cfg.InterruptGrace, MaxOutputBytes: cfg.MaxOutputBytes,
@@ -202,6 +219,10 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		c := &capabilities{cfg: cfg, launch: launch, log: log}
 		if m, ok := a.prov.(startModer); ok {
 			c.start, c.limitMode = m.StartMode(), limitMode
+		}
+		c.stateless = StatelessFull
+		if o, ok := a.prov.(oneShotMaker); ok && cfg.StatelessKernel == StatelessOneShot && o.MakesOneShots() {
+			c.stateless = StatelessOneShot
 		}
 		a.bg.Add(1)
 		go func() { defer a.bg.Done(); c.probe(bgCtx) }()
@@ -256,10 +277,12 @@ func (a *App) Close() error {
 	// the pool and the provisioner close.
 	a.cancelBg()
 	a.bg.Wait()
-	if a.Pool != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		a.Pool.Close(ctx)
-		cancel()
+	for _, p := range []*kernel.Pool{a.Pool, a.OneShots} {
+		if p != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			p.Close(ctx)
+			cancel()
+		}
 	}
 	if a.ownProv && a.prov != nil {
 		errs = append(errs, a.prov.Close())
@@ -274,6 +297,11 @@ func (a *App) Close() error {
 func (a *App) ready() error {
 	if s := a.Pool.Stats(); s.Size > 0 && s.Ready == 0 && s.LastErr != "" {
 		return errors.New("no kernel can start: " + s.LastErr)
+	}
+	if a.OneShots != nil {
+		if s := a.OneShots.Stats(); s.Size > 0 && s.Ready == 0 && s.LastErr != "" {
+			return errors.New("no one-shot kernel can start: " + s.LastErr)
+		}
 	}
 	return nil
 }

@@ -77,6 +77,8 @@ func TestOpenServesAndCloses(t *testing.T) {
 	for {
 		var caps struct {
 			Executor          string   `json:"executor"`
+			KernelStart       string   `json:"kernel_start"`
+			StatelessKernel   string   `json:"stateless_kernel"`
 			Python            *string  `json:"python_version"`
 			Packages          []string `json:"packages"`
 			MaxWorkers        int      `json:"max_workers"`
@@ -125,6 +127,9 @@ func TestOpenServesAndCloses(t *testing.T) {
 				t.Errorf("limits %+v", l)
 			case n.ExecutorNetworkMode != "none" || n.InternetAccess == nil || *n.InternetAccess || !n.SupportsHTTPInputFiles || n.SupportsPipInstall == nil || !n.Introspection.OK || n.Introspection.Error != nil:
 				t.Errorf("networkPolicy %+v", n)
+			case caps.KernelStart == "fork" && caps.StatelessKernel != c.StatelessKernel,
+				caps.KernelStart != "fork" && caps.StatelessKernel != app.StatelessFull:
+				t.Errorf("stateless_kernel %q with kernel_start %q and STATELESS_KERNEL=%s", caps.StatelessKernel, caps.KernelStart, c.StatelessKernel)
 			case !slices.Contains(caps.Languages, "python") || !slices.Contains(caps.Languages, "javascript"):
 				t.Errorf("languages %v: Node.js missing in the kernels (scripts/deps.sh installs nodejs)", caps.Languages)
 			}

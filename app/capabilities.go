@@ -21,8 +21,10 @@ type capabilities struct {
 	// and limited (cgroup, rlimit, none; Docker: container when each kernel
 	// is a container of its own).
 	start, limitMode string
-	launch           func(context.Context) (*kernel.Kernel, error)
-	log              *slog.Logger
+	// stateless is the kernel of stateless calls in use: oneshot or kernel.
+	stateless string
+	launch    func(context.Context) (*kernel.Kernel, error)
+	log       *slog.Logger
 
 	mu    sync.Mutex
 	facts map[string]any
@@ -30,6 +32,10 @@ type capabilities struct {
 	// original project's networkPolicy.introspection.
 	probeErr string
 }
+
+// oneShotMaker is implemented by provisioners that can make one-shot
+// kernels (kernel.Spec.OneShot).
+type oneShotMaker interface{ MakesOneShots() bool }
 
 // startModer is implemented by local.Provisioner.
 type startModer interface {
@@ -111,6 +117,9 @@ func (c *capabilities) get() any {
 			"rate_limit":                c.cfg.RateLimit,
 			"pids_limit":                c.cfg.PidsLimit,
 		},
+	}
+	if c.stateless != "" {
+		out["stateless_kernel"] = c.stateless
 	}
 	if c.start != "" {
 		out["kernel_start"] = c.start

@@ -72,6 +72,14 @@ type Config struct {
 	// else spawn with a warning) or spawn (a cold start each; docker: a
 	// container per kernel). Default: fork.
 	KernelStart string `env:"KERNEL_START"`
+	// StatelessKernel is the kernel of stateless calls (POST /api/v1/execute,
+	// MCP's fresh runs, codegw run): oneshot (a child of the zygote that runs
+	// the one cell in the zygote's prepared IPython shell: the cost of a
+	// fork, not of a kernel) or kernel (a full ipykernel, as sessions and the
+	// Jupyter API always have). Kernels that are spawned (KERNEL_START=spawn,
+	// or a gateway that is not root) are full kernels either way;
+	// /capabilities says which is in use (stateless_kernel). Default: oneshot.
+	StatelessKernel string `env:"STATELESS_KERNEL"`
 	// DockerImage is the executor image. Default: codegw/executor:latest.
 	DockerImage string `env:"DOCKER_IMAGE"`
 	// NetworkMode is the kernel containers' network. Default: none.
@@ -287,6 +295,12 @@ type Config struct {
 // (512m, 1g: powers of 1024).
 type Bytes int64
 
+// The kinds of kernel of stateless calls (STATELESS_KERNEL).
+const (
+	StatelessOneShot = "oneshot" // a zygote's child that runs one cell
+	StatelessFull    = "kernel"  // a full ipykernel
+)
+
 // DefaultConfig runs on a laptop: local sandboxed kernels, memory store.
 // Limits are the defaults of the packages that own them.
 func DefaultConfig() Config {
@@ -297,7 +311,7 @@ func DefaultConfig() Config {
 	return Config{
 		Host: "127.0.0.1", Port: 14564,
 		Executor: "local", PoolSize: 2, PoolStarts: kernel.DefaultMaxStarting,
-		Python: local.DefaultPython, Sandbox: local.SandboxAuto, KernelStart: local.StartFork,
+		Python: local.DefaultPython, Sandbox: local.SandboxAuto, KernelStart: local.StartFork, StatelessKernel: StatelessOneShot,
 		DockerImage: d.Image, NetworkMode: d.NetworkMode, PidsLimit: d.PidsLimit,
 		MemoryBytes: 1 << 30, CPUs: 1, InstanceID: d.InstanceID,
 
@@ -340,6 +354,7 @@ func (c Config) Validate() error {
 	check(c.Port <= 0 || c.Port > 65535, "PORT %d out of range", c.Port)
 	check(c.MaxWorkers <= 0, "MAX_WORKERS must be at least 1")
 	check(c.PoolSize < 0, "POOL_SIZE must not be negative")
+	check(c.StatelessKernel != StatelessOneShot && c.StatelessKernel != StatelessFull, "STATELESS_KERNEL must be oneshot or kernel, not %q", c.StatelessKernel)
 	check(c.ExecutionTimeout <= 0, "EXECUTION_TIMEOUT must be positive")
 	check(c.InstanceTTL < 300*time.Millisecond, "INSTANCE_TTL must be at least 0.3 seconds")
 	check(c.LogFormat != "text" && c.LogFormat != "json", "LOG_FORMAT must be text or json, not %q", c.LogFormat)

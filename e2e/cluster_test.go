@@ -107,7 +107,7 @@ func start(t *testing.T, name, redisURL string, env ...string) *instance {
 		"REDIS_URL=" + redisURL, "INSTANCE_TTL=" + strconv.FormatFloat(ttl.Seconds(), 'f', -1, 64),
 		"CLUSTER_SECRET=" + secret, "EXECUTOR_INSTANCE_ID=" + name,
 		"API_KEYS=" + key1 + "," + key2,
-		"EXECUTOR=local", "POOL_SIZE=1", "EXECUTOR_PRELOAD=", "STATE_DIR=" + state,
+		"EXECUTOR=local", "POOL_SIZE=1", "EXECUTOR_PRELOAD=", "STATE_DIR=" + state, "STATELESS_KERNEL=oneshot",
 		"IMAGE_STORE_PATH=" + filepath.Join(work, "images"), "FILE_STORE_PATH=" + filepath.Join(work, "files"), "SNAPSHOT_DIR=" + filepath.Join(work, "snapshots"),
 		"SESSION_IDLE_TIMEOUT=600", "LOG_LEVEL=info",
 	}
@@ -589,15 +589,16 @@ func TestCluster(t *testing.T) {
 		a.exec(t, sA, "y = 1")
 		sB = b.create(t, key1)
 		b.exec(t, sB, "z = 5")
-		// Kill a when its kernels are up (sA's and the warm one): bwrap
+		// Kill a when its kernels are up (sA's, the warm one and the warm
+		// one-shot kernel of stateless calls): bwrap
 		// 0.8's --die-with-parent has a start-up window (it sets its
 		// parent-death signal without checking whether the parent is
 		// already gone), so a sandbox killed in its first ~30 ms can
 		// outlive the gateway. That is the local provisioner's to close;
 		// this test checks that started kernels die with their instance.
-		eventually(t, 20*time.Second, "a's two kernels running", func() string {
+		eventually(t, 20*time.Second, "a's three kernels running", func() string {
 			n := kernelsUnder(a.state)
-			if n != 2 {
+			if n != 3 {
 				return fmt.Sprintf("%d kernel processes", n)
 			}
 			return ""

@@ -26,7 +26,8 @@ Descriptors (set by the provisioner):
 
 - EXECUTOR_ZYGOTE_FD: a unix stream socket to the gateway carrying one JSON
   object per line. Requests: {"op": "fork", "token", ...} (see specialise)
-  and {"op": "kill", "token"}. Answers and events: {"op": "ready"},
+  and {"op": "kill", "token"}. Answers and events: {"op": "ready",
+  "oneshot"} (whether it makes one-shot kernels: run_oneshot),
   {"op": "forked", "token", "pid"}, {"op": "error", "token", "error"},
   {"op": "bound", "token"} (the kernel's sockets are bound: the child wrote
   to its bound pipe, see launch.signal_bound), {"op": "exit", "token",
@@ -177,8 +178,48 @@ def load():
             PREPARED = prepare_kernel()
         except Exception as e:
             log("kernel not prepared (each kernel builds it whole): %s: %s" % (type(e).__name__, e))
+    if PREPARED is not None and os.environ.get("EXECUTOR_ZYGOTE_WARM", "1") != "0":
+        warm(PREPARED[1])
     gc.collect()
     gc.freeze()
+
+
+# A cell run once in the zygote's shell before the freeze, so that what a
+# first cell builds (IPython's compiler and AST passes, pandas' and
+# matplotlib's lazily made parts, a PNG encoder) is in every child already.
+# Only what the preload imported is warmed: the cell imports nothing new.
+WARM_CELL = "_cg_x = 1\ndel _cg_x\n"
+WARM_PANDAS = """
+import pandas as _cg_pd
+_cg_pd.DataFrame({"a": [1, 2]}).sum()
+_cg_pd.DataFrame({"a": [1, 2]})._repr_html_()
+del _cg_pd
+"""
+WARM_PLOT = """
+import matplotlib.pyplot as _cg_plt
+import io as _cg_io
+_cg_f = _cg_plt.figure()
+_cg_plt.plot([1, 2])
+_cg_f.savefig(_cg_io.BytesIO(), format="png")
+_cg_plt.close("all")
+del _cg_plt, _cg_io, _cg_f
+"""
+
+
+def warm(shell):
+    """Run the warm-up cells silently, without history; a failure is only
+    logged."""
+    cell = WARM_CELL
+    if "pandas" in sys.modules:
+        cell += WARM_PANDAS
+    if "matplotlib.pyplot" in sys.modules:
+        cell += WARM_PLOT
+    try:
+        res = shell.run_cell(cell, store_history=False, silent=True)
+        if not res.success:
+            log("warm-up cell failed: %r" % (res.error_in_exec or res.error_before_exec))
+    except Exception as e:
+        log("warm-up failed: %s: %s" % (type(e).__name__, e))
 
 
 # (app, shell, excepthook) built by prepare_kernel, or None.
@@ -296,7 +337,9 @@ class Zygote:
         n = threads()
         if n != 1:
             log("warning: %d threads before the first fork" % n)
-        self.send({"op": "ready", "pid": os.getpid(), "threads": n})
+        # "oneshot": this zygote makes one-shot kernels ("oneshot" in a
+        # fork request); a gateway asks only a zygote that says so.
+        self.send({"op": "ready", "pid": os.getpid(), "threads": n, "oneshot": PREPARED is not None})
         while True:
             r, _, _ = select.select([self.ctl, self.sig_r, self.lifeline, *self.bound], [], [])
             for fd in r:
@@ -420,7 +463,10 @@ class Zygote:
                 signal.set_wakeup_fd(-1)
                 specialise(req, self.zr)
                 contain(req)
-                run_kernel(req, self.zr)
+                if req.get("oneshot"):
+                    run_oneshot(req, self.zr)
+                else:
+                    run_kernel(req, self.zr)
             except BaseException as e:
                 log("kernel %s: %s: %s" % (req.get("token"), type(e).__name__, e))
             os._exit(70)
@@ -616,6 +662,26 @@ def loopback_up():
 
 
 def run_kernel(req, zr):
+    child_environment(req, zr)
+    if PREPARED is not None:
+        app = initialize_prepared(req["conn"], *PREPARED)
+    else:
+        from ipykernel.kernelapp import IPKernelApp
+
+        IPKernelApp.clear_instance()
+        app = IPKernelApp.instance()
+        app.initialize(["-f", req["conn"]] + KERNEL_ARGS)
+    launch.signal_bound()
+    if os.getpid() == 1:
+        interrupt_as_init(app.kernel)
+    if PREPARED is None:
+        launch.preload(app.shell)
+    app.start()
+    os._exit(0)
+
+
+def child_environment(req, zr):
+    """What every child does first: its descriptors, environment, RNGs."""
     # Nothing of the zygote's but the lifeline reaches user code.
     close_fds_but(zr, req.get("ready_fd"))
 
@@ -646,51 +712,15 @@ def run_kernel(req, zr):
         except Exception as e:
             log("numpy reseed failed: %s" % e)
 
-    if PREPARED is not None:
-        app = initialize_prepared(req["conn"], *PREPARED)
-    else:
-        from ipykernel.kernelapp import IPKernelApp
-
-        IPKernelApp.clear_instance()
-        app = IPKernelApp.instance()
-        app.initialize(["-f", req["conn"]] + KERNEL_ARGS)
-    launch.signal_bound()
-    if os.getpid() == 1:
-        interrupt_as_init(app.kernel)
-    if PREPARED is None:
-        launch.preload(app.shell)
-    app.start()
-    os._exit(0)
-
 
 def initialize_prepared(conn, app, shell, excepthook):
     """Finish, in the child, the kernel prepare_kernel began in the zygote.
 
     The rest of IPKernelApp.initialize(), in its order, plus what the shell
-    computed from the zygote's environment: the child's environment,
-    working and home directories and IPython directory differ.
+    computed from the zygote's environment (point_shell).
     """
-    import tempfile
-
-    from IPython.core.profiledir import ProfileDir
-    from IPython.utils.path import get_home_dir
-    from pickleshare import PickleShareDB
-
     sys.excepthook = excepthook
-    shell.init_environment()
-    shell.starting_dir = os.getcwd()
-    # The directory history (_dh, %dhist) began in the zygote's directory.
-    shell.history_manager.dir_hist[:] = [shell.starting_dir]
-    shell.home_dir = get_home_dir()
-    shell.logger.home_dir = shell.home_dir
-    # The zygote's IPython directory is not the child's (nor, in the sandbox,
-    # even visible to it): the profile, %cd's bookmarks database and the
-    # extension directory move to the child's IPYTHONDIR.
-    ipython_dir = os.environ.get("IPYTHONDIR") or os.path.join(tempfile.gettempdir(), ".ipython")
-    profile = ProfileDir.create_profile_dir_by_name(ipython_dir, "default")
-    app.ipython_dir = shell.ipython_dir = ipython_dir
-    app.profile_dir = shell.profile_dir = profile
-    shell.db = PickleShareDB(os.path.join(profile.location, "db"))
+    point_shell(app, shell)
     app.connection_file = conn
     app.init_connection_file()
     app.init_poller()
@@ -708,6 +738,406 @@ def initialize_prepared(conn, app, shell, excepthook):
     sys.stdout.flush()
     sys.stderr.flush()
     return app
+
+
+def point_shell(app, shell):
+    """Point the prepared shell at the child's environment: its
+    environment, working and home directories and IPython directory differ
+    from the zygote's."""
+    import tempfile
+
+    from IPython.core.profiledir import ProfileDir
+    from IPython.utils.path import get_home_dir
+    from pickleshare import PickleShareDB
+
+    shell.init_environment()
+    shell.starting_dir = os.getcwd()
+    # The directory history (_dh, %dhist) began in the zygote's directory.
+    shell.history_manager.dir_hist[:] = [shell.starting_dir]
+    shell.home_dir = get_home_dir()
+    shell.logger.home_dir = shell.home_dir
+    # The zygote's IPython directory is not the child's (nor, in the sandbox,
+    # even visible to it): the profile, %cd's bookmarks database and the
+    # extension directory move to the child's IPYTHONDIR.
+    ipython_dir = os.environ.get("IPYTHONDIR") or os.path.join(tempfile.gettempdir(), ".ipython")
+    profile = ProfileDir.create_profile_dir_by_name(ipython_dir, "default")
+    app.ipython_dir = shell.ipython_dir = ipython_dir
+    app.profile_dir = shell.profile_dir = profile
+    shell.db = PickleShareDB(os.path.join(profile.location, "db"))
+
+
+# --- the one-shot kernel ------------------------------------------------------
+
+
+def run_oneshot(req, zr):
+    """Serve a stateless call: the prepared shell, no ZeroMQ, no kernel object.
+
+    The child listens on a unix stream socket at its shell endpoint's path
+    (ipc transport; tcp: 127.0.0.1 at the shell port), says it is bound,
+    accepts the gateway's one connection and checks its key, then answers
+    requests until the gateway hangs up: execute_request (the cell runs in
+    the zygote's prepared shell with shell.run_cell), interrupt_request (a
+    SIGINT, as ipykernel sends) and kernel_info_request. It sends back the
+    Jupyter messages a kernel would (stream, display_data, execute_result,
+    error, status busy/idle, the replies) with the request's header as their
+    parent header. A frame is a 4-byte big-endian length and a JSON object:
+    {"channel", "header", "parent_header", "metadata", "content"}.
+
+    Writes block when the gateway reads slowly (back-pressure); stream text
+    past the request's "codegw_output_limit" characters is dropped here.
+    """
+    child_environment(req, zr)
+    if PREPARED is None:
+        raise RuntimeError("one-shot kernels need the prepared shell (EXECUTOR_ZYGOTE_PREPARE=1)")
+    app, shell, _ = PREPARED
+    point_shell(app, shell)
+    with open(req["conn"]) as f:
+        info = json.load(f)
+    if info.get("transport") == "ipc":
+        addr = "%s-%d" % (info["ip"], info["shell_port"])
+        ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.unlink(addr)
+        except FileNotFoundError:
+            pass
+        ln.bind(addr)
+    else:
+        addr = None
+        ln = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ln.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ln.bind((info.get("ip") or "127.0.0.1", info["shell_port"]))
+    ln.listen(1)
+    launch.signal_bound()
+    conn, _ = ln.accept()
+    ln.close()
+    if addr:
+        try:
+            os.unlink(addr)
+        except OSError:
+            pass
+    OneShot(conn, shell, info.get("key", "")).serve()
+    os._exit(0)
+
+
+class FrameSession:
+    """What the shell's display publisher, display hook and traceback
+    sender use of a jupyter_client Session (msg, send), writing frames."""
+
+    def __init__(self, oneshot):
+        self.oneshot = oneshot
+
+    def msg(self, msg_type, content=None, parent=None, header=None, metadata=None):
+        return {"header": self.oneshot.header(msg_type), "parent_header": parent or {},
+                "metadata": metadata or {}, "content": content if content is not None else {}, "msg_type": msg_type}
+
+    def send(self, stream, msg_or_type, content=None, parent=None, ident=None, buffers=None,
+             track=False, header=None, metadata=None):
+        if isinstance(msg_or_type, dict):
+            msg = msg_or_type
+        else:
+            msg = self.msg(msg_or_type, content, parent, metadata=metadata)
+        self.oneshot.flush_streams()
+        self.oneshot.send("iopub", msg["header"], msg["content"], msg.get("metadata"), msg.get("parent_header"))
+        return msg
+
+
+class FrameStream:
+    """sys.stdout and sys.stderr of a one-shot kernel: text is buffered and
+    sent as stream messages on flush, past 64 KiB, before any other message,
+    at the end of the cell and every 0.2 s (the flusher thread)."""
+
+    encoding = "utf-8"
+    errors = "strict"
+    chunk = 64 << 10
+
+    def __init__(self, oneshot, name):
+        self.oneshot = oneshot
+        self.name = name
+        self.buf = []
+        self.size = 0
+
+    def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError("write() argument must be str, not %s" % type(text).__name__)
+        o = self.oneshot
+        with o.lock:
+            self.buf.append(text)
+            self.size += len(text)
+            if self.size >= self.chunk:
+                self._flush()
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        with self.oneshot.lock:
+            self._flush()
+
+    def _flush(self):
+        if not self.buf:
+            return
+        text = "".join(self.buf)
+        self.buf, self.size = [], 0
+        self.oneshot.send_stream(self.name, text)
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        raise OSError("stream has no file descriptor")
+
+    def readable(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    @property
+    def closed(self):
+        return False
+
+    def close(self):
+        pass
+
+
+class OneShot:
+    def __init__(self, conn, shell, key):
+        import threading
+
+        self.conn = conn
+        self.shell = shell
+        self.key = key
+        self.session_id = os.urandom(8).hex()
+        self.seq = 0
+        self.lock = threading.RLock()  # frames and stream buffers
+        self.parent = {}
+        self.limit = -1  # stream characters left to send; negative: no limit
+        self.requests = []
+        self.cond = threading.Condition()
+        self.closed = False
+        self.stdout = FrameStream(self, "stdout")
+        self.stderr = FrameStream(self, "stderr")
+        # Frames go out through the writer thread: a KeyboardInterrupt in
+        # the main thread can then never cut one in half. The queue is
+        # short, so a flood waits for the gateway (back-pressure).
+        import queue
+
+        self.out = queue.Queue(maxsize=8)
+
+    def header(self, msg_type):
+        self.seq += 1
+        return {"msg_id": "%s_%d" % (self.session_id, self.seq), "session": self.session_id,
+                "username": "kernel", "date": "", "msg_type": msg_type, "version": "5.3"}
+
+    def send(self, channel, header, content, metadata=None, parent=None):
+        body = json.dumps({"channel": channel, "header": header, "parent_header": self.parent if parent is None else parent,
+                           "metadata": metadata or {}, "content": content}, default=repr).encode("utf-8", "surrogatepass")
+        self.out.put(struct.pack(">I", len(body)) + body)
+
+    def write_frames(self):
+        try:
+            while True:
+                self.conn.sendall(self.out.get())
+        except BaseException:
+            pass
+        os._exit(0)  # the gateway hung up
+
+    def reply(self, channel, msg_type, content):
+        self.send(channel, self.header(msg_type), content)
+
+    def send_stream(self, name, text):
+        if self.limit >= 0:
+            if self.limit == 0:
+                return
+            if len(text) > self.limit:
+                text = text[: self.limit]
+            self.limit -= len(text)
+        self.send("iopub", self.header("stream"), {"name": name, "text": text})
+
+    def flush_streams(self):
+        with self.lock:
+            self.stdout._flush()
+            self.stderr._flush()
+
+    def status(self, state):
+        self.send("iopub", self.header("status"), {"execution_state": state})
+
+    # --- the reader thread: requests in, interrupts, kernel_info ---
+
+    def read_frames(self):
+        import hmac
+
+        f = self.conn.makefile("rb")
+        authed = False
+        while True:
+            head = f.read(4)
+            if len(head) < 4:
+                break
+            (n,) = struct.unpack(">I", head)
+            if n > (64 << 20):
+                break
+            body = f.read(n)
+            if len(body) < n:
+                break
+            try:
+                msg = json.loads(body)
+                msg_type = msg["header"]["msg_type"]
+            except Exception:
+                break
+            if not authed:
+                if msg_type != "hello" or not hmac.compare_digest(str(msg.get("content", {}).get("key", "")), self.key):
+                    break
+                authed = True
+                continue
+            if msg_type == "interrupt_request":
+                self.interrupt()
+                self.send("control", self.header("interrupt_reply"), {"status": "ok"}, parent=msg["header"])
+            elif msg_type == "kernel_info_request":
+                self.kernel_info(msg["header"])
+            else:
+                with self.cond:
+                    self.requests.append(msg)
+                    self.cond.notify()
+        # The gateway hung up (or broke the protocol): nobody waits for
+        # this kernel any more.
+        os._exit(0)
+
+    def interrupt(self):
+        if os.getpid() == 1:
+            # pid 1 of its namespace: its processes, then itself.
+            for pid in (-1, 1):
+                try:
+                    os.kill(pid, signal.SIGINT)
+                except OSError:
+                    pass
+        else:
+            try:
+                os.killpg(0, signal.SIGINT)
+            except OSError:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def kernel_info(self, parent):
+        import IPython
+
+        info = {"status": "ok", "protocol_version": "5.3", "implementation": "codegw-oneshot",
+                "implementation_version": "1", "banner": "",
+                "language_info": {"name": "python", "version": platform.python_version(), "mimetype": "text/x-python",
+                                  "file_extension": ".py"},
+                "ipython_version": IPython.__version__}
+        self.send("shell", self.header("kernel_info_reply"), info, parent=parent)
+        self.send("iopub", self.header("status"), {"execution_state": "idle"}, parent=parent)
+
+    def flusher(self):
+        import time
+
+        while not self.closed:
+            time.sleep(0.2)
+            try:
+                self.flush_streams()
+            except Exception:
+                return
+
+    # --- the main thread: cells ---
+
+    def next_request(self):
+        with self.cond:
+            while not self.requests and not self.closed:
+                self.cond.wait()
+            if self.requests:
+                return self.requests.pop(0)
+            return None
+
+    def serve(self):
+        import threading
+
+        shell = self.shell
+        session = FrameSession(self)
+        for part in (shell.display_pub, shell.displayhook):
+            # Not a Session: set past the trait's validation.
+            part._trait_values["session"] = session
+            part.pub_socket = None
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        threading.Thread(target=self.read_frames, name="oneshot-reader", daemon=True).start()
+        threading.Thread(target=self.write_frames, name="oneshot-writer", daemon=True).start()
+        threading.Thread(target=self.flusher, name="oneshot-flusher", daemon=True).start()
+        while True:
+            try:
+                msg = self.next_request()
+                if msg is None:
+                    break
+                if msg["header"].get("msg_type") == "execute_request":
+                    self.execute(msg)
+            except KeyboardInterrupt:
+                continue  # an interrupt between cells
+
+    def no_stdin(self):
+        """input() and getpass() as a full kernel has them for a request
+        without stdin: ipykernel's own, which raise at once (the same
+        error and traceback)."""
+        import types
+
+        class NoStdin:
+            _allow_stdin = False
+
+        try:
+            from ipykernel.kernelbase import Kernel
+
+            stub = NoStdin()
+            return types.MethodType(Kernel.raw_input, stub), types.MethodType(Kernel.getpass, stub)
+        except Exception:
+            from IPython.core.error import StdinNotImplementedError
+
+            def no_input(*args, **kwargs):
+                raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
+
+            return no_input, no_input
+
+    def execute(self, msg):
+        import builtins
+        import getpass
+
+        shell = self.shell
+        parent = msg["header"]
+        content = msg.get("content") or {}
+        with self.lock:
+            self.parent = parent
+        shell.display_pub.parent_header = parent
+        shell.displayhook.parent_header = parent
+        limit = content.get("codegw_output_limit")
+        self.limit = limit + 1 if isinstance(limit, int) and limit > 0 else -1
+        self.status("busy")
+        silent = bool(content.get("silent"))
+        store_history = bool(content.get("store_history", not silent))
+
+        saved = builtins.input, getpass.getpass
+        builtins.input, getpass.getpass = self.no_stdin()
+        reply = {}
+        try:
+            res = shell.run_cell(content.get("code", ""), store_history=store_history, silent=silent)
+            err = res.error_before_exec if res.error_before_exec is not None else res.error_in_exec
+            if res.success:
+                reply["status"] = "ok"
+            else:
+                reply["status"] = "error"
+                reply.update({"traceback": shell._last_traceback or [], "ename": str(type(err).__name__),
+                              "evalue": str(err)})
+            reply["execution_count"] = shell.execution_count - 1
+            reply["user_expressions"] = {}
+            reply["payload"] = shell.payload_manager.read_payload()
+            shell.payload_manager.clear_payload()
+        except KeyboardInterrupt:
+            reply = {"status": "error", "ename": "KeyboardInterrupt", "evalue": "", "traceback": [],
+                     "execution_count": shell.execution_count - 1}
+        finally:
+            builtins.input, getpass.getpass = saved
+        self.flush_streams()
+        self.send("shell", self.header("execute_reply"), reply)
+        self.status("idle")
 
 
 def close_fds_but(*keep):

@@ -120,6 +120,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 	cfg.MaxWorkers, cfg.MaxQueue, cfg.QueueTimeout = o.workers, o.queue, o.queueWait
 	cfg.SessionIdle, cfg.MaxSessions, cfg.MaxSessionsPerKey, cfg.ReplayEvents = o.sessIdle, o.maxSess, o.maxPerKey, o.replay
 	cfg.BodyLimit, cfg.UploadLimit, cfg.PingInterval = 1<<20, 1<<20, time.Second
+	if k := os.Getenv("CODEGW_TEST_STATELESS_KERNEL"); k != "" {
+		cfg.StatelessKernel = k
+	}
 	cfg.Capabilities = func() any { return map[string]any{"python_version": "3", "packages": []string{"pandas"}} }
 	if o.tune != nil {
 		o.tune(&cfg)

@@ -70,6 +70,9 @@ type Client struct {
 	wg     sync.WaitGroup
 
 	shell, control, stdin, iopub, hb zmq4.Socket
+	// one is a one-shot kernel's connection (see DialOneShot); the
+	// ZeroMQ sockets are then nil.
+	one net.Conn
 
 	sendMu sync.Mutex // guards signer (not safe for concurrent use) and sends
 	signer *Signer
@@ -216,7 +219,15 @@ func (c *Client) Close() error {
 	beats.unwatch(c)
 	c.cancel()
 	var errs []error
+	if c.one != nil {
+		if err := c.one.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("kernel: close one-shot connection: %w", err))
+		}
+	}
 	for _, s := range c.sockets() {
+		if s.sock == nil {
+			continue
+		}
 		err := s.sock.Close()
 		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
 			errs = append(errs, fmt.Errorf("kernel: close %s socket: %w", s.channel, err))
@@ -275,24 +286,60 @@ func (c *Client) read(sock zmq4.Socket, channel string) {
 			c.opts.Logger.Warn("kernel: dropping bad message", "channel", channel, "err", err)
 			continue
 		}
-		c.mu.Lock()
-		cl := c.pending[msg.ParentHeader.MsgID]
-		c.mu.Unlock()
-		if cl == nil {
-			continue // another request's, or a broadcast before we asked
-		}
-		select {
-		case cl.ch <- msg:
-		case <-cl.gone:
-		case <-c.ctx.Done():
+		if !c.deliver(msg) {
 			return
 		}
 	}
 }
 
+// deliver hands msg to the call waiting for it, if any; false means the
+// Client is closing.
+func (c *Client) deliver(msg *Message) bool {
+	c.mu.Lock()
+	cl := c.pending[msg.ParentHeader.MsgID]
+	c.mu.Unlock()
+	if cl == nil {
+		return true // another request's, or a broadcast before we asked
+	}
+	select {
+	case cl.ch <- msg:
+		return true
+	case <-cl.gone:
+		return true
+	case <-c.ctx.Done():
+		return false
+	}
+}
+
+// transmit signs and sends msg on channel's socket, or as a frame on a
+// one-shot kernel's connection.
+func (c *Client) transmit(channel string, msg *Message) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if c.one != nil {
+		return c.writeFrame(channel, msg)
+	}
+	var sock zmq4.Socket
+	switch channel {
+	case Shell:
+		sock = c.shell
+	case Control:
+		sock = c.control
+	case Stdin:
+		sock = c.stdin
+	default:
+		return fmt.Errorf("kernel: no socket to send on %s", channel)
+	}
+	frames, err := c.signer.Encode(msg)
+	if err != nil {
+		return err
+	}
+	return sock.SendMulti(zmq4.NewMsgFrom(frames...))
+}
+
 // send signs and sends a request on sock, registering a call for its replies
 // first so that none is missed.
-func (c *Client) send(sock zmq4.Socket, msg *Message) (*call, error) {
+func (c *Client) send(channel string, msg *Message) (*call, error) {
 	cl := newCall(make(chan *Message, 16))
 	c.mu.Lock()
 	if c.deadErr != nil {
@@ -303,13 +350,7 @@ func (c *Client) send(sock zmq4.Socket, msg *Message) (*call, error) {
 	c.pending[msg.Header.MsgID] = cl
 	c.mu.Unlock()
 
-	c.sendMu.Lock()
-	frames, err := c.signer.Encode(msg)
-	if err == nil {
-		err = sock.SendMulti(zmq4.NewMsgFrom(frames...))
-	}
-	c.sendMu.Unlock()
-	if err != nil {
+	if err := c.transmit(channel, msg); err != nil {
 		c.done(msg.Header.MsgID)
 		return nil, fmt.Errorf("kernel: send %s: %w", msg.Header.MsgType, err)
 	}
@@ -339,12 +380,12 @@ func (c *Client) wait(ctx context.Context, cl *call) (*Message, error) {
 
 // request sends a request and returns its reply on the same channel, ignoring
 // iopub traffic.
-func (c *Client) request(ctx context.Context, sock zmq4.Socket, msgType string, content any) (*Message, error) {
+func (c *Client) request(ctx context.Context, channel string, msgType string, content any) (*Message, error) {
 	msg, err := NewMessage(c.session, msgType, content)
 	if err != nil {
 		return nil, err
 	}
-	cl, err := c.send(sock, msg)
+	cl, err := c.send(channel, msg)
 	if err != nil {
 		return nil, err
 	}
@@ -410,13 +451,7 @@ func (c *Client) WaitReady(ctx context.Context) (*KernelInfo, error) {
 		c.pending[msg.Header.MsgID] = cl
 		c.mu.Unlock()
 		pending = append(pending, msg.Header.MsgID)
-		c.sendMu.Lock()
-		frames, err := c.signer.Encode(msg)
-		if err == nil {
-			err = c.shell.SendMulti(zmq4.NewMsgFrom(frames...))
-		}
-		c.sendMu.Unlock()
-		return err
+		return c.transmit(Shell, msg)
 	}
 	if err := ask(); err != nil {
 		return nil, fmt.Errorf("kernel: wait ready: %w", err)
@@ -482,7 +517,7 @@ func isIdle(content []byte) bool {
 // interrupt_request on the control channel, which works across process and
 // container boundaries, and waits for the reply.
 func (c *Client) Interrupt(ctx context.Context) error {
-	if _, err := c.request(ctx, c.control, "interrupt_request", json.RawMessage("{}")); err != nil {
+	if _, err := c.request(ctx, Control, "interrupt_request", json.RawMessage("{}")); err != nil {
 		return fmt.Errorf("kernel: interrupt: %w", err)
 	}
 	return nil
@@ -491,7 +526,7 @@ func (c *Client) Interrupt(ctx context.Context) error {
 // Shutdown asks the kernel to exit and waits for the reply.
 func (c *Client) Shutdown(ctx context.Context) error {
 	c.quitting.Store(true)
-	if _, err := c.request(ctx, c.control, "shutdown_request", map[string]bool{"restart": false}); err != nil {
+	if _, err := c.request(ctx, Control, "shutdown_request", map[string]bool{"restart": false}); err != nil {
 		return fmt.Errorf("kernel: shutdown: %w", err)
 	}
 	return nil
@@ -510,6 +545,11 @@ type ExecuteOptions struct {
 	// OnInput answers input_request. Nil means the kernel is told stdin is
 	// not allowed, so input() raises at once.
 	OnInput func(ctx context.Context, req InputRequest) (string, error)
+	// OutputLimit, when positive, asks a one-shot kernel to send no more
+	// than this many characters (and one, to show the cut) of stream
+	// text: what is past the caller's budget is dropped in the kernel,
+	// not carried to the gateway. Full kernels ignore it.
+	OutputLimit int
 }
 
 // InputRequest is the content of an input_request.
@@ -544,14 +584,18 @@ const idleGrace = 3 * time.Second
 // OnMessage. If ctx ends first it returns ctx.Err() and the code keeps
 // running; interrupting it is the caller's choice (see Kernel.Execute).
 func (c *Client) Execute(ctx context.Context, code string, opts ExecuteOptions) (*ExecuteReply, error) {
-	msg, err := NewMessage(c.session, "execute_request", executeRequest{
+	req := executeRequest{
 		Code: code, Silent: opts.Silent, StoreHistory: opts.StoreHistory,
 		UserExpressions: struct{}{}, AllowStdin: opts.OnInput != nil, StopOnError: opts.StopOnError,
-	})
+	}
+	if c.one != nil {
+		req.OutputLimit = opts.OutputLimit
+	}
+	msg, err := NewMessage(c.session, "execute_request", req)
 	if err != nil {
 		return nil, err
 	}
-	cl, err := c.send(c.shell, msg)
+	cl, err := c.send(Shell, msg)
 	if err != nil {
 		return nil, err
 	}
@@ -632,6 +676,9 @@ type executeRequest struct {
 	UserExpressions struct{} `json:"user_expressions"`
 	AllowStdin      bool     `json:"allow_stdin"`
 	StopOnError     bool     `json:"stop_on_error"`
+	// OutputLimit is a one-shot kernel's: it sends no more stream text
+	// than this many characters and one.
+	OutputLimit int `json:"codegw_output_limit,omitempty"`
 }
 
 func (c *Client) answerInput(ctx context.Context, req *Message, onInput func(context.Context, InputRequest) (string, error)) error {
@@ -653,13 +700,7 @@ func (c *Client) answerInput(ctx context.Context, req *Message, onInput func(con
 	}
 	reply.ParentHeader = req.Header
 	reply.Identities = req.Identities
-	c.sendMu.Lock()
-	frames, err := c.signer.Encode(reply)
-	if err == nil {
-		err = c.stdin.SendMulti(zmq4.NewMsgFrom(frames...))
-	}
-	c.sendMu.Unlock()
-	if err != nil {
+	if err := c.transmit(Stdin, reply); err != nil {
 		return fmt.Errorf("kernel: send input_reply: %w", err)
 	}
 	return nil

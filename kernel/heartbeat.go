@@ -140,7 +140,7 @@ func (c *Client) pinger() {
 // kernel that serves a caller. It does nothing when HeartbeatTimeout is
 // negative.
 func (c *Client) Heartbeat(on bool) {
-	if c.opts.HeartbeatTimeout < 0 {
+	if c.opts.HeartbeatTimeout < 0 || c.one != nil {
 		return
 	}
 	c.mu.Lock()

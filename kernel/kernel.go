@@ -97,7 +97,11 @@ func (k *Kernel) connect(ctx context.Context) error {
 		case <-dctx.Done():
 		}
 	}()
-	c, err := Dial(dctx, k.proc.ConnectionInfo(), opts)
+	dial := Dial
+	if o, ok := k.proc.(OneShotter); ok && o.OneShot() {
+		dial = DialOneShot
+	}
+	c, err := dial(dctx, k.proc.ConnectionInfo(), opts)
 	cancel()
 	if err != nil {
 		if e, ok := k.Exit(); ok && ctx.Err() == nil {

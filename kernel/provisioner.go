@@ -16,6 +16,11 @@ type Spec struct {
 	Labels map[string]string
 	// Env is extra environment for the kernel process.
 	Env map[string]string
+	// OneShot asks for a one-shot kernel (see OneShotter) where the
+	// provisioner can make one (a zygote's child); elsewhere it starts a
+	// full kernel. A one-shot kernel runs stateless cells only: no stdin,
+	// comms, completion or restart.
+	OneShot bool
 }
 
 // Exit describes how a kernel process ended.

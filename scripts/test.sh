@@ -80,7 +80,11 @@ step "unit and end-to-end tests (local sandboxed kernels, real redis-server, rea
 # timing checks do not compete for the two cores.
 go test -race -p 1 -timeout 40m -count=1 ./...
 
-step "fuzz: every Go fuzz target for ${FUZZTIME:-20s} beyond its seeds (scripts/fuzz.sh: 21 targets, about 8 min)"
+step "stateless calls on full kernels too (STATELESS_KERNEL=kernel, the fallback to one-shot kernels)"
+CODEGW_TEST_STATELESS_KERNEL=kernel go test -race -count=1 -timeout 10m \
+	-run 'TestStatelessExecute|TestFaults|TestStdoutFlood|TestAnswerBound|TestInputFiles' ./gateway/
+
+step "fuzz: every Go fuzz target for ${FUZZTIME:-20s} beyond its seeds (scripts/fuzz.sh: 22 targets, about 8 min)"
 scripts/fuzz.sh
 
 if [[ ${DOCKER_STARTED:-} == 1 ]]; then

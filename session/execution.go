@@ -103,7 +103,7 @@ func (x *execution) steps(ctx context.Context) (*codegw.ExecuteResult, error) {
 	}
 	defer release()
 	if x.k == nil {
-		k, err := x.m.freshKernel(ctx)
+		k, err := x.m.statelessKernel(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -163,7 +163,8 @@ func (x *execution) execute(ctx context.Context, code string) {
 		defer context.AfterFunc(x.m.halt, cancel)()
 	}
 	start := time.Now()
-	reply, err := x.k.Execute(ctx, code, kernel.ExecuteOptions{OnMessage: x.onMessage, OnInput: x.onInput, StoreHistory: true},
+	reply, err := x.k.Execute(ctx, code, kernel.ExecuteOptions{OnMessage: x.onMessage, OnInput: x.onInput, StoreHistory: true,
+		OutputLimit: x.m.cfg.MaxOutputBytes},
 		kernel.Deadline{Timeout: timeout, Grace: x.m.cfg.InterruptGrace})
 	o := outcome{reply: reply, err: err, took: time.Since(start), interrupted: x.interrupted != nil && x.interrupted.Load()}
 	o.exit, o.exited = x.k.Exit()

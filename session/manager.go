@@ -33,10 +33,13 @@ type Acquirer interface {
 // Config configures a Manager.
 type Config struct {
 	Kernels Acquirer
-	Images  *files.Store
-	Files   *files.Store
-	Fetcher *files.Fetcher
-	Outputs files.OutputLimits
+	// Stateless hands out the kernels of stateless calls (one-shot
+	// kernels); nil takes them from Kernels.
+	Stateless Acquirer
+	Images    *files.Store
+	Files     *files.Store
+	Fetcher   *files.Fetcher
+	Outputs   files.OutputLimits
 	// Store records session ownership and placement; nil means sessions
 	// are only known to this instance.
 	Store    store.Store
@@ -328,6 +331,20 @@ func (m *Manager) freshKernel(ctx context.Context) (*kernel.Kernel, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.QueueTimeout+kernel.DefaultStartTimeout)
 	defer cancel()
 	k, err := m.cfg.Kernels.Acquire(ctx)
+	if err != nil {
+		return nil, codegw.WrapError(codegw.EUNAVAILABLE, err, "no kernel available")
+	}
+	return k, nil
+}
+
+// statelessKernel takes a fresh kernel for a stateless call.
+func (m *Manager) statelessKernel(ctx context.Context) (*kernel.Kernel, error) {
+	if m.cfg.Stateless == nil {
+		return m.freshKernel(ctx)
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.QueueTimeout+kernel.DefaultStartTimeout)
+	defer cancel()
+	k, err := m.cfg.Stateless.Acquire(ctx)
 	if err != nil {
 		return nil, codegw.WrapError(codegw.EUNAVAILABLE, err, "no kernel available")
 	}

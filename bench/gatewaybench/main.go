@@ -10,7 +10,9 @@
 // floor. Throughput: requests per second under continuous load, each on a
 // fresh kernel, and the CPU seconds each request costs (the gateway process
 // plus the kernels' process trees). Both ways of making local kernels,
-// -start fork,spawn (KERNEL_START), run side by side in the same process,
+// -start oneshot,fork,spawn (oneshot: KERNEL_START=fork with
+// STATELESS_KERNEL=oneshot; fork, spawn: KERNEL_START with full kernels),
+// run side by side in the same process,
 // one after the other. bench/README.md explains the figures.
 package main
 
@@ -29,6 +31,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/codegw/codegw/app"
 	"github.com/codegw/codegw/bench/internal/benchkit"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/local"
@@ -72,7 +75,7 @@ func parseFlags() config {
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the gateway process (throughput window) to this file")
 	flag.StringVar(&c.WarmUpCode, "pool-warmup", "pass", "the pool kernels' warm-up cell (the gateway's is \"pass\")")
 	flag.BoolVar(&c.Verbose, "v", false, "log gateway and provisioner events")
-	flag.StringVar(&c.Start, "start", "fork,spawn", "KERNEL_START modes to measure, in order: fork, spawn")
+	flag.StringVar(&c.Start, "start", "oneshot,fork,spawn", "modes to measure, in order: oneshot (KERNEL_START=fork, STATELESS_KERNEL=oneshot), fork, spawn (KERNEL_START, with STATELESS_KERNEL=kernel)")
 	flag.Parse()
 	if c.Clients <= 0 {
 		c.Clients = c.Workers
@@ -161,7 +164,13 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 
 // runStart measures one KERNEL_START mode with its own provisioner and
 // gateway, and reports it.
-func runStart(ctx context.Context, cfg config, start string, out io.Writer) error {
+func runStart(ctx context.Context, cfg config, mode string, out io.Writer) error {
+	// "oneshot" is KERNEL_START=fork with STATELESS_KERNEL=oneshot; fork
+	// and spawn take full kernels (STATELESS_KERNEL=kernel).
+	start, stateless := mode, app.StatelessFull
+	if mode == app.StatelessOneShot {
+		start, stateless = local.StartFork, app.StatelessOneShot
+	}
 	level := benchkit.LogLevel(cfg.Verbose)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	phases, err := benchkit.ParsePhases(cfg.Phases, "latency", "throughput")
@@ -177,7 +186,7 @@ func runStart(ctx context.Context, cfg config, start string, out io.Writer) erro
 			"MAX_WORKERS": fmt.Sprint(cfg.Workers), "clients": fmt.Sprint(cfg.Clients),
 			"n": fmt.Sprint(cfg.N), "n_heavy": fmt.Sprint(cfg.NHeavy), "floor_per_sample": fmt.Sprint(cfg.FloorPer),
 			"duration": cfg.Duration.String(), "warmup": cfg.Warmup.String(), "pool_warmup_cell": cfg.WarmUpCode,
-			"KERNEL_START": start,
+			"KERNEL_START": start, "STATELESS_KERNEL": stateless,
 		},
 	}
 	prov, err := local.New(local.Config{Python: cfg.Python, Sandbox: cfg.Sandbox, Logger: log, Start: start,
@@ -193,6 +202,7 @@ func runStart(ctx context.Context, cfg config, start string, out io.Writer) erro
 	g, err := benchkit.StartGateway(benchkit.GatewayConfig{
 		Prov: prov, PoolSize: cfg.PoolSize, MaxStarting: cfg.MaxStarting, Workers: cfg.Workers,
 		MaxQueue: 4 * cfg.Clients, Logger: log, WarmUp: cfg.WarmUpCode,
+		Tune: func(c *app.Config) { c.StatelessKernel = stateless },
 	})
 	if err != nil {
 		return err
@@ -420,8 +430,8 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 func printTable(out io.Writer, r *Results) {
 	fmt.Fprintf(out, "gatewaybench %s  %d CPUs, %s, load %s -> %s\n%s\n", r.Date.Format("2006-01-02 15:04"),
 		r.Host.CPUs, r.Host.GoVersion, r.Host.LoadStart, r.Host.LoadEnd, r.Host.Versions)
-	fmt.Fprintf(out, "config: local provisioner (sandbox %s), default preload, POOL_SIZE=%s POOL_MAX_STARTING=%s MAX_WORKERS=%s, memory store\n\n",
-		r.Config["sandbox"], r.Config["POOL_SIZE"], r.Config["POOL_MAX_STARTING"], r.Config["MAX_WORKERS"])
+	fmt.Fprintf(out, "config: local provisioner (sandbox %s), KERNEL_START=%s STATELESS_KERNEL=%s, default preload, POOL_SIZE=%s POOL_MAX_STARTING=%s MAX_WORKERS=%s, memory store\n\n",
+		r.Config["sandbox"], r.Config["KERNEL_START"], r.Config["STATELESS_KERNEL"], r.Config["POOL_SIZE"], r.Config["POOL_MAX_STARTING"], r.Config["MAX_WORKERS"])
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if len(r.Latency) > 0 {
 		fmt.Fprintln(out, "stateless POST /api/v1/execute, pool full before each sample, vs the same code on a warm kernel of its own (ms):")

@@ -322,6 +322,16 @@ func (p *Provisioner) chooseStart(ctx context.Context) error {
 	return nil
 }
 
+// MakesOneShots reports whether Spec.OneShot gets a one-shot kernel: only
+// the zygote container forks them.
+func (p *Provisioner) MakesOneShots() bool {
+	if !p.fork {
+		return false
+	}
+	z, err := p.getZygote(context.Background())
+	return err == nil && z.c.OneShots()
+}
+
 // StartMode says how kernels are made: "fork" or "spawn".
 func (p *Provisioner) StartMode() string {
 	if p.fork {

@@ -31,6 +31,8 @@ type forked struct {
 	info  kernel.ConnectionInfo // host paths, where the gateway dials
 	kinfo kernel.ConnectionInfo // container paths, where the kernel binds
 	env   map[string]string
+	// oneShot: the kernel is a one-shot kernel (Spec.OneShot).
+	oneShot bool
 
 	opMu   sync.Mutex // serialises Restart and Close
 	closed bool
@@ -40,9 +42,18 @@ type forked struct {
 }
 
 var (
-	_ kernel.Process = (*forked)(nil)
-	_ kernel.Binder  = (*forked)(nil)
+	_ kernel.Process    = (*forked)(nil)
+	_ kernel.Binder     = (*forked)(nil)
+	_ kernel.OneShotter = (*forked)(nil)
 )
+
+// OneShot reports whether the current process is a one-shot kernel: asked
+// for and forked by a zygote that makes them.
+func (k *forked) OneShot() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur != nil && k.cur.oneShot
+}
 
 // forkRun is one child of a zygote; Restart forks a new one.
 type forkRun struct {
@@ -59,6 +70,7 @@ type forkRun struct {
 	t0        time.Time
 	kid       string
 	p         *Provisioner
+	oneShot   bool // the zygote made it a one-shot kernel
 }
 
 // containerPath is where the zygote container sees a path under the fork
@@ -73,7 +85,7 @@ func (p *Provisioner) containerPath(host string) string {
 
 // startForked makes the kernel's directories and forks it.
 func (p *Provisioner) startForked(ctx context.Context, spec kernel.Spec) (_ *forked, err error) {
-	k := &forked{p: p, id: spec.ID, dir: filepath.Join(p.forkDir, spec.ID), env: map[string]string{}}
+	k := &forked{p: p, id: spec.ID, dir: filepath.Join(p.forkDir, spec.ID), env: map[string]string{}, oneShot: spec.OneShot}
 	for _, kv := range p.env {
 		name, v, _ := strings.Cut(kv, "=")
 		k.env[name] = v
@@ -174,8 +186,9 @@ func (k *forked) fork(ctx context.Context) error {
 		Sock: p.containerPath(filepath.Join(k.dir, "run")), Root: p.containerPath(filepath.Join(k.dir, "root")),
 		Sandbox: true, ShareNet: p.cfg.NetworkMode != "none", Binds: []string{containerExecDir},
 		UID: k.uid, GID: k.kernelGID(), Env: k.env, Contain: map[string]int{"umask": k.kernelUmask()},
+		OneShot: k.oneShot && z.c.OneShots(),
 	}
-	r := &forkRun{z: z, token: token, exited: make(chan struct{}), bound: make(chan struct{}), t0: time.Now(), kid: k.id, p: p}
+	r := &forkRun{z: z, token: token, exited: make(chan struct{}), bound: make(chan struct{}), t0: time.Now(), kid: k.id, p: p, oneShot: req.OneShot}
 	if p.cg != nil {
 		cg, err := p.cg.Create(token, p.cfg.Memory, p.cfg.PidsLimit)
 		if err != nil {

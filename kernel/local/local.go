@@ -221,6 +221,13 @@ func (p *Provisioner) chooseStart() error {
 	return nil
 }
 
+// MakesOneShots reports whether Spec.OneShot gets a one-shot kernel: only
+// the zygote forks them.
+func (p *Provisioner) MakesOneShots() bool {
+	z, err := p.getZygote(context.Background())
+	return p.fork && err == nil && z.c.OneShots()
+}
+
 // StartMode says how kernels are made: "fork" or "spawn".
 func (p *Provisioner) StartMode() string {
 	if p.fork {
@@ -407,7 +414,7 @@ func (p *Provisioner) prepare(kdir string, spec kernel.Spec) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local: lock: %w", err)
 	}
-	proc := &Process{p: p, id: spec.ID, kdir: kdir, lock: lock, env: p.env(kdir, spec.Env), spec: spec.Env}
+	proc := &Process{p: p, id: spec.ID, kdir: kdir, lock: lock, env: p.env(kdir, spec.Env), spec: spec.Env, oneShot: spec.OneShot && p.fork}
 	owned := []string{filepath.Join(kdir, "code"), filepath.Join(kdir, "code", "input"),
 		filepath.Join(kdir, "code", "output"), filepath.Join(kdir, "s")}
 	if !p.sandbox {

@@ -27,7 +27,9 @@ type Process struct {
 	info kernel.ConnectionInfo
 	env  []string
 	spec map[string]string // Spec.Env, applied by forked kernels
-	lock *os.File          // flock held while the kernel's directory is ours
+	// oneShot: Spec.OneShot, honoured by forked kernels only.
+	oneShot bool
+	lock    *os.File // flock held while the kernel's directory is ours
 
 	opMu   sync.Mutex // serialises Restart and Close
 	closed bool
@@ -37,9 +39,19 @@ type Process struct {
 }
 
 var (
-	_ kernel.Process = (*Process)(nil)
-	_ kernel.Binder  = (*Process)(nil)
+	_ kernel.Process    = (*Process)(nil)
+	_ kernel.Binder     = (*Process)(nil)
+	_ kernel.OneShotter = (*Process)(nil)
 )
+
+// OneShot reports whether the current process is a one-shot kernel: asked
+// for (Spec.OneShot) and forked from a zygote that makes them. Spawned
+// kernels are full kernels.
+func (k *Process) OneShot() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur != nil && k.cur.oneShot
+}
 
 // run is one process of a kernel; Restart makes a new one.
 type run struct {
@@ -63,11 +75,13 @@ type run struct {
 	// pid namespace.
 	z     *zygote
 	token string
-	cg    *cgroupv1.Group
-	once  sync.Once
-	t0    time.Time
-	kid   string
-	log   *slog.Logger
+	// oneShot: the zygote made it a one-shot kernel.
+	oneShot bool
+	cg      *cgroupv1.Group
+	once    sync.Once
+	t0      time.Time
+	kid     string
+	log     *slog.Logger
 }
 
 // outputTail bounds the kernel output kept for diagnostics.

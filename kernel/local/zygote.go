@@ -208,12 +208,13 @@ func (k *Process) startFork(ctx context.Context) error {
 	delete(env, "EXECUTOR_LIFELINE_FD") // the kernel watches the zygote
 	delete(env, "EXECUTOR_MPL_CACHE")   // the zygote loaded the fonts
 	req := zygotectl.Request{Token: token, Conn: connFile, Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
-		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env}
+		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env,
+		OneShot: k.oneShot && z.c.OneShots()}
 	if p.cred != nil {
 		req.UID, req.GID = int(p.cred.Uid), int(p.cred.Gid)
 	}
 	r := &run{z: z, token: token, exited: make(chan struct{}), output: closedChan, tail: z.tail,
-		t0: time.Now(), kid: k.id, log: p.log, bound: make(chan struct{})}
+		t0: time.Now(), kid: k.id, log: p.log, bound: make(chan struct{}), oneShot: req.OneShot}
 	if p.cg != nil {
 		cg, err := p.cg.Create(token, p.cfg.Memory, int64(p.cfg.PidsLimit))
 		if err != nil {

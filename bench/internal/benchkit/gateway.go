@@ -103,6 +103,9 @@ func StartGateway(cfg GatewayConfig) (*Gateway, error) {
 		return nil, err
 	}
 	g.Pool, g.Mgr = g.app.Pool, g.app.Manager
+	if g.app.OneShots != nil { // stateless calls take their kernels there
+		g.Pool = g.app.OneShots
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		g.Close()

@@ -42,6 +42,8 @@ type Request struct {
 	Rlimits  map[string]int64  `json:"rlimits,omitempty"`
 	Env      map[string]string `json:"env,omitempty"`
 	Contain  map[string]int    `json:"contain,omitempty"`
+	// OneShot makes the child a one-shot kernel (zygote.py's run_oneshot).
+	OneShot bool `json:"oneshot,omitempty"`
 }
 
 // msg is one line from the zygote.
@@ -52,6 +54,7 @@ type msg struct {
 	Status  int    `json:"status"`
 	Error   string `json:"error"`
 	Threads int    `json:"threads"`
+	OneShot bool   `json:"oneshot"`
 }
 
 // Run is a kernel asked of a zygote. Its methods are called from the
@@ -73,6 +76,9 @@ type Conn struct {
 	log    *slog.Logger
 	prefix string // "local", "docker": the start of errors and log lines
 	ready  chan struct{}
+	// oneShots: the zygote said it makes one-shot kernels; set before
+	// ready closes.
+	oneShots bool
 
 	wmu sync.Mutex // serialises writes
 
@@ -90,6 +96,18 @@ func New(c net.Conn, log *slog.Logger, prefix string) *Conn {
 
 // Ready is closed when the zygote said it is ready to fork.
 func (z *Conn) Ready() <-chan struct{} { return z.ready }
+
+// OneShots reports whether the zygote said, when ready, that it makes
+// one-shot kernels (an older executor image does not): a fork request
+// asks for one only then. False before Ready.
+func (z *Conn) OneShots() bool {
+	select {
+	case <-z.ready:
+		return z.oneShots
+	default:
+		return false
+	}
+}
 
 // Read dispatches the zygote's messages until the connection ends, which
 // is the zygote's end (or Close). Then forks still waiting fail with
@@ -138,7 +156,8 @@ func (z *Conn) dispatch() {
 				continue
 			}
 			ready = true
-			z.log.Debug(z.prefix+": zygote loaded", "pid", m.PID, "threads", m.Threads)
+			z.log.Debug(z.prefix+": zygote loaded", "pid", m.PID, "threads", m.Threads, "oneshot", m.OneShot)
+			z.oneShots = m.OneShot
 			close(z.ready)
 		case "forked", "error":
 			z.mu.Lock()
