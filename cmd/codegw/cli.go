@@ -264,6 +264,7 @@ func sessionCmd(args []string) error {
 		}
 	case "pause", "resume", "checkpoint":
 		if fs.NArg() == 0 {
+			//lint:ignore ST1005 a usage line: "ID..." means one or more ids
 			return fmt.Errorf("usage: codegw session %s ID...", args[0])
 		}
 		for _, id := range fs.Args() {
