@@ -53,7 +53,7 @@ type Membership struct {
 	// holder (paused), and when: a beat's listing taken before the move
 	// still names this instance, and must not delete the moved record.
 	moved map[string]time.Time
-	down    bool                   // the last beat failed (for logging transitions)
+	down  bool // the last beat failed (for logging transitions)
 
 	stop chan struct{}
 	done chan struct{}

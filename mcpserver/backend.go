@@ -83,7 +83,7 @@ func (b Manager) Open(ctx context.Context, owner string) (Kernel, error) {
 	if limit <= 0 {
 		limit = 100 << 20
 	}
-	return &managerKernel{m: b.M, ss: s, owner: owner, limit: limit}, nil
+	return &managerKernel{m: b.M, current: current[*session.Session]{s: s}, owner: owner, limit: limit}, nil
 }
 
 // events passes a session's events to s.
@@ -96,19 +96,33 @@ func (s Stream) events(ev codegw.Event) {
 	}
 }
 
+// current holds the session an MCP session's kernel is, which Restore
+// replaces with one started from a checkpoint.
+type current[S any] struct {
+	mu sync.Mutex
+	s  S
+}
+
+func (c *current[S]) sess() S {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.s
+}
+
+// swap makes s current and returns the session it replaces.
+func (c *current[S]) swap(s S) S {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.s
+	c.s = s
+	return old
+}
+
 type managerKernel struct {
 	m     *session.Manager
 	owner string
 	limit int64
-
-	mu sync.Mutex
-	ss *session.Session // swapped by Restore
-}
-
-func (k *managerKernel) sess() *session.Session {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.ss
+	current[*session.Session]
 }
 
 func (k *managerKernel) Checkpoint(ctx context.Context) (codegw.Snapshot, error) {
@@ -120,11 +134,7 @@ func (k *managerKernel) Restore(ctx context.Context, snapshot string) (*codegw.R
 	if err != nil {
 		return nil, err
 	}
-	k.mu.Lock()
-	old := k.ss
-	k.ss = s
-	k.mu.Unlock()
-	k.m.Delete(old.ID(), k.owner)
+	k.m.Delete(k.swap(s).ID(), k.owner)
 	return s.Restored(), nil
 }
 
@@ -179,18 +189,11 @@ func (b Remote) Open(ctx context.Context, owner string) (Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &remoteKernel{ss: s}, nil
+	return &remoteKernel{current[*client.Session]{s: s}}, nil
 }
 
 type remoteKernel struct {
-	mu sync.Mutex
-	ss *client.Session // swapped by Restore
-}
-
-func (k *remoteKernel) sess() *client.Session {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.ss
+	current[*client.Session]
 }
 
 func (k *remoteKernel) Checkpoint(ctx context.Context) (codegw.Snapshot, error) {
@@ -202,11 +205,7 @@ func (k *remoteKernel) Restore(ctx context.Context, snapshot string) (*codegw.Re
 	if err != nil {
 		return nil, err
 	}
-	k.mu.Lock()
-	old := k.ss
-	k.ss = s
-	k.mu.Unlock()
-	old.Delete(ctx)
+	k.swap(s).Delete(ctx)
 	return s.Restored, nil
 }
 

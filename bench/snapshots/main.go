@@ -6,11 +6,12 @@
 //     by its next execution, -n times; the pause is POST .../pause, the
 //     resume is the extra time of the first execution after it over the
 //     same execution on a live session (measured in the same run).
+//
 //   - large: a session holding ~100 MB of pandas DataFrames and a fitted
 //     scikit-learn model is paused and resumed -large times; the snapshot's
 //     stored size is reported beside the state's size in memory.
 //
-//	go run ./bench/snapshots [-n 20] [-large 3] [-executor local|docker] [-json]
+//     go run ./bench/snapshots [-n 20] [-large 3] [-executor local|docker] [-json]
 //
 // Targets: small p50 <= 150 ms each way; large pause and resume <= 1 s.
 // bench/README.md has the figures.

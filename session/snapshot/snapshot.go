@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/session/files"
 )
 
 //go:embed snapshot.py
@@ -65,24 +67,15 @@ func ParseReport(b []byte) (report, error) {
 	}
 	const maxName = 1 << 10
 	for i := range r.Skipped {
-		r.Skipped[i].Name = truncate(r.Skipped[i].Name, maxName)
-		r.Skipped[i].Reason = truncate(r.Skipped[i].Reason, maxName)
+		r.Skipped[i].Name = files.TruncateUTF8(r.Skipped[i].Name, maxName)
+		r.Skipped[i].Reason = files.TruncateUTF8(r.Skipped[i].Reason, maxName)
 	}
 	for i := range r.Saved {
-		r.Saved[i] = truncate(r.Saved[i], maxName)
+		r.Saved[i] = files.TruncateUTF8(r.Saved[i], maxName)
 	}
 	return r, nil
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && s[n]&0xc0 == 0x80 {
-		n--
-	}
-	return s[:n]
-}
 
 // run runs call after the snapshot code in k, silently, and reads the
 // report the kernel left in dir (relative to /code).
@@ -166,7 +159,7 @@ func Take(ctx context.Context, k *kernel.Kernel, limit int64) (*Taken, error) {
 			var r io.Reader
 			var size int64
 			if name == "state.json" {
-				r, size = bytesReader(rep.State), int64(len(rep.State))
+				r, size = bytes.NewReader(rep.State), int64(len(rep.State))
 			} else {
 				f, err := root.Open(takeDir + "/" + name)
 				if err != nil {
@@ -201,21 +194,6 @@ func Take(ctx context.Context, k *kernel.Kernel, limit int64) (*Taken, error) {
 	}
 	return &Taken{Variables: rep.Saved, Skipped: rep.Skipped, Write: write, Close: cleanup}, nil
 }
-
-type byteReader struct {
-	b []byte
-}
-
-func (r *byteReader) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
-}
-
-func bytesReader(b []byte) io.Reader { return &byteReader{b} }
 
 // Timing, when set (benchmarks), receives the two halves of each restore:
 // the gateway's (check and unpack into the kernel's directory) and the
