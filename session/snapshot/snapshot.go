@@ -76,7 +76,6 @@ func ParseReport(b []byte) (report, error) {
 	return r, nil
 }
 
-
 // run runs call after the snapshot code in k, silently, and reads the
 // report the kernel left in dir (relative to /code).
 func run(ctx context.Context, k *kernel.Kernel, call, dir string) (report, error) {
