@@ -260,18 +260,19 @@ func (s *Server) route(c *fiber.Ctx) error {
 	if s.cfg.Manager.Local(id) {
 		return c.Next()
 	}
-	if done, err := s.routePaused(c, id); done || err != nil {
-		return err
-	}
-	if s.cfg.Router == nil || s.cfg.Manager.Local(id) {
-		return c.Next()
-	}
-	err := s.cfg.Router.Forward(c, id, owner(c))
-	if errors.Is(err, store.ErrPaused) {
-		// Paused after routePaused looked (its holder was pausing it):
-		// look again, which resumes it here.
+	if s.cfg.Router == nil {
 		if done, err := s.routePaused(c, id); done || err != nil {
 			return err
+		}
+		return c.Next()
+	}
+	// Forwarding reads the record anyway: only a session it finds paused,
+	// or lost with its instance (it may have a checkpoint), is looked at for
+	// a resume here, so a forwarded call costs no second store read.
+	err := s.cfg.Router.Forward(c, id, owner(c))
+	if code := codegw.ErrorCode(err); errors.Is(err, store.ErrPaused) || code == codegw.ELOST {
+		if done, perr := s.routePaused(c, id); done || perr != nil {
+			return perr
 		}
 		if s.cfg.Manager.Local(id) {
 			return c.Next()
