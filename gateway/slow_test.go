@@ -58,10 +58,11 @@ func TestJupyterSlowConsumerBounded(t *testing.T) {
 			t.Fatalf("the kernel did not finish printing 100 MB in 5 minutes (state %q)", model.State)
 		}
 	}
-	limit := int64(20 << 20)
-	if raceEnabled {
-		limit = 32 << 20 // measured ~21 MiB under -race, ~11 MiB without
-	}
+	// Measured ~11 MiB without -race and ~21 MiB with it, and once 21 MiB
+	// without it on Docker kernels at a loaded moment (the peak includes
+	// garbage not yet collected): the bound is the same 32 MiB, far under
+	// the 112-122 MiB an unbounded queue held.
+	limit := int64(32 << 20)
 	if grew := int64(peak) - int64(base); grew > limit {
 		t.Errorf("the gateway's live heap grew by %d MiB for a client that does not read (want < %d)", grew>>20, limit>>20)
 	} else {
