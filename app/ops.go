@@ -89,20 +89,5 @@ func (a *App) pauseAll(ctx context.Context) {
 }
 
 // waitIdle waits until no execution runs, through the gateway or in the
-// manager, or ctx ends.
-func (a *App) waitIdle(ctx context.Context) error {
-	err := a.gateway.WaitIdle(ctx)
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for err == nil {
-		if s := a.Manager.Stats(); s.Busy == 0 && s.Waiting == 0 && s.Executions == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			err = ctx.Err()
-		case <-t.C:
-		}
-	}
-	return err
-}
+// manager (one count, which says when it reaches zero), or ctx ends.
+func (a *App) waitIdle(ctx context.Context) error { return a.Manager.WaitIdle(ctx) }

@@ -1,9 +1,6 @@
 package gateway
 
 import (
-	"context"
-	"time"
-
 	"github.com/gofiber/contrib/websocket"
 	"github.com/gofiber/fiber/v2"
 )
@@ -33,18 +30,3 @@ func (s *Server) closeWhenLeaving(c *fiber.Ctx) error {
 
 // Draining reports whether Drain was called.
 func (s *Server) Draining() bool { return s.draining.Load() }
-
-// WaitIdle waits until no execution the gateway started is running (REST
-// and NDJSON ones), or ctx ends.
-func (s *Server) WaitIdle(ctx context.Context) error {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for s.inflight.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
-}

@@ -107,7 +107,6 @@ type Server struct {
 	promHandler fiber.Handler
 	draining    atomic.Bool
 	leaving     atomic.Bool  // Leave: every answer closes its connection
-	inflight    atomic.Int64 // executions started by handlers, for the drain
 	libreSwept  atomic.Int64 // unix time of the last sweep of LibreChatDir
 	// mcpCtx parents the requests bridged to Config.MCP; Shutdown cancels
 	// it so open event streams end.

@@ -68,15 +68,17 @@ func (s *Server) limitRate(c *fiber.Ctx) error {
 }
 
 // holdExecution refuses a REST or NDJSON execution while draining, and
-// counts it for WaitIdle until release (once; more calls do nothing). The
-// per-key quotas are the session manager's.
+// counts it for the drain until release, once its answer has left (more
+// calls do nothing). The per-key quotas are the session manager's.
 func (s *Server) holdExecution(c *fiber.Ctx) (release func(), err error) {
 	if s.draining.Load() {
 		return nil, drainingError(c)
 	}
-	s.inflight.Add(1)
-	var once sync.Once
-	return func() { once.Do(func() { s.inflight.Add(-1) }) }, nil
+	release, err = s.cfg.Manager.HoldAnswer()
+	if err != nil {
+		return nil, drainingError(c)
+	}
+	return release, nil
 }
 
 // refuse answers 429 with the limit code and Retry-After (whole seconds,

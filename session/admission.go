@@ -1,6 +1,7 @@
 package session
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -49,8 +50,62 @@ type admission struct {
 
 	mu       sync.Mutex
 	draining bool
-	running  int // executions held, all keys
-	use      map[string]*keyUse
+	// running counts the work the drain waits for, all keys: executions
+	// held, answers still being written (holdAnswer) and waits for or
+	// holds of a worker slot. idle is closed while it is zero.
+	running int
+	idle    chan struct{}
+	use     map[string]*keyUse
+}
+
+// closedChan is an idle channel when nothing runs.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// up counts one more piece of running work; a.mu held.
+func (a *admission) up() {
+	if a.running == 0 {
+		a.idle = make(chan struct{})
+	}
+	a.running++
+}
+
+// down counts one piece of running work over; a.mu held.
+func (a *admission) down() {
+	a.running--
+	if a.running == 0 {
+		close(a.idle)
+	}
+}
+
+// idleChan returns a channel closed once nothing runs.
+func (a *admission) idleChan() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.running == 0 {
+		return closedChan
+	}
+	return a.idle
+}
+
+// track counts running work that is not refused while draining (a wait
+// for a worker slot); release gives it back, once.
+func (a *admission) track() (release func()) {
+	a.mu.Lock()
+	a.up()
+	a.mu.Unlock()
+	return a.once(a.down)
+}
+
+// holdAnswer counts a request that answers an execution, refused while
+// draining; release, once its answer has left, gives it back.
+func (a *admission) holdAnswer() (release func(), err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.draining {
+		return nil, errDraining()
+	}
+	a.up()
+	return a.once(a.down), nil
 }
 
 type keyUse struct {
@@ -88,10 +143,10 @@ func (a *admission) holdExecution(owner string) (release func(), err error) {
 		return nil, limitError("concurrency", time.Second, "at most %d executions at once per key; wait for one to finish", a.maxExec)
 	}
 	u.executions++
-	a.running++
+	a.up()
 	return a.once(func() {
 		u.executions--
-		a.running--
+		a.down()
 		a.tidy(owner, u)
 	}), nil
 }
@@ -165,6 +220,30 @@ func (m *Manager) Usage(owner string) KeyUsage {
 // gives it back; calling it more than once does nothing.
 func (m *Manager) HoldExecution(owner string) (release func(), err error) {
 	return m.adm.holdExecution(owner)
+}
+
+// HoldAnswer counts a request that answers an execution (a REST or
+// NDJSON one) from before its execution is submitted until its answer has
+// left, for the drain, and refuses it while draining. release gives it
+// back; calling it more than once does nothing.
+func (m *Manager) HoldAnswer() (release func(), err error) {
+	return m.adm.holdAnswer()
+}
+
+// Idle returns a channel closed once no work the drain waits for runs on
+// this instance: no execution (every way in), no answer of one being
+// written (HoldAnswer), no kernel start waiting for or holding a worker.
+// Work that starts later makes a new channel: call Idle again.
+func (m *Manager) Idle() <-chan struct{} { return m.adm.idleChan() }
+
+// WaitIdle waits until Idle is closed, or ctx ends.
+func (m *Manager) WaitIdle(ctx context.Context) error {
+	select {
+	case <-m.Idle():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Drain makes the manager refuse new work: executions (every way in) and

@@ -104,3 +104,58 @@ func TestAdmission(t *testing.T) {
 		}
 	})
 }
+
+// TestIdleSignals: the drain's one count says when it reaches zero, for
+// executions, answers and workers alike, and a new hold makes a new wait.
+func TestIdleSignals(t *testing.T) {
+	var a admission
+	a.use = map[string]*keyUse{}
+	select {
+	case <-a.idleChan():
+	default:
+		t.Fatal("idle not signalled with nothing running")
+	}
+	relX, err := a.holdExecution("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	relA, err := a.holdAnswer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	relW := a.track()
+	idle := a.idleChan()
+	for i, rel := range []func(){relX, relA, relA, relW} {
+		select {
+		case <-idle:
+			t.Fatalf("idle signalled with work running (after %d releases)", i)
+		default:
+		}
+		rel()
+	}
+	select {
+	case <-idle:
+	default:
+		t.Fatal("idle not signalled after every release")
+	}
+	relX()
+	if a.running != 0 {
+		t.Fatalf("running = %d after double releases, want 0", a.running)
+	}
+	rel2, _ := a.holdAnswer()
+	select {
+	case <-a.idleChan():
+		t.Fatal("a new hold did not make a new wait")
+	default:
+	}
+	a.draining = true
+	if _, err := a.holdAnswer(); err == nil {
+		t.Fatal("holdAnswer while draining: no error")
+	}
+	rel2()
+	select {
+	case <-a.idleChan():
+	default:
+		t.Fatal("idle not signalled while draining with nothing running")
+	}
+}

@@ -197,8 +197,20 @@ func New(cfg Config) (*Manager, error) {
 // Config returns the effective configuration.
 func (m *Manager) Config() Config { return m.cfg }
 
-// acquireWorker takes a worker slot, waiting in a bounded queue.
+// acquireWorker takes a worker slot, waiting in a bounded queue. The wait
+// and the hold count as running work for the drain.
 func (m *Manager) acquireWorker(ctx context.Context) (func(), error) {
+	done := m.adm.track()
+	release, err := m.takeWorker(ctx)
+	if err != nil {
+		done()
+		return nil, err
+	}
+	return func() { release(); done() }, nil
+}
+
+// takeWorker is acquireWorker without the drain's count.
+func (m *Manager) takeWorker(ctx context.Context) (func(), error) {
 	select {
 	case m.workers <- struct{}{}:
 		return func() { <-m.workers }, nil
