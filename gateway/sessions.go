@@ -129,7 +129,9 @@ func (s *Server) sessionExecute(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return s.answerExecute(c, sess.Start)
+	return s.answerExecute(c, func(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (string, func() (*codegw.ExecuteResult, error), error) {
+		return sess.Start(ctx, req, session.Submission{Emit: emit})
+	})
 }
 
 func (s *Server) interrupt(c *fiber.Ctx) error {
@@ -434,7 +436,7 @@ func (s *Server) handleClientMessage(sess *session.Session, data []byte, fail fu
 	case "execute":
 		// The answer reaches the client as events; a refusal after the
 		// queue (input download, no worker) as a "rejected" done event.
-		_, _, err := sess.Submit(m.ExecuteRequest, m.ID, nil, true)
+		_, _, err := sess.Start(context.Background(), m.ExecuteRequest, session.Submission{ID: m.ID, Stdin: true})
 		return err
 	case "interrupt", "restart":
 		// These take a while (a restart starts a kernel): run them aside so

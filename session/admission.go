@@ -215,7 +215,7 @@ func (m *Manager) Usage(owner string) KeyUsage {
 }
 
 // HoldExecution counts an execution of owner that does not go through
-// Execute or a session's Submit (a Jupyter client's execute_request sent
+// Execute or a session's Start (a Jupyter client's execute_request sent
 // to the kernel as is) against the per-key limit and the drain. release
 // gives it back; calling it more than once does nothing.
 func (m *Manager) HoldExecution(owner string) (release func(), err error) {

@@ -159,30 +159,37 @@ func (s *Session) Info() codegw.Session {
 	}
 }
 
-// Submit queues an execution. The answer arrives on the returned channel,
-// or the refusal of a step before the code ran (input files, workers) on
-// the error channel and as a "rejected" done event. Events go to every
-// subscriber and to emit. With stdin, input() waits for Reply; without it,
-// input() fails at once.
-func (s *Session) Submit(req codegw.ExecuteRequest, execID string, emit func(codegw.Event), stdin bool) (<-chan *codegw.ExecuteResult, <-chan error, error) {
-	return s.submit(context.Background(), req, execID, emit, stdin)
+// Submission says how an execution is sent to a session.
+type Submission struct {
+	// ID is the execution's id; empty, a new one is made.
+	ID string
+	// Emit, when set, receives the execution's events besides every
+	// subscriber.
+	Emit func(codegw.Event)
+	// Stdin: input() waits for Reply; without it, input() fails at once.
+	Stdin bool
 }
 
-// submit is Submit; ctx carries the log ids of the request (see
-// codegw.WithLogAttrs) to the execution.
-func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID string, emit func(codegw.Event), stdin bool) (<-chan *codegw.ExecuteResult, <-chan error, error) {
+// Start queues req and returns the execution's id and a wait for its
+// answer; ctx carries the log ids of the request (see codegw.WithLogAttrs)
+// to the execution. A refusal (a quota, a full queue, the drain) comes at
+// once; the refusal of a step before the code ran (input files, workers)
+// comes from wait and as a "rejected" done event. Events go to every
+// subscriber and to sub.Emit. Not calling wait leaks nothing.
+func (s *Session) Start(ctx context.Context, req codegw.ExecuteRequest, sub Submission) (id string, wait func() (*codegw.ExecuteResult, error), err error) {
 	code, err := s.m.prepare(&req)
 	if err != nil {
-		return nil, nil, err
+		return "", nil, err
 	}
-	if execID == "" {
-		execID = newExecutionID()
+	id = sub.ID
+	if id == "" {
+		id = newExecutionID()
 	}
 	release, err := s.m.adm.holdExecution(s.owner)
 	if err != nil {
-		return nil, nil, err
+		return "", nil, err
 	}
-	j := &job{id: execID, req: req, code: code, emit: emit, stdin: stdin, logAttrs: codegw.LogAttrs(ctx),
+	j := &job{id: id, req: req, code: code, emit: sub.Emit, stdin: sub.Stdin, logAttrs: codegw.LogAttrs(ctx),
 		result: make(chan *codegw.ExecuteResult, 1), err: make(chan error, 1), release: release,
 		announced: make(chan struct{})}
 	// Under the lock that remove takes to mark the session closing: a job
@@ -192,12 +199,12 @@ func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID 
 	if s.closing {
 		s.mu.Unlock()
 		release()
-		return nil, nil, codegw.Errorf(codegw.ENOTFOUND, "session %q has ended", s.id)
+		return "", nil, codegw.Errorf(codegw.ENOTFOUND, "session %q has ended", s.id)
 	}
 	if s.paused {
 		s.mu.Unlock()
 		release()
-		return nil, nil, codegw.Errorf(codegw.ECONFLICT, "session %q is being paused; send the execution again once it is paused, and it resumes", s.id)
+		return "", nil, codegw.Errorf(codegw.ECONFLICT, "session %q is being paused; send the execution again once it is paused, and it resumes", s.id)
 	}
 	queued := s.pending > 0
 	select {
@@ -206,45 +213,33 @@ func (s *Session) submit(ctx context.Context, req codegw.ExecuteRequest, execID 
 	default:
 		s.mu.Unlock()
 		release()
-		return nil, nil, codegw.Errorf(codegw.ELIMIT, "session %q has %d executions queued; wait for them", s.id, cap(s.jobs))
+		return "", nil, codegw.Errorf(codegw.ELIMIT, "session %q has %d executions queued; wait for them", s.id, cap(s.jobs))
 	}
 	s.mu.Unlock()
 	s.touch()
 	if queued {
-		s.publish(j, codegw.Event{Type: codegw.EventStatus, ExecutionID: execID, State: "queued"})
+		s.publish(j, codegw.Event{Type: codegw.EventStatus, ExecutionID: id, State: "queued"})
 	}
 	close(j.announced)
-	return j.result, j.err, nil
-}
-
-// Execute runs req and waits for its answer.
-func (s *Session) Execute(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
-	_, wait, err := s.Start(ctx, req, emit)
-	if err != nil {
-		return nil, err
-	}
-	return wait()
-}
-
-// Start queues req, as Submit does with the log ids of ctx (see
-// codegw.WithLogAttrs), and returns the execution's id and a wait for its
-// answer. A refusal (a quota, a full queue, the drain) comes at once.
-func (s *Session) Start(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (id string, wait func() (*codegw.ExecuteResult, error), err error) {
-	id = newExecutionID()
-	res, errc, err := s.submit(ctx, req, id, emit, false)
-	if err != nil {
-		return "", nil, err
-	}
 	return id, func() (*codegw.ExecuteResult, error) {
 		select {
-		case r := <-res:
+		case r := <-j.result:
 			return r, nil
-		case err := <-errc:
+		case err := <-j.err:
 			return nil, err
 		case <-s.ctx.Done():
 			return nil, codegw.Errorf(codegw.ENOTFOUND, "session %q ended during the execution", s.id)
 		}
 	}, nil
+}
+
+// Execute runs req and waits for its answer.
+func (s *Session) Execute(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+	_, wait, err := s.Start(ctx, req, Submission{Emit: emit})
+	if err != nil {
+		return nil, err
+	}
+	return wait()
 }
 
 func (s *Session) publish(j *job, ev codegw.Event) {
