@@ -498,14 +498,14 @@ func wantsStream(c *fiber.Ctx) bool {
 
 func (s *Server) execute(c *fiber.Ctx) error {
 	return s.answerExecute(c, func(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (string, func() (*codegw.ExecuteResult, error), error) {
-		r, err := s.cfg.Manager.Reserve(owner(c))
+		r, err := s.cfg.Manager.Reserve(owner(c), req)
 		if err != nil {
 			return "", nil, err
 		}
 		return r.ID(), func() (*codegw.ExecuteResult, error) {
 			defer r.Release() // after Execute it does nothing; after a panic it gives the quotas back
 			fault("stateless execution")
-			return r.Execute(ctx, req, emit)
+			return r.Execute(ctx, emit)
 		}, nil
 	})
 }

@@ -323,6 +323,16 @@ func TestQuotas(t *testing.T) {
 	}
 	st, hdr, body := rawDo(t, e, "POST", "/api/v1/execute", `{"code":"print(1)"}`, "key-a")
 	check429("second execution of key a", st, hdr, body)
+	// A request that is wrong is told so even at the limit: validation
+	// comes before the quota.
+	for _, bad := range []string{`{"code":""}`, `{"code":"print(1)","timeout":-1}`} {
+		st, _, body := rawDo(t, e, "POST", "/api/v1/execute", bad, "key-a")
+		var ae apiError
+		json.Unmarshal(body, &ae)
+		if st != 400 || ae.Code != codegw.EINVALID {
+			t.Errorf("invalid execution %s of key a at its limit: %d %s; want 400 %q", bad, st, body, codegw.EINVALID)
+		}
+	}
 	var res codegw.ExecuteResult
 	if st := e.do("POST", "/api/v1/execute", map[string]any{"code": "print(2)"}, &res, asB...); st != 200 || res.Status != codegw.StatusOK {
 		t.Errorf("key b while key a is at its limit: %d %+v", st, res)

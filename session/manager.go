@@ -266,31 +266,36 @@ func (m *Manager) Execute(ctx context.Context, req codegw.ExecuteRequest, emit f
 // count against owner's quotas (a *LimitError when over), and it is
 // refused while the manager drains.
 func (m *Manager) ExecuteFor(ctx context.Context, owner string, req codegw.ExecuteRequest, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
-	if _, err := m.prepare(&req); err != nil {
-		return nil, err
-	}
-	r, err := m.Reserve(owner)
+	r, err := m.Reserve(owner, req)
 	if err != nil {
 		return nil, err
 	}
-	return r.Execute(ctx, req, emit)
+	return r.Execute(ctx, emit)
 }
 
 // Reservation is what a stateless execution of one key holds before it
-// runs: its slot among the key's executions and its kernel's memory. It
-// lets a caller learn of a refusal, and the execution's id, before it
-// commits to an answer (an NDJSON stream starts with a 200).
+// runs: its checked request, its slot among the key's executions and its
+// kernel's memory. It lets a caller learn of a refusal, and the
+// execution's id, before it commits to an answer (an NDJSON stream starts
+// with a 200).
 type Reservation struct {
 	m       *Manager
 	id      string
+	req     codegw.ExecuteRequest
+	code    string // req.Code without its code fence
 	release []func()
 	once    sync.Once
 }
 
-// Reserve takes a stateless execution's share of owner's quotas: a
-// *LimitError when over, EUNAVAILABLE while draining. The reservation ends
-// with Execute or Release.
-func (m *Manager) Reserve(owner string) (*Reservation, error) {
+// Reserve checks req (EINVALID, ETOOLARGE), then takes a stateless
+// execution's share of owner's quotas: a *LimitError when over,
+// EUNAVAILABLE while draining. The reservation ends with Execute or
+// Release.
+func (m *Manager) Reserve(owner string, req codegw.ExecuteRequest) (*Reservation, error) {
+	code, err := m.prepare(&req)
+	if err != nil {
+		return nil, err
+	}
 	release, err := m.adm.holdExecution(owner)
 	if err != nil {
 		return nil, err
@@ -300,7 +305,7 @@ func (m *Manager) Reserve(owner string) (*Reservation, error) {
 		release()
 		return nil, err
 	}
-	return &Reservation{m: m, id: newExecutionID(), release: []func(){releaseKernel, release}}, nil
+	return &Reservation{m: m, id: newExecutionID(), req: req, code: code, release: []func(){releaseKernel, release}}, nil
 }
 
 // ID is the id the execution will have.
@@ -315,9 +320,10 @@ func (r *Reservation) Release() {
 	})
 }
 
-// Execute runs req as Manager.Execute does, on the reservation, which ends
-// with it. A reservation runs one execution: later calls are refused.
-func (r *Reservation) Execute(ctx context.Context, req codegw.ExecuteRequest, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
+// Execute runs the reserved request as Manager.Execute does; the
+// reservation ends with it. A reservation runs one execution: later calls
+// are refused.
+func (r *Reservation) Execute(ctx context.Context, emit func(codegw.Event)) (*codegw.ExecuteResult, error) {
 	first := false
 	r.once.Do(func() { first = true })
 	if !first {
@@ -329,13 +335,9 @@ func (r *Reservation) Execute(ctx context.Context, req codegw.ExecuteRequest, em
 		}
 	}()
 	m := r.m
-	code, err := m.prepare(&req)
-	if err != nil {
-		return nil, err
-	}
 	m.stateless.Add(1)
 	defer m.stateless.Add(-1)
-	return m.newExecution(r.id, req, code, emit).run(ctx)
+	return m.newExecution(r.id, r.req, r.code, emit).run(ctx)
 }
 
 // freshKernel takes a kernel nobody used from the pool.
