@@ -15,6 +15,7 @@ import (
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
 	"github.com/codegw/codegw/app/apptest"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/store"
 	"github.com/codegw/codegw/store/redis"
 	"github.com/codegw/codegw/store/redis/redistest"
@@ -73,73 +74,74 @@ func TestOpenServesAndCloses(t *testing.T) {
 	}
 	// The capabilities are probed in a kernel of the kind that serves. Both
 	// shapes are served: codegw's and the original project's newest.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		var caps struct {
-			Executor          string   `json:"executor"`
-			KernelStart       string   `json:"kernel_start"`
-			StatelessKernel   string   `json:"stateless_kernel"`
-			Python            *string  `json:"python_version"`
-			Packages          []string `json:"packages"`
-			MaxWorkers        int      `json:"max_workers"`
-			PythonVersion     *string  `json:"pythonVersion"`
-			Languages         []string `json:"languages"`
-			InstalledPackages []struct {
-				Name, Version string
-			} `json:"installedPackages"`
-			Limits struct {
-				MaxOutputBytes          int     `json:"max_output_bytes"`
-				MaxConcurrency          int     `json:"maxConcurrency"`
-				ExecutionTimeoutSeconds float64 `json:"executionTimeoutSeconds"`
-				Container               struct {
-					Memory    string  `json:"memory"`
-					CPUs      float64 `json:"cpus"`
-					PidsLimit int64   `json:"pidsLimit"`
-				} `json:"container"`
-				Input  struct{ MaxFiles, MaxFileBytes, TotalMaxBytes int64 } `json:"input"`
-				Output struct {
-					MaxFiles, MaxFileBytes, TotalMaxBytes int64
-					AllowedExtensions                     []string `json:"allowedExtensions"`
-				} `json:"output"`
-			} `json:"limits"`
-			NetworkPolicy struct {
-				ExecutorNetworkMode    string `json:"executorNetworkMode"`
-				InternetAccess         *bool  `json:"internetAccess"`
-				SupportsHTTPInputFiles bool   `json:"supportsHttpInputFiles"`
-				SupportsPipInstall     *bool  `json:"supportsPipInstall"`
-				Introspection          struct {
-					OK    bool    `json:"ok"`
-					Error *string `json:"error"`
-				} `json:"introspection"`
-			} `json:"networkPolicy"`
-		}
+	var caps struct {
+		Executor          string   `json:"executor"`
+		KernelStart       string   `json:"kernel_start"`
+		StatelessKernel   string   `json:"stateless_kernel"`
+		Python            *string  `json:"python_version"`
+		Packages          []string `json:"packages"`
+		MaxWorkers        int      `json:"max_workers"`
+		PythonVersion     *string  `json:"pythonVersion"`
+		Languages         []string `json:"languages"`
+		InstalledPackages []struct {
+			Name, Version string
+		} `json:"installedPackages"`
+		Limits struct {
+			MaxOutputBytes          int     `json:"max_output_bytes"`
+			MaxConcurrency          int     `json:"maxConcurrency"`
+			ExecutionTimeoutSeconds float64 `json:"executionTimeoutSeconds"`
+			Container               struct {
+				Memory    string  `json:"memory"`
+				CPUs      float64 `json:"cpus"`
+				PidsLimit int64   `json:"pidsLimit"`
+			} `json:"container"`
+			Input  struct{ MaxFiles, MaxFileBytes, TotalMaxBytes int64 } `json:"input"`
+			Output struct {
+				MaxFiles, MaxFileBytes, TotalMaxBytes int64
+				AllowedExtensions                     []string `json:"allowedExtensions"`
+			} `json:"output"`
+		} `json:"limits"`
+		NetworkPolicy struct {
+			ExecutorNetworkMode    string `json:"executorNetworkMode"`
+			InternetAccess         *bool  `json:"internetAccess"`
+			SupportsHTTPInputFiles bool   `json:"supportsHttpInputFiles"`
+			SupportsPipInstall     *bool  `json:"supportsPipInstall"`
+			Introspection          struct {
+				OK    bool    `json:"ok"`
+				Error *string `json:"error"`
+			} `json:"introspection"`
+		} `json:"networkPolicy"`
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	probed := testwait.Poll(ctx, func() string {
 		getJSON(t, base+"/capabilities", &caps)
 		if caps.Executor == "local" && caps.Python != nil && strings.HasPrefix(*caps.Python, "3.") {
-			l, n := caps.Limits, caps.NetworkPolicy
-			switch {
-			case caps.PythonVersion == nil || *caps.PythonVersion != *caps.Python:
-				t.Errorf("pythonVersion %v, python_version %s", caps.PythonVersion, *caps.Python)
-			case len(caps.InstalledPackages) == 0 || len(caps.InstalledPackages) != len(caps.Packages) || caps.InstalledPackages[0].Name == "" || caps.InstalledPackages[0].Version == "":
-				t.Errorf("installedPackages %d (first %+v), packages %d", len(caps.InstalledPackages), caps.InstalledPackages[:min(1, len(caps.InstalledPackages))], len(caps.Packages))
-			case l.MaxConcurrency != c.MaxWorkers || l.MaxConcurrency != caps.MaxWorkers || l.ExecutionTimeoutSeconds != c.ExecutionTimeout.Seconds() || l.MaxOutputBytes == 0:
-				t.Errorf("limits %+v", l)
-			case l.Container.Memory != "1g" || l.Container.CPUs != 1 || l.Input.MaxFiles != int64(c.InputMaxFiles) || l.Output.MaxFiles != int64(c.OutputMaxFiles) || len(l.Output.AllowedExtensions) == 0:
-				t.Errorf("limits %+v", l)
-			case n.ExecutorNetworkMode != "none" || n.InternetAccess == nil || *n.InternetAccess || !n.SupportsHTTPInputFiles || n.SupportsPipInstall == nil || !n.Introspection.OK || n.Introspection.Error != nil:
-				t.Errorf("networkPolicy %+v", n)
-			case caps.KernelStart == "fork" && caps.StatelessKernel != c.StatelessKernel,
-				caps.KernelStart != "fork" && caps.StatelessKernel != app.StatelessFull:
-				t.Errorf("stateless_kernel %q with kernel_start %q and STATELESS_KERNEL=%s", caps.StatelessKernel, caps.KernelStart, c.StatelessKernel)
-			case !slices.Contains(caps.Languages, "python") || !slices.Contains(caps.Languages, "javascript"):
-				t.Errorf("languages %v: Node.js missing in the kernels (scripts/deps.sh installs nodejs)", caps.Languages)
-			}
-			break
+			return ""
 		}
-		if time.Now().After(deadline) {
-			a.Close()
-			t.Fatalf("capabilities never probed: %+v", caps)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return "not probed"
+	})
+	if probed != "" {
+		a.Close()
+		t.Fatalf("capabilities never probed: %+v", caps)
+	}
+	l, n := caps.Limits, caps.NetworkPolicy
+	switch {
+	case caps.PythonVersion == nil || *caps.PythonVersion != *caps.Python:
+		t.Errorf("pythonVersion %v, python_version %s", caps.PythonVersion, *caps.Python)
+	case len(caps.InstalledPackages) == 0 || len(caps.InstalledPackages) != len(caps.Packages) || caps.InstalledPackages[0].Name == "" || caps.InstalledPackages[0].Version == "":
+		t.Errorf("installedPackages %d (first %+v), packages %d", len(caps.InstalledPackages), caps.InstalledPackages[:min(1, len(caps.InstalledPackages))], len(caps.Packages))
+	case l.MaxConcurrency != c.MaxWorkers || l.MaxConcurrency != caps.MaxWorkers || l.ExecutionTimeoutSeconds != c.ExecutionTimeout.Seconds() || l.MaxOutputBytes == 0:
+		t.Errorf("limits %+v", l)
+	case l.Container.Memory != "1g" || l.Container.CPUs != 1 || l.Input.MaxFiles != int64(c.InputMaxFiles) || l.Output.MaxFiles != int64(c.OutputMaxFiles) || len(l.Output.AllowedExtensions) == 0:
+		t.Errorf("limits %+v", l)
+	case n.ExecutorNetworkMode != "none" || n.InternetAccess == nil || *n.InternetAccess || !n.SupportsHTTPInputFiles || n.SupportsPipInstall == nil || !n.Introspection.OK || n.Introspection.Error != nil:
+		t.Errorf("networkPolicy %+v", n)
+	case caps.KernelStart == "fork" && caps.StatelessKernel != c.StatelessKernel,
+		caps.KernelStart != "fork" && caps.StatelessKernel != app.StatelessFull:
+		t.Errorf("stateless_kernel %q with kernel_start %q and STATELESS_KERNEL=%s", caps.StatelessKernel, caps.KernelStart, c.StatelessKernel)
+	case !slices.Contains(caps.Languages, "python") || !slices.Contains(caps.Languages, "javascript"):
+		t.Errorf("languages %v: Node.js missing in the kernels (scripts/deps.sh installs nodejs)", caps.Languages)
 	}
 	if err := a.Close(); err != nil {
 		t.Errorf("Close: %v", err)

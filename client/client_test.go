@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app/apptest"
 	"github.com/codegw/codegw/client"
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 // server starts a real gateway with local kernels (two warm, nothing
@@ -234,11 +236,13 @@ func TestClient(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := conn.Run(ctx, codegw.ExecuteRequest{Code: "1"}, client.Handler{}); !errors.Is(err, client.ErrNotFound) {
-			deadline := time.Now().Add(5 * time.Second)
-			for time.Now().Before(deadline) && !errors.Is(err, client.ErrNotFound) {
-				time.Sleep(100 * time.Millisecond)
+			testwait.For(t, 5*time.Second, "ErrNotFound from a run on a deleted session", func() string {
 				_, err = conn.Run(ctx, codegw.ExecuteRequest{Code: "1"}, client.Handler{})
-			}
+				if errors.Is(err, client.ErrNotFound) {
+					return ""
+				}
+				return fmt.Sprint(err)
+			})
 			if !errors.Is(err, client.ErrNotFound) {
 				t.Fatalf("run on a deleted session: %v", err)
 			}

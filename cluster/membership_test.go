@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/store"
 	"github.com/codegw/codegw/store/redis"
 	"github.com/codegw/codegw/store/redis/redistest"
@@ -153,16 +154,10 @@ func TestMembershipKeepsBeatingThroughAnOutage(t *testing.T) {
 	m.Start(func(string) bool { return false })
 	defer m.Close()
 	srv.Restart() // the registry is gone with the data
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := st.GetInstance(ctx, "a"); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("instance not registered again after the store restarted empty")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testwait.Until(t, 5*time.Second, "the instance registered again after the store restarted empty", func() bool {
+		_, err := st.GetInstance(ctx, "a")
+		return err == nil
+	})
 }
 
 func TestInternalAddr(t *testing.T) {

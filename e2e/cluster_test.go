@@ -22,6 +22,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/store/redis"
 	"github.com/codegw/codegw/store/redis/redistest"
 )
@@ -329,28 +330,6 @@ func list(t *testing.T, in *instance, key string) map[string]codegw.Session {
 	return out
 }
 
-// eventually retries check every 100ms until it returns "" or d passes.
-func eventually(t *testing.T, d time.Duration, what string, check func() string) {
-	t.Helper()
-	poll(t, d, 100*time.Millisecond, what, check)
-}
-
-// poll retries check every step until it returns "" or d passes.
-func poll(t *testing.T, d, step time.Duration, what string, check func() string) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		msg := check()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %s", what, d, msg)
-		}
-		time.Sleep(step)
-	}
-}
-
 // wsConn is a websocket client of a session, reading in the background.
 type wsConn struct {
 	conn   *websocket.Conn
@@ -433,7 +412,7 @@ func TestCluster(t *testing.T) {
 	defer st.Close()
 
 	a, b, c := start(t, "a", rs.URL()), start(t, "b", rs.URL()), start(t, "c", rs.URL())
-	eventually(t, 5*time.Second, "three instances registered", func() string {
+	testwait.For(t, 5*time.Second, "three instances registered", func() string {
 		l, err := st.ListInstances(ctx)
 		if err != nil || len(l) != 3 {
 			return fmt.Sprintf("%v %v", l, err)
@@ -596,7 +575,7 @@ func TestCluster(t *testing.T) {
 		// already gone), so a sandbox killed in its first ~30 ms can
 		// outlive the gateway. That is the local provisioner's to close;
 		// this test checks that started kernels die with their instance.
-		eventually(t, 20*time.Second, "a's three kernels running", func() string {
+		testwait.For(t, 20*time.Second, "a's three kernels running", func() string {
 			n := kernelsUnder(a.state)
 			if n != 3 {
 				return fmt.Sprintf("%d kernel processes", n)
@@ -607,7 +586,7 @@ func TestCluster(t *testing.T) {
 		a.kill9()
 		// Until a's entry expires its sessions answer 503 at once; then 410.
 		var last answer
-		eventually(t, ttl+3*time.Second, "410 for a's session", func() string {
+		testwait.For(t, ttl+3*time.Second, "410 for a's session", func() string {
 			r, err := b.call("POST", "/api/v1/sessions/"+sA+"/execute", key1, map[string]any{"code": "y"})
 			if err != nil {
 				return err.Error()
@@ -642,7 +621,7 @@ func TestCluster(t *testing.T) {
 		}
 		c.stateless(t)
 		b.stateless(t)
-		eventually(t, 5*time.Second, "a's kernels gone", func() string {
+		testwait.For(t, 5*time.Second, "a's kernels gone", func() string {
 			if p := processesUnder(a.state); len(p) > 0 {
 				return strings.Join(p, "\n")
 			}
@@ -681,7 +660,7 @@ func TestCluster(t *testing.T) {
 		c.must(t, "DELETE", "/api/v1/sessions/"+sC, key1, nil, 204) // its record cannot be deleted yet
 		rs.Resume()
 		paused = false
-		eventually(t, 5*time.Second, "the record of the session deleted during the outage deleted", func() string {
+		testwait.For(t, 5*time.Second, "the record of the session deleted during the outage deleted", func() string {
 			if _, err := st.GetSession(ctx, sC); codegw.ErrorCode(err) != codegw.ENOTFOUND {
 				return fmt.Sprintf("GetSession: %v", err)
 			}
@@ -698,7 +677,7 @@ func TestCluster(t *testing.T) {
 		c.must(t, "POST", "/api/v1/sessions", key1, map[string]any{}, 503)
 		c.stateless(t)
 		rs.Restart() // no data: registry and records are gone
-		eventually(t, 3*ttl, "b and c registered again, b's session recorded again", func() string {
+		testwait.For(t, 3*ttl, "b and c registered again, b's session recorded again", func() string {
 			l, err := st.ListInstances(ctx)
 			if err != nil || len(l) != 2 {
 				return fmt.Sprintf("instances %v %v", l, err)

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 // stack is one run of docker-compose.yml under a project name of its own,
@@ -107,7 +109,7 @@ func (s *stack) leftovers(instances []string) []string {
 // slowly is eventually for checks that run docker commands: once a second.
 func slowly(t *testing.T, d time.Duration, what string, check func() string) {
 	t.Helper()
-	poll(t, d, time.Second, what, check)
+	testwait.Every(t, d, time.Second, what, check)
 }
 
 // TestCompose brings docker-compose.yml up as the README says
@@ -171,11 +173,14 @@ func TestCompose(t *testing.T) {
 		// connection and remove themselves: wait for that, then nothing
 		// may be left.
 		var left []string
-		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
-			if left = s.leftovers(instances); len(left) == 0 || time.Now().After(deadline) {
-				break
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		testwait.PollEvery(ctx, 500*time.Millisecond, func() string {
+			if left = s.leftovers(instances); len(left) > 0 {
+				return "left"
 			}
-		}
+			return ""
+		})
+		cancel()
 		if len(left) > 0 {
 			t.Errorf("left behind after compose down -v: %s", strings.Join(left, ", "))
 			for _, l := range left {
@@ -222,7 +227,7 @@ func TestCompose(t *testing.T) {
 		return ""
 	})
 	ready := 0
-	eventually(t, 2*time.Minute, "/readyz through the load balancer 5 times in a row", func() string {
+	testwait.For(t, 2*time.Minute, "/readyz through the load balancer 5 times in a row", func() string {
 		a, err := s.lb.call("GET", "/readyz", "", nil)
 		if err != nil || a.status != 200 {
 			ready = 0
@@ -345,7 +350,7 @@ func TestCompose(t *testing.T) {
 		// too (503 "session store unavailable" is the same code).
 		var last answer
 		seen := map[string]int{} // the 503s' messages, for the log
-		eventually(t, ttl*time.Second+3*time.Minute, "410 for the killed replica's session", func() string {
+		testwait.For(t, ttl*time.Second+3*time.Minute, "410 for the killed replica's session", func() string {
 			r, err := s.lb.call("POST", "/api/v1/sessions/"+doomed+"/execute", key1, map[string]any{"code": "y"})
 			if err != nil {
 				return err.Error()

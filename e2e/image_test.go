@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 // TestAPIImage builds the gateway image (scripts/compose-check.sh, which
@@ -60,7 +61,7 @@ func TestAPIImage(t *testing.T) {
 		}
 	}()
 	in := &instance{t: t, name: "image", base: fmt.Sprintf("http://127.0.0.1:%d", port)}
-	eventually(t, 60*time.Second, "the gateway container serving", func() string {
+	testwait.For(t, 60*time.Second, "the gateway container serving", func() string {
 		if _, err := in.call("GET", "/healthz", "", nil); err != nil {
 			return err.Error()
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/store/redis/redistest"
 )
 
@@ -106,7 +107,7 @@ func TestRollingRestart(t *testing.T) {
 	}
 	// Executions flow before, between and after the restarts.
 	waitFor := func(n int32) {
-		poll(t, 60*time.Second, 20*time.Millisecond, fmt.Sprintf("%d answers", n), func() string {
+		testwait.Every(t, 60*time.Second, 20*time.Millisecond, fmt.Sprintf("%d answers", n), func() string {
 			if ok.Load() < n {
 				return fmt.Sprint(ok.Load())
 			}
@@ -154,7 +155,7 @@ func TestKillResumesFromCheckpoint(t *testing.T) {
 	kept := a.create(t, key1)
 	a.exec(t, kept, "x = 1\nimport pandas as pd\ndf = pd.DataFrame({'v': [1, 2, 3]})")
 	var snaps struct{ Snapshots []codegw.Snapshot }
-	poll(t, 30*time.Second, 50*time.Millisecond, "an automatic checkpoint", func() string {
+	testwait.Every(t, 30*time.Second, 50*time.Millisecond, "an automatic checkpoint", func() string {
 		a, err := a.call("GET", "/api/v1/sessions/"+kept+"/snapshots", key1, nil)
 		if err != nil {
 			return err.Error()
@@ -172,7 +173,7 @@ func TestKillResumesFromCheckpoint(t *testing.T) {
 	a.kill9()
 
 	var res codegw.ExecuteResult
-	poll(t, 30*time.Second, 100*time.Millisecond, "the session resumed on b", func() string {
+	testwait.Every(t, 30*time.Second, 100*time.Millisecond, "the session resumed on b", func() string {
 		ans, err := b.call("POST", "/api/v1/sessions/"+kept+"/execute", key1, map[string]any{"code": "print(x, int(df.v.sum()))"})
 		if err != nil || ans.status != 200 {
 			return fmt.Sprint(ans, err)

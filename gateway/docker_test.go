@@ -68,13 +68,14 @@ func TestDockerFaults(t *testing.T) {
 			// The container's id, from its own cgroup path.
 			host = e.sexec(t, s.ID, map[string]any{"code": "import re; print(re.search(r'[0-9a-f]{64}', open('/proc/self/cgroup').read()).group(0))"}).Result
 		}
+		watch := e.mustDial(t, s.ID, "")
 		resc := make(chan codegw.ExecuteResult, 1)
 		go func() {
 			var r codegw.ExecuteResult
-			e.post("/api/v1/sessions/"+s.ID+"/execute", map[string]any{"code": "import time; time.sleep(100)"}, &r)
+			e.post("/api/v1/sessions/"+s.ID+"/execute", map[string]any{"code": "import time; print('sleeping', flush=True); time.sleep(100)"}, &r)
 			resc <- r
 		}()
-		time.Sleep(time.Second)
+		watch.until(streamEv("sleeping"), 30*time.Second)
 		killed := time.Now()
 		if out, err := exec.Command("docker", "kill", host).CombinedOutput(); err != nil {
 			t.Fatalf("docker kill %s: %v %s", host, err, out)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 func TestStatelessExecute(t *testing.T) {
@@ -411,16 +412,23 @@ func TestConcurrencyLimits(t *testing.T) {
 		}
 		answers := make(chan answer, 3)
 		var wg sync.WaitGroup
+		// The first takes the worker, the second waits in the queue (and
+		// times out), the third finds the queue full.
 		for i := 0; i < 3; i++ {
+			switch i {
+			case 1:
+				testwait.Until(t, 30*time.Second, "the first execution to hold the worker", func() bool { return e.mgr.Stats().Busy == 1 })
+			case 2:
+				testwait.Until(t, 30*time.Second, "the second execution to queue", func() bool { return e.mgr.Stats().Waiting == 1 })
+			}
 			wg.Add(1)
-			go func(i int) {
+			go func() {
 				defer wg.Done()
-				time.Sleep(time.Duration(i) * 200 * time.Millisecond)
 				var raw map[string]any
 				st, _ := e.post("/api/v1/execute", map[string]any{"code": "import time; time.sleep(4)"}, &raw)
 				code, _ := raw["code"].(string)
 				answers <- answer{st, code}
-			}(i)
+			}()
 		}
 		wg.Wait()
 		close(answers)
@@ -467,11 +475,11 @@ func TestRetention(t *testing.T) {
 	if st, _, _ := e.get(res.Images[0]); st != 200 {
 		t.Fatalf("fresh image: %d", st)
 	}
-	time.Sleep(1100 * time.Millisecond)
+	later := time.Now().Add(1100 * time.Millisecond) // past the retention
 	for _, s := range []interface {
 		Sweep(time.Time) (int, error)
 	}{e.images, e.files} {
-		if n, err := s.Sweep(time.Now()); err != nil || n != 1 {
+		if n, err := s.Sweep(later); err != nil || n != 1 {
 			t.Errorf("sweep removed %d, err %v", n, err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/local"
 	"github.com/codegw/codegw/session"
@@ -250,11 +252,10 @@ func (e *env) post(path string, body any, out any) (int, error) {
 // waitPool waits until n kernels are warm.
 func (e *env) waitPool(t *testing.T, n int) {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for e.pool.Stats().Ready < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("pool did not fill to %d: %+v", n, e.pool.Stats())
+	testwait.For(t, 90*time.Second, fmt.Sprintf("the pool to fill to %d", n), func() string {
+		if st := e.pool.Stats(); st.Ready < n {
+			return fmt.Sprintf("%+v", st)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ""
+	})
 }

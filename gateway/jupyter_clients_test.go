@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 // systemPython is Debian's interpreter, which has jupyter_client,
@@ -78,18 +80,14 @@ func TestJupyterNotebook(t *testing.T) {
 		}
 	})
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	testwait.For(t, 60*time.Second, "the notebook server to start", func() string {
 		resp, err := http.Get(base + "/api")
-		if err == nil {
-			resp.Body.Close()
-			break
+		if err != nil {
+			return err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("notebook server did not start: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return ""
+	})
 	out := runClient(t, "notebook", base, "nbtok", e.base, "nb-gw-key")
 	for _, want := range []string{`"x+1": "42"`, `"interrupt": "KeyboardInterrupt"`, `"x_after_restart": "False"`, `"input": "hello notebook\n"`} {
 		if !strings.Contains(out, strings.ReplaceAll(want, "\n", `\n`)) {

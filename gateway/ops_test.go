@@ -21,6 +21,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel/local"
 	"github.com/codegw/codegw/session"
 )
@@ -269,9 +270,9 @@ func TestMetricsAndRequestLogs(t *testing.T) {
 		}
 		// A stream's line is written when the stream ends, just after the
 		// client read its last line.
-		for i := 0; i < 100 && !strings.Contains(logs.String(), `"request_id":"req-ndjson-x","method"`); i++ {
-			time.Sleep(20 * time.Millisecond)
-		}
+		testwait.Until(t, 10*time.Second, "the NDJSON request's log line", func() bool {
+			return strings.Contains(logs.String(), `"request_id":"req-ndjson-x","method"`)
+		})
 		for _, l := range logs.lines(t) {
 			rid, _ := l["request_id"].(string)
 			if want, ok := ndjsonExec[rid]; ok && l["msg"] == "request" {
@@ -309,10 +310,7 @@ func TestQuotas(t *testing.T) {
 	go func() {
 		slow <- e.do("POST", "/api/v1/execute", map[string]any{"code": "import time; time.sleep(3)"}, nil)
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for e.mgr.Stats().Stateless == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.Until(t, 30*time.Second, "the slow stateless execution to run", func() bool { return e.mgr.Stats().Stateless > 0 })
 	check429 := func(what string, st int, hdr http.Header, body []byte) {
 		t.Helper()
 		var ae apiError
@@ -461,10 +459,7 @@ func TestKernelMemoryQuota(t *testing.T) {
 			st, _ := e.post("/api/v1/execute", map[string]any{"code": "import time; time.sleep(3)"}, &r)
 			done <- st
 		}()
-		deadline := time.Now().Add(30 * time.Second)
-		for e.mgr.Stats().Stateless == 0 && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
+		testwait.Until(t, 30*time.Second, "the slow stateless execution to run", func() bool { return e.mgr.Stats().Stateless > 0 })
 		st, hdr, body := rawDo(t, e, "POST", "/api/v1/sessions", `{}`, "key-a")
 		checkRefusal(t, "session while a stateless execution holds the rest", st, hdr, body, "1")
 		if st := <-done; st != 200 {
@@ -475,10 +470,7 @@ func TestKernelMemoryQuota(t *testing.T) {
 	})
 	t.Run("expiry frees it", func(t *testing.T) {
 		s4 := e.createSession(t, map[string]any{"idle_timeout": 1})
-		deadline := time.Now().Add(20 * time.Second)
-		for e.do("GET", "/api/v1/sessions/"+s4.ID, nil, nil) != 404 && time.Now().Before(deadline) {
-			time.Sleep(200 * time.Millisecond)
-		}
+		testwait.Until(t, 20*time.Second, "the idle session to expire", func() bool { return e.do("GET", "/api/v1/sessions/"+s4.ID, nil, nil) == 404 })
 		s5 := e.createSession(t, nil)
 		e.do("DELETE", "/api/v1/sessions/"+s5.ID, nil, nil)
 	})
@@ -571,10 +563,7 @@ func TestWebsocketQuotasAndDrain(t *testing.T) {
 		}
 		// A Jupyter execution holds the key's slot until its reply.
 		slowJ := execRequest("import time; time.sleep(2); 6*7")
-		deadline := time.Now().Add(10 * time.Second)
-		for e.mgr.Stats().Executions == 0 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testwait.Until(t, 10*time.Second, "the execution to start", func() bool { return e.mgr.Stats().Executions > 0 })
 		w.send(map[string]any{"type": "execute", "id": "while-jupyter", "code": "print(4)"})
 		refusal("while-jupyter", codegw.ELIMIT)
 		msgs := j.until(func(m jmsg) bool { return idleOf(slowJ)(m) })
@@ -587,15 +576,10 @@ func TestWebsocketQuotasAndDrain(t *testing.T) {
 	})
 	t.Run("drain", func(t *testing.T) {
 		w.send(map[string]any{"type": "execute", "id": "long", "code": "import time; time.sleep(2); print('long')"})
-		deadline := time.Now().Add(10 * time.Second)
-		for e.mgr.Stats().Executions == 0 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testwait.Until(t, 10*time.Second, "the execution to start", func() bool { return e.mgr.Stats().Executions > 0 })
 		drained := make(chan bool, 1)
 		go func() { drained <- e.app.Drain(60 * time.Second) }()
-		for st, _, _ := e.get("/readyz"); st != 503; st, _, _ = e.get("/readyz") {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testwait.Until(t, 10*time.Second, "/readyz to fail while draining", func() bool { st, _, _ := e.get("/readyz"); return st == 503 })
 		w.send(map[string]any{"type": "execute", "id": "late", "code": "print(5)"})
 		refusal("late", codegw.EUNAVAILABLE)
 		jupyterRefusal(execRequest("1+1"), "Unavailable")
@@ -664,10 +648,7 @@ func TestMCPQuotaAndDrain(t *testing.T) {
 		st, _ := e.post("/api/v1/execute", map[string]any{"code": "import time; time.sleep(3)"}, &codegw.ExecuteResult{})
 		slow <- st
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for e.mgr.Stats().Executions == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.Until(t, 30*time.Second, "the REST execution to start", func() bool { return e.mgr.Stats().Executions > 0 })
 	for _, fresh := range []bool{false, true} {
 		if text, isErr := call("print(1)", fresh); !isErr || !strings.Contains(text, "at most 1 executions at once per key") {
 			t.Errorf("MCP call (fresh %v) while the key's REST execution runs: %q (error %v); want the quota's refusal", fresh, text, isErr)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/session/snapshot/snaptest"
 )
 
@@ -330,32 +331,25 @@ func TestIdlePauseAndTTL(t *testing.T) {
 	}})
 	s := e.createSession(t, map[string]any{"idle_timeout": 1})
 	e.sexec(t, s.ID, map[string]any{"code": "import numpy as np, pandas as pd\nbig = pd.DataFrame({'a': np.arange(13_000_000, dtype='float64')})\nprint(big.memory_usage().sum() >= 100e6)"})
-	var info codegw.Session
-	deadline := time.Now().Add(30 * time.Second)
-	for info.State != "paused" {
-		if time.Now().After(deadline) {
-			t.Fatalf("not paused after idling: %+v", info)
+	testwait.For(t, 30*time.Second, "the idle session to pause", func() string {
+		var info codegw.Session
+		if e.do("GET", "/api/v1/sessions/"+s.ID, nil, &info); info.State != "paused" {
+			return fmt.Sprintf("%+v", info)
 		}
-		time.Sleep(100 * time.Millisecond)
-		e.do("GET", "/api/v1/sessions/"+s.ID, nil, &info)
-	}
+		return ""
+	})
 	// 104 MB of DataFrame came back whole.
 	res := e.sexec(t, s.ID, map[string]any{"code": "print(int(big.a.sum()), len(big))"})
 	if res.Result != "84499993500000 13000000" || res.Restored == nil {
 		t.Fatalf("after the idle pause: %q %+v %s", res.Result, res.Restored, strOr(res.Error))
 	}
 	// Paused again by idling, then expired by PAUSED_TTL: gone, snapshots too.
-	deadline = time.Now().Add(60 * time.Second)
-	for {
-		st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, nil)
-		if st == 404 {
-			break
+	testwait.For(t, 60*time.Second, "PAUSED_TTL to expire the paused session", func() string {
+		if st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, nil); st != 404 {
+			return fmt.Sprint("status ", st)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("paused session not expired by PAUSED_TTL: %d", st)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return ""
+	})
 	if left, _ := filepath.Glob(filepath.Join(dir, s.ID, "*")); len(left) != 0 {
 		t.Errorf("snapshots left after the TTL: %v", left)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 // wsClient is a gorilla/websocket client of a session's event stream.
@@ -215,16 +216,17 @@ func TestSessionREST(t *testing.T) {
 		t.Errorf("symlink served: %d", st)
 	}
 
-	// Interrupt over REST.
+	// Interrupt over REST, once the code runs (a websocket watches).
+	watch := e.mustDial(t, s.ID, "")
 	resc := make(chan codegw.ExecuteResult, 1)
 	go func() {
 		var r codegw.ExecuteResult
-		if st, err := e.post("/api/v1/sessions/"+s.ID+"/execute", map[string]any{"code": "import time; time.sleep(100)"}, &r); st != 200 || err != nil {
+		if st, err := e.post("/api/v1/sessions/"+s.ID+"/execute", map[string]any{"code": "import time; print('sleeping', flush=True); time.sleep(100)"}, &r); st != 200 || err != nil {
 			t.Errorf("slow execute: %d %v", st, err)
 		}
 		resc <- r
 	}()
-	time.Sleep(700 * time.Millisecond)
+	watch.until(streamEv("sleeping"), 30*time.Second)
 	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/interrupt", nil, nil); st != 200 {
 		t.Errorf("interrupt: %d", st)
 	}
@@ -449,11 +451,8 @@ func TestSessionWebsocket(t *testing.T) {
 
 	t.Run("interrupt and restart over the socket", func(t *testing.T) {
 		w.t = t
-		w.send(map[string]any{"type": "execute", "id": "slow", "code": "keep = 1\nimport time; time.sleep(100)"})
-		w.until(func(ev codegw.Event) bool {
-			return ev.Type == codegw.EventStatus && ev.State == "busy" && ev.ExecutionID == "slow"
-		}, 30*time.Second)
-		time.Sleep(300 * time.Millisecond)
+		w.send(map[string]any{"type": "execute", "id": "slow", "code": "keep = 1\nimport time; print('sleeping', flush=True); time.sleep(100)"})
+		w.until(streamEv("sleeping"), 30*time.Second)
 		w.send(map[string]any{"type": "interrupt"})
 		evs := w.until(doneFor("slow"), 30*time.Second)
 		if st := evs[len(evs)-1].Status; st != codegw.StatusInterrupted {
@@ -600,10 +599,11 @@ func TestSessionNDJSONAndOrder(t *testing.T) {
 	var wg sync.WaitGroup
 	results := make([]codegw.ExecuteResult, 3)
 	for i := 0; i < 3; i++ {
+		// Sent in order: each once the one before is submitted.
+		testwait.Until(t, 30*time.Second, fmt.Sprintf("execution %d to be submitted", i-1), func() bool { return e.mgr.Stats().Executions == i })
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			time.Sleep(time.Duration(i) * 150 * time.Millisecond)
 			if st, err := e.post("/api/v1/sessions/"+s.ID+"/execute", map[string]any{"code": fmt.Sprintf("import time\nstart = time.time(); time.sleep(0.5)\nprint(%d, round(start, 2))", i)}, &results[i]); st != 200 || err != nil {
 				t.Errorf("execute %d: %d %v", i, st, err)
 			}
@@ -658,13 +658,7 @@ func TestSessionLimitsAndCulling(t *testing.T) {
 		t.Errorf("culled session: %d", st)
 	}
 	// Culled sessions free their slots.
-	deadline := time.Now().Add(15 * time.Second)
-	for e.do("POST", "/api/v1/sessions", nil, nil) != 201 {
-		if time.Now().After(deadline) {
-			t.Fatal("slots not freed by culling")
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+	testwait.Until(t, 15*time.Second, "culling to free the slots", func() bool { return e.do("POST", "/api/v1/sessions", nil, nil) == 201 })
 }
 
 func TestAuth(t *testing.T) {

@@ -188,11 +188,12 @@ func TestInput(t *testing.T) {
 func TestInterrupt(t *testing.T) {
 	k := launch(t, false)
 	done := make(chan *kernel.ExecuteReply, 1)
+	started := make(chan struct{}, 1)
 	go func() {
-		r, _ := k.Execute(context.Background(), "import time\ntime.sleep(100)", kernel.ExecuteOptions{}, kernel.Deadline{})
+		r, _ := k.Execute(context.Background(), "import time\nprint('sleeping', flush=True)\ntime.sleep(100)", kernel.ExecuteOptions{OnMessage: signalStream(started)}, kernel.Deadline{})
 		done <- r
 	}()
-	time.Sleep(500 * time.Millisecond) // let the sleep begin; interrupting earlier is also fine
+	<-started // the sleep begins; interrupting earlier is also fine
 	start := time.Now()
 	interruptAndWait(t, k, done, "time.sleep(100)")
 	t.Logf("interrupted in %v", time.Since(start))
@@ -285,12 +286,17 @@ func TestDeath(t *testing.T) {
 				t.Cleanup(func() { syscall.Kill(-pidOf(t, k), syscall.SIGCONT) })
 			}
 			errc := make(chan error, 1)
+			started := make(chan struct{}, 1)
 			go func() {
-				_, err := k.Execute(context.Background(), tc.code, kernel.ExecuteOptions{}, kernel.Deadline{})
+				_, err := k.Execute(context.Background(), "print('running', flush=True)\n"+tc.code, kernel.ExecuteOptions{OnMessage: signalStream(started)}, kernel.Deadline{})
 				errc <- err
 			}()
 			if tc.act != nil {
-				time.Sleep(300 * time.Millisecond)
+				select {
+				case <-started: // the code runs
+				case err := <-errc:
+					t.Fatalf("ended before %s: %v", tc.name, err)
+				}
 				tc.act(k)
 			}
 			start := time.Now()
@@ -442,6 +448,19 @@ func TestInterruptDuringInput(t *testing.T) {
 
 // interruptAndWait interrupts k and expects the execution whose reply
 // arrives on done to end with KeyboardInterrupt within 10s.
+// signalStream returns an OnMessage that sends on c (without blocking)
+// when the kernel's first stream output arrives: the cell runs.
+func signalStream(c chan<- struct{}) func(*kernel.Message) {
+	return func(m *kernel.Message) {
+		if m.Header.MsgType == "stream" {
+			select {
+			case c <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
 func interruptAndWait(t *testing.T, k *kernel.Kernel, done <-chan *kernel.ExecuteReply, what string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel"
 )
 
@@ -35,17 +36,6 @@ func (f *poolFixture) launch(ctx context.Context) (*kernel.Kernel, error) {
 	return k, err
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func TestPool(t *testing.T) {
 	dir, err := os.MkdirTemp("", "kp")
 	if err != nil {
@@ -54,7 +44,7 @@ func TestPool(t *testing.T) {
 	defer os.RemoveAll(dir)
 	f := &poolFixture{dir: dir}
 	p := kernel.NewPool(kernel.PoolConfig{Size: 2, Launch: f.launch})
-	waitFor(t, "pool to fill", func() bool { return p.Stats().Ready == 2 })
+	testwait.Until(t, 60*time.Second, "pool to fill", func() bool { return p.Stats().Ready == 2 })
 
 	// A warm acquire hands out a kernel started before it, and is quick.
 	f.mu.Lock()
@@ -79,7 +69,7 @@ func TestPool(t *testing.T) {
 		t.Fatalf("execute on pooled kernel: %v %+v", err, r)
 	}
 	k.Close(context.Background())
-	waitFor(t, "refill after acquire", func() bool { return p.Stats().Ready == 2 })
+	testwait.Until(t, 60*time.Second, "refill after acquire", func() bool { return p.Stats().Ready == 2 })
 
 	// A kernel that dies while waiting in the pool is replaced.
 	f.mu.Lock()
@@ -89,11 +79,11 @@ func TestPool(t *testing.T) {
 	victim.Kill(context.Background())
 	// Promptly: its exit tells it, with no heartbeat to miss.
 	killed := time.Now()
-	waitFor(t, "a replacement start", func() bool { return f.launches.Load() > launched })
+	testwait.Until(t, 60*time.Second, "a replacement start", func() bool { return f.launches.Load() > launched })
 	if d := time.Since(killed); d > time.Second {
 		t.Errorf("the death of a pooled kernel was noticed after %v", d)
 	}
-	waitFor(t, "replacement of a dead kernel", func() bool {
+	testwait.Until(t, 60*time.Second, "replacement of a dead kernel", func() bool {
 		return f.launches.Load() > launched && p.Stats().Ready == 2
 	})
 	// Every kernel handed out afterwards works.
@@ -163,7 +153,7 @@ func TestPoolHeartbeat(t *testing.T) {
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 400 * time.Millisecond}}}
 	p := kernel.NewPool(kernel.PoolConfig{Size: 1, Launch: f.launch})
 	defer p.Close(context.Background())
-	waitFor(t, "pool to fill", func() bool { return p.Stats().Ready == 1 })
+	testwait.Until(t, 60*time.Second, "pool to fill", func() bool { return p.Stats().Ready == 1 })
 	f.mu.Lock()
 	pid := f.procs[0].(interface{ Pid() int }).Pid()
 	f.mu.Unlock()
@@ -203,7 +193,7 @@ func TestPoolFIFO(t *testing.T) {
 	f := &poolFixture{dir: dir}
 	p := kernel.NewPool(kernel.PoolConfig{Size: 1, MaxStarting: 1, Launch: f.launch})
 	defer p.Close(context.Background())
-	waitFor(t, "pool to fill", func() bool { return p.Stats().Ready == 1 })
+	testwait.Until(t, 60*time.Second, "pool to fill", func() bool { return p.Stats().Ready == 1 })
 	first, err := p.Acquire(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -244,7 +234,7 @@ func TestPoolFIFO(t *testing.T) {
 			k.Close(context.Background())
 		}()
 		// The next caller asks only once this one waits.
-		waitFor(t, "caller to wait", func() bool {
+		testwait.Until(t, 60*time.Second, "caller to wait", func() bool {
 			mu.Lock()
 			served := len(order)
 			mu.Unlock()
@@ -272,7 +262,7 @@ func TestPoolCloseWakesWaiters(t *testing.T) {
 		_, err := p.Acquire(context.Background())
 		errc <- err
 	}()
-	waitFor(t, "caller to wait", func() bool { return p.Stats().Waiting == 1 })
+	testwait.Until(t, 60*time.Second, "caller to wait", func() bool { return p.Stats().Waiting == 1 })
 	p.Close(context.Background())
 	select {
 	case err := <-errc:

@@ -12,6 +12,7 @@ import (
 
 	"github.com/codegw/codegw/app"
 	"github.com/codegw/codegw/app/apptest"
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 // tsclient installs the official TypeScript MCP client (npm ci, once) and
@@ -85,13 +86,7 @@ func TestTypeScriptClientHTTP(t *testing.T) {
 		}
 	}
 	// The MCP session ended: its kernel session is gone.
-	deadline := time.Now().Add(10 * time.Second)
-	for a.Manager.Stats().Sessions != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions left after the MCP session ended", a.Manager.Stats().Sessions)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testwait.Until(t, 10*time.Second, "no session left after the MCP session ended", func() bool { return a.Manager.Stats().Sessions == 0 })
 }
 
 // buildCodegw builds cmd/codegw into a temporary directory.
@@ -117,13 +112,7 @@ func TestTypeScriptClientStdio(t *testing.T) {
 		if !strings.Contains(out, "ok file link downloads") {
 			t.Error("no file link download")
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for a.Manager.Stats().Sessions != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d sessions left after codegw mcp ended", a.Manager.Stats().Sessions)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		testwait.Until(t, 10*time.Second, "no session left after codegw mcp ended", func() bool { return a.Manager.Stats().Sessions == 0 })
 	})
 	t.Run("local", func(t *testing.T) {
 		state, err := os.MkdirTemp("", "cgmcps")

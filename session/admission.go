@@ -53,9 +53,10 @@ type admission struct {
 	// running counts the work the drain waits for, all keys: executions
 	// held, answers still being written (holdAnswer) and waits for or
 	// holds of a worker slot. idle is closed while it is zero.
-	running int
-	idle    chan struct{}
-	use     map[string]*keyUse
+	running    int
+	idle       chan struct{}
+	executions int // executions held, all keys
+	use        map[string]*keyUse
 }
 
 // closedChan is an idle channel when nothing runs.
@@ -143,9 +144,11 @@ func (a *admission) holdExecution(owner string) (release func(), err error) {
 		return nil, limitError("concurrency", time.Second, "at most %d executions at once per key; wait for one to finish", a.maxExec)
 	}
 	u.executions++
+	a.executions++
 	a.up()
 	return a.once(func() {
 		u.executions--
+		a.executions--
 		a.down()
 		a.tidy(owner, u)
 	}), nil

@@ -425,7 +425,7 @@ func (m *Manager) Stats() Stats {
 	n := len(m.sessions)
 	m.mu.Unlock()
 	m.adm.mu.Lock()
-	x := m.adm.running
+	x := m.adm.executions
 	m.adm.mu.Unlock()
 	return Stats{Sessions: n, Busy: len(m.workers), Waiting: int(m.waiting.Load()), Workers: cap(m.workers), Stateless: int(m.stateless.Load()), Executions: x}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/codegw/codegw/app"
 	"github.com/codegw/codegw/app/apptest"
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 // cliGateway serves a gateway with key on a loopback port for the client
@@ -155,20 +157,18 @@ func (tm *term) copy(r io.Reader) {
 // returns the offset after it.
 func (tm *term) waitFor(t *testing.T, from int, s string) int {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
+	at := 0
+	testwait.For(t, 60*time.Second, fmt.Sprintf("%q in the terminal after %d", s, from), func() string {
 		tm.mu.Lock()
 		out := tm.buf.String()
 		tm.mu.Unlock()
 		if i := strings.Index(out[from:], s); i >= 0 {
-			return from + i + len(s)
+			at = from + i + len(s)
+			return ""
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	tm.mu.Lock()
-	defer tm.mu.Unlock()
-	t.Fatalf("no %q in the terminal after %d:\n%s", s, from, tm.buf.String())
-	return 0
+		return "\n" + out
+	})
+	return at
 }
 
 func TestCLIReplInterrupt(t *testing.T) {
@@ -189,8 +189,8 @@ func TestCLIReplInterrupt(t *testing.T) {
 	io.WriteString(f, "print(x + 1)\r")
 	at = tm.waitFor(t, at, "4\r\n")
 	at = tm.waitFor(t, at, ">>> ")
-	io.WriteString(f, "import time; time.sleep(60)\r")
-	time.Sleep(1500 * time.Millisecond)
+	io.WriteString(f, "import time; print('sleep' + 'ing', flush=True); time.sleep(60)\r")
+	at = tm.waitFor(t, at, "sleeping") // the cell runs
 	start := time.Now()
 	io.WriteString(f, "\x03") // Ctrl-C
 	at = tm.waitFor(t, at, "KeyboardInterrupt")

@@ -21,6 +21,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/store/redis"
 	"github.com/codegw/codegw/store/redis/redistest"
 )
@@ -97,18 +98,7 @@ func TestServeAndShutdown(t *testing.T) {
 	}
 	defer cmd.Process.Kill()
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil && resp.StatusCode == 200 {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready: %v\n%s", err, logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitReady(t, base, 60*time.Second, &logs)
 	resp, err := http.Post(base+"/api/v1/execute", "application/json", strings.NewReader(`{"code": "import os\nprint(os.getcwd())"}`))
 	if err != nil {
 		t.Fatal(err)
@@ -120,24 +110,22 @@ func TestServeAndShutdown(t *testing.T) {
 		t.Fatalf("execute: %v", res)
 	}
 	// /capabilities tells the truth about the kernel, probed in one.
-	for deadline := time.Now().Add(60 * time.Second); ; {
+	testwait.For(t, 60*time.Second, "/capabilities to list python and pandas", func() string {
 		var caps struct {
 			Python   *string  `json:"python_version"`
 			Packages []string `json:"packages"`
 		}
 		resp, err := http.Get(base + "/capabilities")
-		if err == nil {
-			json.NewDecoder(resp.Body).Decode(&caps)
-			resp.Body.Close()
+		if err != nil {
+			return err.Error()
 		}
+		json.NewDecoder(resp.Body).Decode(&caps)
+		resp.Body.Close()
 		if caps.Python != nil && strings.HasPrefix(*caps.Python, "3.") && hasPrefix(caps.Packages, "pandas==") {
-			break
+			return ""
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("capabilities never listed python and pandas: %v %+v", err, caps)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return fmt.Sprintf("%+v", caps)
+	})
 	// A session holds a kernel of its own at shutdown.
 	resp, err = http.Post(base+"/api/v1/sessions", "application/json", nil)
 	if err != nil || resp.StatusCode != 201 {
@@ -178,30 +166,14 @@ func TestServeAndShutdown(t *testing.T) {
 		json.NewDecoder(resp.Body).Decode(&res)
 		long <- answer{status: resp.StatusCode, res: res}
 	}()
-	for deadline := time.Now().Add(30 * time.Second); !busy(base); {
-		if time.Now().After(deadline) {
-			t.Fatal("the long execution never started")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testwait.Until(t, 30*time.Second, "the long execution to start", func() bool { return busy(base) })
 
 	cmd.Process.Signal(syscall.SIGTERM)
 	signalled := time.Now()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 503 {
-				break
-			}
-		}
-		if time.Since(signalled) > 2*time.Second {
-			t.Fatalf("/readyz still not 503 %v after SIGTERM: %v", time.Since(signalled), err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.For(t, 2*time.Second, "/readyz to answer 503 after SIGTERM", func() string { return readyz(base, 503) })
+	t.Logf("/readyz answered 503 %v after SIGTERM", time.Since(signalled).Round(time.Millisecond))
 	if resp, err := http.Post(base+"/api/v1/execute", "application/json", strings.NewReader(`{"code": "1"}`)); err != nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("new execution while draining: %v %v; want 503 with Retry-After", err, resp)
 	} else {
@@ -428,19 +400,7 @@ func drainTimeoutInterrupts(t *testing.T, executor string) {
 	}
 	defer cmd.Process.Kill()
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	for deadline := time.Now().Add(120 * time.Second); ; {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready: %v\n%s", err, logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitReady(t, base, 120*time.Second, &logs)
 	// A session running a long cell, watched over its websocket.
 	resp, err := http.Post(base+"/api/v1/sessions", "application/json", nil)
 	if err != nil || resp.StatusCode != 201 {
@@ -565,4 +525,29 @@ func drainTimeoutInterrupts(t *testing.T, executor string) {
 			t.Errorf("containers left after shutdown: %s", out)
 		}
 	}
+}
+
+// readyz returns "" when base's /readyz answers want, else what it answered.
+func readyz(base string, want int) string {
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		return err.Error()
+	}
+	resp.Body.Close()
+	if resp.StatusCode != want {
+		return fmt.Sprint("status ", resp.StatusCode)
+	}
+	return ""
+}
+
+// waitReady waits for base's /readyz to answer 200, failing with the
+// server's logs.
+func waitReady(t *testing.T, base string, within time.Duration, logs fmt.Stringer) {
+	t.Helper()
+	testwait.For(t, within, "/readyz to answer 200", func() string {
+		if msg := readyz(base, 200); msg != "" {
+			return msg + "\n" + logs.String()
+		}
+		return ""
+	})
 }

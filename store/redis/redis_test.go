@@ -13,6 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/store"
 	"github.com/codegw/codegw/store/redis"
 	"github.com/codegw/codegw/store/redis/redistest"
@@ -201,18 +202,13 @@ func wantUnavailable(t *testing.T, s *redis.Store, limit time.Duration) {
 func waitUsable(t *testing.T, s *redis.Store) {
 	t.Helper()
 	start := time.Now()
-	deadline := start.Add(10 * time.Second)
 	for name, call := range calls(s) {
-		for {
-			err := call()
-			if codegw.ErrorCode(err) != codegw.EUNAVAILABLE {
-				break
+		testwait.For(t, 10*time.Second-time.Since(start), name+" to work after Redis came back", func() string {
+			if err := call(); codegw.ErrorCode(err) == codegw.EUNAVAILABLE {
+				return err.Error()
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s still failing 10s after Redis came back: %v", name, err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return ""
+		})
 	}
 	t.Logf("store usable %v after Redis came back", time.Since(start).Round(time.Millisecond))
 }

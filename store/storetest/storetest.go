@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/store"
 )
 
@@ -118,18 +119,6 @@ func wantIDs(t *testing.T, what string, recs []store.SessionRecord, err error, w
 	}
 	if got := ids(recs); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("%s: got %v, want %v", what, got, want)
-	}
-}
-
-// eventually polls cond every 20ms until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %v", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -423,7 +412,7 @@ func testInstanceExpiry(t *testing.T, s store.Store) {
 		t.Fatalf("GetInstance right after heartbeat: %v", err)
 	}
 	var gone time.Time
-	eventually(t, 10*ttl, "short instance expired", func() bool {
+	testwait.Until(t, 10*ttl, "short instance expired", func() bool {
 		_, err := s.GetInstance(ctx, "short")
 		if err == nil {
 			return false
@@ -516,7 +505,7 @@ func testLocateLost(t *testing.T, s store.Store) {
 	_, _, err = store.Locate(ctx, s, "nope")
 	wantCode(t, "Locate(nope)", err, codegw.ENOTFOUND)
 
-	eventually(t, 10*ttl, "session on the dying instance is lost", func() bool {
+	testwait.Until(t, 10*ttl, "session on the dying instance is lost", func() bool {
 		_, _, err := store.Locate(ctx, s, doomed.ID)
 		return codegw.ErrorCode(err) == codegw.ELOST
 	})
