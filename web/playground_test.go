@@ -22,6 +22,7 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/codegw/codegw/app/apptest"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/web"
 )
 
@@ -50,13 +51,7 @@ func startGateway(t *testing.T) string {
 	c.APIKeys, c.UploadLimit, c.PingInterval = []string{testKey}, 1<<20, 5*time.Second
 	c.InputMaxFiles, c.InputFileMaxBytes, c.InputTotalBytes = 3, 1<<20, 2<<20
 	a, base := apptest.Serve(t, c)
-	deadline := time.Now().Add(90 * time.Second)
-	for a.Pool.Stats().Ready < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("pool did not fill: %+v", a.Pool.Stats())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testwait.Until(t, 90*time.Second, "the pool to fill", func() bool { return a.Pool.Stats().Ready >= 2 })
 	return base
 }
 
@@ -553,19 +548,15 @@ func TestPlaygroundEndToEnd(t *testing.T) {
 		p.wait(`Array.from(document.querySelectorAll('#files a.file-link')).some(a => a.textContent === 'report.csv')`, 10*time.Second)
 		p.do(chromedp.Click(chromedp.Search(`//ul[@id="files"]//a[text()="report.csv"]`)))
 		var got []byte
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		testwait.For(t, 30*time.Second, "report.csv downloaded", func() string {
 			b, err := os.ReadFile(filepath.Join(dl, "report.csv"))
 			if err == nil && len(b) == len(content) {
 				got = b
-				break
+				return ""
 			}
-			if time.Now().After(deadline) {
-				entries, _ := os.ReadDir(dl)
-				t.Fatalf("no report.csv downloaded (download dir holds %v)", entries)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			entries, _ := os.ReadDir(dl)
+			return fmt.Sprintf("the download dir holds %v", entries)
+		})
 		if string(got) != content {
 			t.Fatalf("downloaded %q, want %q", got, content)
 		}
