@@ -193,8 +193,9 @@ type Snapshot struct {
 	Executions int `json:"executions"`
 }
 
-// Session is a live kernel owned by one API key.
-type Session struct {
+// SessionInfo describes a session: a kernel owned by one API key, live
+// or paused.
+type SessionInfo struct {
 	ID          string            `json:"id"`
 	Owner       string            `json:"-"`
 	Instance    string            `json:"instance,omitempty"`

@@ -26,7 +26,9 @@ import (
 	"github.com/codegw/codegw/mcpserver"
 	"github.com/codegw/codegw/metrics"
 	"github.com/codegw/codegw/session"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/artifact"
+	"github.com/codegw/codegw/session/inputs"
+	"github.com/codegw/codegw/session/outputs"
 	"github.com/codegw/codegw/session/snapshot"
 	"github.com/codegw/codegw/store"
 	"github.com/codegw/codegw/store/memory"
@@ -40,8 +42,8 @@ type App struct {
 	// OneShots keeps one-shot kernels for stateless calls
 	// (STATELESS_KERNEL=oneshot); nil when they take full kernels from Pool.
 	OneShots *kernel.Pool
-	Images   *files.Store
-	Files    *files.Store
+	Images   *artifact.Store
+	Files    *artifact.Store
 	Manager  *session.Manager
 	Metrics  *metrics.Metrics
 
@@ -160,9 +162,9 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		})
 	}
 
-	a.Images = &files.Store{Dir: cfg.ImageStorePath, URLPrefix: cfg.ImageURLPrefix, PublicBaseURL: cfg.PublicBaseURL, Retention: cfg.Retention, Logger: log}
-	a.Files = &files.Store{Dir: cfg.FileStorePath, URLPrefix: cfg.FileURLPrefix, PublicBaseURL: cfg.PublicBaseURL, Retention: cfg.Retention, Logger: log}
-	for _, s := range []*files.Store{a.Images, a.Files} {
+	a.Images = &artifact.Store{Dir: cfg.ImageStorePath, URLPrefix: cfg.ImageURLPrefix, PublicBaseURL: cfg.PublicBaseURL, Retention: cfg.Retention, Logger: log}
+	a.Files = &artifact.Store{Dir: cfg.FileStorePath, URLPrefix: cfg.FileURLPrefix, PublicBaseURL: cfg.PublicBaseURL, Retention: cfg.Retention, Logger: log}
+	for _, s := range []*artifact.Store{a.Images, a.Files} {
 		if err := s.Init(); err != nil {
 			return nil, fmt.Errorf("store directory %s: %w", s.Dir, err)
 		}
@@ -171,7 +173,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 			a.every(bgCtx, time.Minute, s.Expire)
 		}
 	}
-	fetcher, err := files.NewFetcher(files.FetchLimits{
+	fetcher, err := inputs.NewFetcher(inputs.FetchLimits{
 		MaxFiles: cfg.InputMaxFiles, MaxFileBytes: cfg.InputFileMaxBytes, MaxTotalBytes: cfg.InputTotalBytes,
 		Timeout: cfg.InputTimeout, AllowHosts: cfg.InputAllowHosts, AllowCIDRs: cfg.InputAllowCIDRs,
 	})
@@ -195,7 +197,7 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 	}
 	a.Manager, err = session.New(session.Config{
 		Kernels: a.Pool, Stateless: stateless, Images: a.Images, Files: a.Files, Fetcher: fetcher,
-		Outputs: files.OutputLimits{AllowedExt: cfg.OutputAllowedExt, MaxFiles: cfg.OutputMaxFiles, MaxFileBytes: cfg.OutputFileMaxBytes, MaxTotalBytes: cfg.OutputTotalBytes},
+		Outputs: outputs.Limits{AllowedExt: cfg.OutputAllowedExt, MaxFiles: cfg.OutputMaxFiles, MaxFileBytes: cfg.OutputFileMaxBytes, MaxTotalBytes: cfg.OutputTotalBytes},
 		Store:   sessionStore, Instance: cfg.InstanceID,
 		ExecTimeout: cfg.ExecutionTimeout, InterruptGrace: cfg.InterruptGrace, MaxOutputBytes: cfg.MaxOutputBytes,
 		MaxWorkers: cfg.MaxWorkers, MaxQueue: cfg.MaxQueue, QueueTimeout: cfg.QueueTimeout,

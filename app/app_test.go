@@ -215,7 +215,7 @@ func TestOpenJoinsTheCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.DeleteSession(ctx, "gone-"+c.InstanceID)
-	var list struct{ Sessions []codegw.Session }
+	var list struct{ Sessions []codegw.SessionInfo }
 	if status := getJSON(t, base+"/api/v1/sessions", &list); status != 200 || len(list.Sessions) != 1 || list.Sessions[0].State != "lost" {
 		a.Close()
 		t.Fatalf("list: %d %+v; want the dead instance's session, lost", status, list)

@@ -12,7 +12,8 @@ import (
 	"github.com/codegw/codegw/kernel/docker"
 	"github.com/codegw/codegw/kernel/local"
 	"github.com/codegw/codegw/session"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/inputs"
+	"github.com/codegw/codegw/session/outputs"
 	"github.com/codegw/codegw/store"
 )
 
@@ -305,8 +306,8 @@ const (
 // Limits are the defaults of the packages that own them.
 func DefaultConfig() Config {
 	s := session.DefaultConfig()
-	in := files.DefaultFetchLimits()
-	out := files.DefaultOutputLimits()
+	in := inputs.DefaultFetchLimits()
+	out := outputs.DefaultLimits()
 	d := docker.DefaultConfig()
 	return Config{
 		Host: "127.0.0.1", Port: 14564,

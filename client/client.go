@@ -325,22 +325,22 @@ func (c *Client) CreateSession(ctx context.Context, opts SessionOptions) (*Sessi
 		body["from_snapshot"] = opts.FromSnapshot
 	}
 	var info struct {
-		codegw.Session
+		codegw.SessionInfo
 		Restored *codegw.Restored `json:"restored"`
 	}
 	if err := c.call(ctx, http.MethodPost, "/api/v1/sessions", body, &info); err != nil {
 		return nil, err
 	}
-	return &Session{c: c, ID: info.ID, Info: info.Session, Restored: info.Restored}, nil
+	return &Session{c: c, ID: info.ID, Info: info.SessionInfo, Restored: info.Restored}, nil
 }
 
 // Session returns a handle on an existing session, without a call.
 func (c *Client) Session(id string) *Session { return &Session{c: c, ID: id} }
 
 // ListSessions lists the caller's sessions.
-func (c *Client) ListSessions(ctx context.Context) ([]codegw.Session, error) {
+func (c *Client) ListSessions(ctx context.Context) ([]codegw.SessionInfo, error) {
 	var out struct {
-		Sessions []codegw.Session `json:"sessions"`
+		Sessions []codegw.SessionInfo `json:"sessions"`
 	}
 	if err := c.call(ctx, http.MethodGet, "/api/v1/sessions", nil, &out); err != nil {
 		return nil, err
@@ -355,7 +355,7 @@ type Session struct {
 	// ID is the session's id.
 	ID string
 	// Info is what the server said when the session was created.
-	Info codegw.Session
+	Info codegw.SessionInfo
 	// Restored is, for a session started from a snapshot, what it got
 	// back.
 	Restored *codegw.Restored
@@ -369,8 +369,8 @@ func (s *Session) path(suffix string) string {
 }
 
 // Get describes the session.
-func (s *Session) Get(ctx context.Context) (codegw.Session, error) {
-	var info codegw.Session
+func (s *Session) Get(ctx context.Context) (codegw.SessionInfo, error) {
+	var info codegw.SessionInfo
 	err := s.c.call(ctx, http.MethodGet, s.path(""), nil, &info)
 	return info, err
 }

@@ -461,7 +461,7 @@ func (r *Router) pumpSocket(client *websocket.Conn, up *gws.Conn) {
 // (local lists this instance's). A session whose instance is gone is listed
 // with state "lost". A listing forwarded by another instance gets the local
 // sessions only.
-func (r *Router) Sessions(c *fiber.Ctx, owner string, local func(owner string) []codegw.Session) ([]codegw.Session, error) {
+func (r *Router) Sessions(c *fiber.Ctx, owner string, local func(owner string) []codegw.SessionInfo) ([]codegw.SessionInfo, error) {
 	if r.forwarded(c) {
 		return local(owner), nil
 	}
@@ -479,7 +479,7 @@ func (r *Router) Sessions(c *fiber.Ctx, owner string, local func(owner string) [
 	for _, in := range insts {
 		live[in.ID] = in
 	}
-	known := map[string]codegw.Session{}
+	known := map[string]codegw.SessionInfo{}
 	for _, info := range local(owner) {
 		known[info.ID] = info
 	}
@@ -513,11 +513,11 @@ func (r *Router) Sessions(c *fiber.Ctx, owner string, local func(owner string) [
 		}()
 	}
 	wg.Wait()
-	out := make([]codegw.Session, 0, len(recs))
+	out := make([]codegw.SessionInfo, 0, len(recs))
 	for _, rec := range recs {
 		info, ok := known[rec.ID]
 		if !ok {
-			info = codegw.Session{ID: rec.ID, Instance: rec.Instance, CreatedAt: rec.CreatedAt, LastActive: rec.CreatedAt, State: "unknown"}
+			info = codegw.SessionInfo{ID: rec.ID, Instance: rec.Instance, CreatedAt: rec.CreatedAt, LastActive: rec.CreatedAt, State: "unknown"}
 			if _, alive := live[rec.Instance]; !alive || rec.Instance == r.self {
 				info.State = "lost"
 			}
@@ -528,7 +528,7 @@ func (r *Router) Sessions(c *fiber.Ctx, owner string, local func(owner string) [
 }
 
 // peerSessions asks one instance for the caller's sessions it holds.
-func (r *Router) peerSessions(c *fiber.Ctx, in store.Instance) ([]codegw.Session, error) {
+func (r *Router) peerSessions(c *fiber.Ctx, in store.Instance) ([]codegw.SessionInfo, error) {
 	scheme := "http"
 	if secure(in.Addr) {
 		scheme = "https"
@@ -556,7 +556,7 @@ func (r *Router) peerSessions(c *fiber.Ctx, in store.Instance) ([]codegw.Session
 		return nil, fmt.Errorf("status %d", resp.StatusCode)
 	}
 	var body struct {
-		Sessions []codegw.Session `json:"sessions"`
+		Sessions []codegw.SessionInfo `json:"sessions"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&body); err != nil {
 		return nil, err

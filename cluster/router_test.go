@@ -72,17 +72,17 @@ func holder(t *testing.T) string {
 		}
 	}))
 	app.Get("/api/v1/sessions", func(c *fiber.Ctx) error {
-		return c.JSON(fiber.Map{"sessions": []codegw.Session{{ID: "s1", State: "idle", Instance: "b"}}})
+		return c.JSON(fiber.Map{"sessions": []codegw.SessionInfo{{ID: "s1", State: "idle", Instance: "b"}}})
 	})
 	return serve(t, app)
 }
 
 // front is the instance a request reaches first: it holds local sessions
 // only and forwards the rest. The owner is the X-Owner header.
-func front(t *testing.T, r *cluster.Router, local ...codegw.Session) string {
+func front(t *testing.T, r *cluster.Router, local ...codegw.SessionInfo) string {
 	app := fiber.New(fiber.Config{DisableStartupMessage: true, ErrorHandler: errorsAsJSON})
 	app.Get("/api/v1/sessions", func(c *fiber.Ctx) error {
-		list, err := r.Sessions(c, c.Get("X-Owner"), func(string) []codegw.Session { return local })
+		list, err := r.Sessions(c, c.Get("X-Owner"), func(string) []codegw.SessionInfo { return local })
 		if err != nil {
 			return err
 		}
@@ -124,7 +124,7 @@ func setup(t *testing.T) fixture {
 		}
 	}
 	r := cluster.NewRouter(st, cluster.RouterConfig{Instance: "a", Secret: secret})
-	return fixture{st: st, front: front(t, r, codegw.Session{ID: "local1", State: "idle", Instance: "a"})}
+	return fixture{st: st, front: front(t, r, codegw.SessionInfo{ID: "local1", State: "idle", Instance: "a"})}
 }
 
 func call(t *testing.T, method, url, owner, body string, hdr ...string) (int, string) {
@@ -223,7 +223,7 @@ func TestSessionsAcrossInstances(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("list: %d %s", status, body)
 	}
-	var got struct{ Sessions []codegw.Session }
+	var got struct{ Sessions []codegw.SessionInfo }
 	if err := json.Unmarshal([]byte(body), &got); err != nil {
 		t.Fatal(err)
 	}

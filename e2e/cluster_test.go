@@ -283,7 +283,7 @@ func (in *instance) must(t *testing.T, method, path, key string, body any, want 
 
 func (in *instance) create(t *testing.T, key string) string {
 	t.Helper()
-	var s codegw.Session
+	var s codegw.SessionInfo
 	a := in.must(t, "POST", "/api/v1/sessions", key, map[string]any{}, 201)
 	if err := json.Unmarshal(a.body, &s); err != nil || s.ID == "" {
 		t.Fatalf("create on %s: %s", in.name, a)
@@ -316,14 +316,14 @@ func (in *instance) stateless(t *testing.T) {
 	}
 }
 
-func list(t *testing.T, in *instance, key string) map[string]codegw.Session {
+func list(t *testing.T, in *instance, key string) map[string]codegw.SessionInfo {
 	t.Helper()
-	var body struct{ Sessions []codegw.Session }
+	var body struct{ Sessions []codegw.SessionInfo }
 	a := in.must(t, "GET", "/api/v1/sessions", key, nil, 200)
 	if err := json.Unmarshal(a.body, &body); err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]codegw.Session{}
+	out := map[string]codegw.SessionInfo{}
 	for _, s := range body.Sessions {
 		out[s.ID] = s
 	}
@@ -430,7 +430,7 @@ func TestCluster(t *testing.T) {
 		if r := c.exec(t, s1, "x += 1\nprint(x)"); r.Stdout != "2\n" {
 			t.Fatalf("through c: stdout %q", r.Stdout)
 		}
-		var info codegw.Session
+		var info codegw.SessionInfo
 		json.Unmarshal(c.must(t, "GET", "/api/v1/sessions/"+s1, key1, nil, 200).body, &info)
 		if info.Instance != "a" || info.Executions != 3 {
 			t.Fatalf("GET through c: %+v", info)

@@ -264,7 +264,7 @@ func TestCompose(t *testing.T) {
 	holder := map[string]string{} // session -> instance
 	var kept, doomed string       // on two different replicas
 	for i := 0; i < 8 && doomed == ""; i++ {
-		var sess codegw.Session
+		var sess codegw.SessionInfo
 		a := s.lb.must(t, "POST", "/api/v1/sessions", key1, map[string]any{}, 201)
 		if err := json.Unmarshal(a.body, &sess); err != nil || api[sess.Instance] == "" {
 			t.Fatalf("create through the load balancer: %s (replicas %v)", a, instances)
@@ -295,7 +295,7 @@ func TestCompose(t *testing.T) {
 				t.Fatalf("call %d: stdout %q", i, r.Stdout)
 			}
 		}
-		var info codegw.Session
+		var info codegw.SessionInfo
 		json.Unmarshal(s.lb.must(t, "GET", "/api/v1/sessions/"+kept, key1, nil, 200).body, &info)
 		if info.Instance != holder[kept] || info.Executions != 7 {
 			t.Fatalf("session info: %+v", info)

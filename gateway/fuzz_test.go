@@ -22,7 +22,7 @@ import (
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/session"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/inputs"
 )
 
 // fuzzFrameSep separates the ZeroMQ frames of one fuzz input.
@@ -266,7 +266,7 @@ func FuzzUpload(f *testing.F) {
 			}
 		}
 		for _, fi := range saved {
-			if fi.Name != files.SanitizeName(fi.Name) || fi.Name == "" || strings.ContainsAny(fi.Name, `/\`) {
+			if fi.Name != inputs.SanitizeName(fi.Name) || fi.Name == "" || strings.ContainsAny(fi.Name, `/\`) {
 				t.Fatalf("saved under %q", fi.Name)
 			}
 			if _, err := os.Lstat(filepath.Join(dir, fi.Name)); err != nil {

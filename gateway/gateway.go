@@ -27,7 +27,7 @@ import (
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/metrics"
 	"github.com/codegw/codegw/session"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/artifact"
 	"github.com/codegw/codegw/store"
 	"github.com/codegw/codegw/web"
 )
@@ -35,8 +35,8 @@ import (
 // Config configures the HTTP server.
 type Config struct {
 	Manager *session.Manager
-	Images  *files.Store
-	Files   *files.Store
+	Images  *artifact.Store
+	Files   *artifact.Store
 	// APIKeys admits callers; empty means the server is open (allowed only
 	// on loopback unless AllowOpen, which cmd enforces).
 	APIKeys []string
@@ -92,7 +92,7 @@ type Router interface {
 	Forward(c *fiber.Ctx, id, owner string) error
 	// Sessions lists owner's sessions on every instance; local lists this
 	// instance's.
-	Sessions(c *fiber.Ctx, owner string, local func(owner string) []codegw.Session) ([]codegw.Session, error)
+	Sessions(c *fiber.Ctx, owner string, local func(owner string) []codegw.SessionInfo) ([]codegw.SessionInfo, error)
 }
 
 // Server is the Fiber app and what it needs.
@@ -384,7 +384,7 @@ func (s *Server) capabilities(c *fiber.Ctx) error {
 }
 
 // serveStore serves stored images or files; unknown names are 404.
-func (s *Server) serveStore(st *files.Store, download bool) fiber.Handler {
+func (s *Server) serveStore(st *artifact.Store, download bool) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		name, _ := url.PathUnescape(c.Params("name"))
 		obj, err := st.Open(name)

@@ -19,7 +19,7 @@ import (
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/local"
 	"github.com/codegw/codegw/session"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/artifact"
 )
 
 // env is one whole gateway on a loopback port with real kernels, built by
@@ -29,8 +29,8 @@ type env struct {
 	base   string
 	mgr    *session.Manager
 	pool   *kernel.Pool
-	images *files.Store
-	files  *files.Store
+	images *artifact.Store
+	files  *artifact.Store
 	keys   []string
 	prov   kernel.Provisioner
 	app    *app.App

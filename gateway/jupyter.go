@@ -155,7 +155,7 @@ func jupyterTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:0
 
 // modelOf describes a session as a kernel; state and connections come from
 // its bridge when this instance has one.
-func (s *Server) modelOf(info codegw.Session) kernelModel {
+func (s *Server) modelOf(info codegw.SessionInfo) kernelModel {
 	m := kernelModel{ID: kernelID(info.ID), Name: kernelName, LastActivity: jupyterTime(info.LastActive), ExecutionState: info.State, Connections: 0}
 	switch info.State {
 	case "closed", "lost":

@@ -20,7 +20,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/session"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/inputs"
 )
 
 // LibreChatPrefix is where LibreChat's Code Interpreter API is served:
@@ -161,7 +161,7 @@ func libreGet(dir, id string) (libreFile, error) {
 // librePut stores r as the file name in dir (a new id), at most max bytes.
 // A file of the same name is replaced, as a path in /mnt/data would be.
 func librePut(dir, name string, r io.Reader, max int64) (libreFile, error) {
-	clean := files.SanitizeName(name)
+	clean := inputs.SanitizeName(name)
 	if clean == "" {
 		return libreFile{}, codegw.Errorf(codegw.EINVALID, "invalid file name %q", name)
 	}
@@ -398,9 +398,9 @@ func (s *Server) libreExec(c *fiber.Ctx) error {
 		path string
 		f    libreFile
 	}
-	inputs := map[string]input{}
+	given := map[string]input{}
 	for _, f := range libreFiles(dir) {
-		inputs[f.Name] = input{filepath.Join(dir, f.ID), f}
+		given[f.Name] = input{filepath.Join(dir, f.ID), f}
 	}
 	if len(req.Files) > libreMaxFiles {
 		return codegw.Errorf(codegw.ETOOLARGE, "%d files; the limit is %d", len(req.Files), libreMaxFiles)
@@ -415,10 +415,10 @@ func (s *Server) libreExec(c *fiber.Ctx) error {
 		if err != nil {
 			return err
 		}
-		if ref.Name != "" && files.SanitizeName(ref.Name) != "" {
-			f.Name = files.SanitizeName(ref.Name)
+		if ref.Name != "" && inputs.SanitizeName(ref.Name) != "" {
+			f.Name = inputs.SanitizeName(ref.Name)
 		}
-		inputs[f.Name] = input{filepath.Join(rdir, f.ID), f}
+		given[f.Name] = input{filepath.Join(rdir, f.ID), f}
 	}
 
 	release, err := s.holdExecution(c)
@@ -433,7 +433,7 @@ func (s *Server) libreExec(c *fiber.Ctx) error {
 	}
 	defer s.cfg.Manager.Delete(sess.ID(), o)
 	work := filepath.Join(sess.Kernel().Process().Dir(), "output")
-	for name, in := range inputs {
+	for name, in := range given {
 		if err := copyInto(work, name, in.path); err != nil {
 			return err
 		}
@@ -475,7 +475,7 @@ func (s *Server) libreExec(c *fiber.Ctx) error {
 			continue
 		}
 		sum := sha256.Sum256(b)
-		if in, ok := inputs[e.Name()]; ok && in.f.SHA256 == codegwHex(sum[:]) {
+		if in, ok := given[e.Name()]; ok && in.f.SHA256 == codegwHex(sum[:]) {
 			continue // unchanged input
 		}
 		if err := collect(e.Name(), bytes.NewReader(b)); err != nil {

@@ -136,7 +136,7 @@ func TestMetricsAndRequestLogs(t *testing.T) {
 	if r := e.exec(map[string]any{"code": "1/0"}); r.Status != codegw.StatusError {
 		t.Fatalf("error run: %+v", r)
 	}
-	var sess codegw.Session
+	var sess codegw.SessionInfo
 	if st := e.do("POST", "/api/v1/sessions", map[string]any{}, &sess); st != 201 {
 		t.Fatalf("create session: %d", st)
 	}

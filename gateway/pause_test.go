@@ -75,7 +75,7 @@ func TestSessionPauseResume(t *testing.T) {
 	}
 	var paused struct {
 		Status   string
-		Session  codegw.Session
+		Session  codegw.SessionInfo
 		Snapshot codegw.Snapshot
 	}
 	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/pause", nil, &paused); st != 200 || paused.Session.State != "paused" {
@@ -87,14 +87,14 @@ func TestSessionPauseResume(t *testing.T) {
 	if e.mgr.Local(s.ID) {
 		t.Fatal("a paused session still holds its kernel")
 	}
-	var info codegw.Session
+	var info codegw.SessionInfo
 	if st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, &info); st != 200 || info.State != "paused" || info.Snapshot == "" {
 		t.Errorf("get paused: %d %+v", st, info)
 	}
 	if st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, nil, "Authorization", "Bearer kb"); st != 404 {
 		t.Errorf("key B reads a paused session: %d", st)
 	}
-	var list struct{ Sessions []codegw.Session }
+	var list struct{ Sessions []codegw.SessionInfo }
 	if e.do("GET", "/api/v1/sessions", nil, &list); len(list.Sessions) != 1 || list.Sessions[0].State != "paused" {
 		t.Errorf("list = %+v", list)
 	}
@@ -125,7 +125,7 @@ func TestSessionPauseResume(t *testing.T) {
 	}
 	e.sexec(t, s.ID, map[string]any{"code": "x = 7"})
 	var branch struct {
-		codegw.Session
+		codegw.SessionInfo
 		Restored *codegw.Restored
 	}
 	if st := e.do("POST", "/api/v1/sessions", map[string]any{"from_snapshot": ck.ID}, &branch); st != 201 || branch.Restored == nil {
@@ -223,7 +223,7 @@ func TestSnapshotDamaged(t *testing.T) {
 	if st := e.do("POST", "/api/v1/sessions/"+s.ID+"/execute", map[string]any{"code": "print(small)"}, &errBody); st != 400 || !strings.Contains(errBody.Error, "damaged") {
 		t.Errorf("resume from a damaged snapshot: %d %+v", st, errBody)
 	}
-	var info codegw.Session
+	var info codegw.SessionInfo
 	if st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, &info); st != 200 || info.State != "paused" {
 		t.Errorf("after a failed resume: %d %+v", st, info)
 	}
@@ -310,7 +310,7 @@ func TestSnapshotsOnS3(t *testing.T) {
 	// Another gateway on the same bucket branches from the checkpoint.
 	e2 := newEnv(t, envOptions{poolSize: 1, tune: tune})
 	var branch struct {
-		codegw.Session
+		codegw.SessionInfo
 		Restored *codegw.Restored
 	}
 	if st := e2.do("POST", "/api/v1/sessions", map[string]any{"from_snapshot": ck.ID}, &branch); st != 201 || branch.Restored == nil {
@@ -332,7 +332,7 @@ func TestIdlePauseAndTTL(t *testing.T) {
 	s := e.createSession(t, map[string]any{"idle_timeout": 1})
 	e.sexec(t, s.ID, map[string]any{"code": "import numpy as np, pandas as pd\nbig = pd.DataFrame({'a': np.arange(13_000_000, dtype='float64')})\nprint(big.memory_usage().sum() >= 100e6)"})
 	testwait.For(t, 30*time.Second, "the idle session to pause", func() string {
-		var info codegw.Session
+		var info codegw.SessionInfo
 		if e.do("GET", "/api/v1/sessions/"+s.ID, nil, &info); info.State != "paused" {
 			return fmt.Sprintf("%+v", info)
 		}

@@ -15,8 +15,8 @@ import (
 	"github.com/gofiber/fiber/v2"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/strutil"
 	"github.com/codegw/codegw/session"
-	"github.com/codegw/codegw/session/files"
 )
 
 type createBody struct {
@@ -75,7 +75,7 @@ func (s *Server) createSession(c *fiber.Ctx) error {
 	c.Locals(localSession, sess.ID())
 	if r := sess.Restored(); r != nil {
 		return c.Status(fiber.StatusCreated).JSON(struct {
-			codegw.Session
+			codegw.SessionInfo
 			Restored *codegw.Restored `json:"restored"`
 		}{sess.Info(), r})
 	}
@@ -353,7 +353,7 @@ func (s *Server) serveSocket(conn *websocket.Conn, sess *session.Session, after 
 				reason := sub.Reason()
 				wmu.Lock()
 				conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, files.TruncateUTF8(reason, 120)))
+				conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, strutil.TruncateUTF8(reason, 120)))
 				wmu.Unlock()
 				return
 			}

@@ -134,9 +134,9 @@ func eventTypes(evs []codegw.Event) string {
 	return strings.Join(s, " ")
 }
 
-func (e *env) createSession(t *testing.T, body any) codegw.Session {
+func (e *env) createSession(t *testing.T, body any) codegw.SessionInfo {
 	t.Helper()
-	var s codegw.Session
+	var s codegw.SessionInfo
 	if st := e.do("POST", "/api/v1/sessions", body, &s); st != 201 || s.ID == "" {
 		t.Fatalf("create session: %d %+v", st, s)
 	}
@@ -158,11 +158,11 @@ func TestSessionREST(t *testing.T) {
 	if s.State != "idle" || time.Duration(s.IdleTimeout) != 10*time.Minute {
 		t.Errorf("created = %+v", s)
 	}
-	var got codegw.Session
+	var got codegw.SessionInfo
 	if st := e.do("GET", "/api/v1/sessions/"+s.ID, nil, &got); st != 200 || got.ID != s.ID {
 		t.Errorf("get: %d %+v", st, got)
 	}
-	var list struct{ Sessions []codegw.Session }
+	var list struct{ Sessions []codegw.SessionInfo }
 	if e.do("GET", "/api/v1/sessions", nil, &list); len(list.Sessions) != 1 || list.Sessions[0].ID != s.ID {
 		t.Errorf("list = %+v", list)
 	}
@@ -271,7 +271,7 @@ func TestSessionDeathAndRestart(t *testing.T) {
 	if res.Status != codegw.StatusDied || res.Error == nil {
 		t.Fatalf("died: %+v", res)
 	}
-	var got codegw.Session
+	var got codegw.SessionInfo
 	e.do("GET", "/api/v1/sessions/"+s.ID, nil, &got)
 	if got.State != "dead" {
 		t.Errorf("state after death = %q", got.State)
@@ -687,7 +687,7 @@ func TestAuth(t *testing.T) {
 			t.Errorf("%s %s with another key: %d %+v", c.method, c.path, st, ae)
 		}
 	}
-	var list struct{ Sessions []codegw.Session }
+	var list struct{ Sessions []codegw.SessionInfo }
 	if e.do("GET", "/api/v1/sessions", nil, &list, other...); len(list.Sessions) != 0 {
 		t.Errorf("other key lists %v", list.Sessions)
 	}

@@ -23,7 +23,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/session"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/inputs"
 )
 
 // Version is announced to MCP clients.
@@ -34,7 +34,7 @@ type Config struct {
 	Backend Backend
 	// Fetcher downloads upload_file URLs under the SSRF rules of input
 	// files.
-	Fetcher *files.Fetcher
+	Fetcher *inputs.Fetcher
 	// MaxRead caps what read_file returns (default 1 MiB).
 	MaxRead int64
 	// Resolve turns a URL of the Backend (e.g. "/files/x.csv") into the

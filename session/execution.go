@@ -16,7 +16,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/kernel"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/outputs"
 )
 
 // execution is one request on its way through a kernel: the one path that
@@ -45,7 +45,7 @@ type execution struct {
 	interrupted *atomic.Bool
 	// seen is the output directory as the previous run left it; the files
 	// that differ after this run are collected, and seen is updated.
-	seen map[string]files.FileState
+	seen map[string]outputs.FileState
 
 	// log names the request, session and execution ids.
 	log *slog.Logger
@@ -67,7 +67,7 @@ func newExecutionID() string { return codegw.NewID()[:16] }
 // budget.
 func (m *Manager) newExecution(id string, req codegw.ExecuteRequest, code string, emit func(codegw.Event)) *execution {
 	return &execution{m: m, id: id, req: req, code: code, emit: emit,
-		seen: map[string]files.FileState{}, budget: budget{left: m.cfg.MaxOutputBytes}}
+		seen: map[string]outputs.FileState{}, budget: budget{left: m.cfg.MaxOutputBytes}}
 }
 
 // chdirInput makes /code/input the working directory, as the original did
@@ -210,8 +210,8 @@ type pidsCounter interface{ PidsLimitHits() int64 }
 // outputs returns the collector of the output files this run changes: each
 // is stored and sent as a file event as soon as it is complete (Watch), and
 // the end scan (collect) reconciles.
-func (x *execution) outputs() *files.Outputs {
-	return &files.Outputs{
+func (x *execution) outputs() *outputs.Tracker {
+	return &outputs.Tracker{
 		Dir: filepath.Join(x.k.Process().Dir(), "output"), Limits: x.m.cfg.Outputs, Store: x.m.cfg.Files,
 		Seen: x.seen, Log: x.log,
 		OnFile: func(f codegw.OutputFile) { x.send(codegw.Event{Type: codegw.EventFile, File: &f}) },
@@ -221,7 +221,7 @@ func (x *execution) outputs() *files.Outputs {
 // collect ends the watch and stores the output files that changed since
 // the previous run and were not sent yet; it returns the last version of
 // every file sent.
-func (x *execution) collect(outs *files.Outputs) []codegw.OutputFile {
+func (x *execution) collect(outs *outputs.Tracker) []codegw.OutputFile {
 	out, seen, err := outs.Finish()
 	if err != nil {
 		x.log.Error("collect output files", "err", err)

@@ -8,10 +8,12 @@ import (
 	"path"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/strutil"
 	"github.com/codegw/codegw/kernel"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/artifact"
 )
 
 // fuzzMsgTypes are the iopub message types a kernel sends, picked by the
@@ -55,7 +57,7 @@ func FuzzKernelOutput(f *testing.F) {
 	f.Add(uint16(0), false, fuzzMessages(`stream {"name":"stdout","text":"x"}`, `clear_output {"wait":true}`, `error {"traceback":null}`))
 	f.Add(uint16(40), false, fuzzMessages(`display_data {"data":{"image/png":{"nested":1},"text/latex":"$x$"}}`, `status {"execution_state":"idle"}`))
 	dir := f.TempDir()
-	images := &files.Store{Dir: dir, URLPrefix: "/images"}
+	images := &artifact.Store{Dir: dir, URLPrefix: "/images"}
 	if err := images.Init(); err != nil {
 		f.Fatal(err)
 	}
@@ -214,6 +216,48 @@ func FuzzReplay(f *testing.F) {
 		}
 		if wantGap := after < total && after+1 < oldest; gap != wantGap {
 			t.Fatalf("keep %d, %d published, after %d: gap %v, want %v", keep, published, after, gap, wantGap)
+		}
+	})
+}
+
+// FuzzStripCodeFence checks the code-fence stripping of execute bodies and
+// the UTF-8 truncation used on names and close reasons: both return a part
+// of their input, never more, and never split a character.
+func FuzzStripCodeFence(f *testing.F) {
+	f.Add("```python\nprint(1)\n```", 10)
+	f.Add("```\nx = 1```", 3)
+	f.Add("````py\n```inner```\n````", 0)
+	f.Add("  ```PYTHON3 \r\nimport os\r\n```  ", -1)
+	f.Add("```\n", 1)
+	f.Add("```js\nalert(1)\n```", 200)
+	f.Add("数据数据", 4)
+	f.Fuzz(func(t *testing.T, code string, n int) {
+		out := stripCodeFence(code)
+		if out != code && !strings.Contains(code, out) {
+			t.Fatalf("stripCodeFence(%q) = %q, not a part of its input", code, out)
+		}
+		if out != code {
+			// Backticks inside a line are code (a string may hold them);
+			// a line that opens a fence is not.
+			for _, line := range strings.Split(out, "\n") {
+				if strings.HasPrefix(strings.TrimSpace(line), "```") {
+					t.Fatalf("stripCodeFence(%q) = %q kept a fence line", code, out)
+				}
+			}
+			if again := stripCodeFence(out); again != out {
+				t.Fatalf("StripCodeFence is not idempotent: %q -> %q -> %q", code, out, again)
+			}
+		}
+		if n < 0 {
+			n = -n
+		}
+		n %= len(code) + 2
+		cut := strutil.TruncateUTF8(code, n)
+		if len(cut) > n || !strings.HasPrefix(code, cut) {
+			t.Fatalf("TruncateUTF8(%q, %d) = %q", code, n, cut)
+		}
+		if utf8.ValidString(code) && !utf8.ValidString(cut) {
+			t.Fatalf("TruncateUTF8(%q, %d) = %q split a character", code, n, cut)
 		}
 	})
 }

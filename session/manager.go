@@ -20,7 +20,9 @@ import (
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/metrics"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/artifact"
+	"github.com/codegw/codegw/session/inputs"
+	"github.com/codegw/codegw/session/outputs"
 	"github.com/codegw/codegw/session/snapshot"
 	"github.com/codegw/codegw/store"
 )
@@ -36,10 +38,10 @@ type Config struct {
 	// Stateless hands out the kernels of stateless calls (one-shot
 	// kernels); nil takes them from Kernels.
 	Stateless Acquirer
-	Images    *files.Store
-	Files     *files.Store
-	Fetcher   *files.Fetcher
-	Outputs   files.OutputLimits
+	Images    *artifact.Store
+	Files     *artifact.Store
+	Fetcher   *inputs.Fetcher
+	Outputs   outputs.Limits
 	// Store records session ownership and placement; nil means sessions
 	// are only known to this instance.
 	Store    store.Store
@@ -239,7 +241,7 @@ func (m *Manager) takeWorker(ctx context.Context) (func(), error) {
 
 // prepare validates a request and returns the code to run.
 func (m *Manager) prepare(req *codegw.ExecuteRequest) (string, error) {
-	code := files.StripCodeFence(req.Code)
+	code := stripCodeFence(req.Code)
 	switch {
 	case len(req.Code) > m.cfg.MaxCodeBytes:
 		return "", codegw.Errorf(codegw.ETOOLARGE, "code is %d bytes; the limit is %d", len(req.Code), m.cfg.MaxCodeBytes)
@@ -531,7 +533,7 @@ func (m *Manager) open(ctx context.Context, owner string, opts CreateOptions, o 
 		jobs:  make(chan *job, m.cfg.SessionQueue),
 		owner: owner, created: created, idle: idle, env: opts.Env,
 		lastActive: now,
-		outputs:    map[string]files.FileState{}, releaseKernel: releaseKernel,
+		outputs:    map[string]outputs.FileState{}, releaseKernel: releaseKernel,
 		executions: o.executions, checkpointed: o.executions,
 	}
 	s.hub.seq = o.seq
@@ -550,7 +552,7 @@ func (m *Manager) open(ctx context.Context, owner string, opts CreateOptions, o 
 			return nil, err
 		}
 		s.restored = r
-		s.outputs = files.Snapshot(filepath.Join(k.Process().Dir(), "output"))
+		s.outputs = outputs.Snapshot(filepath.Join(k.Process().Dir(), "output"))
 	}
 	m.mu.Lock()
 	if m.closed {
@@ -619,9 +621,9 @@ func (m *Manager) Local(id string) bool {
 
 // List returns owner's sessions on this instance, and paused ones, oldest
 // first.
-func (m *Manager) List(owner string) []codegw.Session {
+func (m *Manager) List(owner string) []codegw.SessionInfo {
 	m.mu.Lock()
-	var out []codegw.Session
+	var out []codegw.SessionInfo
 	for _, s := range m.sessions {
 		if s.owner == owner {
 			out = append(out, s.Info())
@@ -631,7 +633,7 @@ func (m *Manager) List(owner string) []codegw.Session {
 	out = append(out, m.listPaused(owner)...)
 	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	if out == nil {
-		out = []codegw.Session{}
+		out = []codegw.SessionInfo{}
 	}
 	return out
 }

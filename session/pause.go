@@ -211,19 +211,19 @@ func (m *Manager) pause(ctx context.Context, s *Session, why string) (snapshot.M
 // Paused describes owner's session id when it is paused (its record says
 // so, or the instance holding it died and a snapshot of it exists): ok is
 // false for any other session, which the caller serves as before.
-func (m *Manager) Paused(ctx context.Context, id, owner string) (info codegw.Session, ok bool, err error) {
+func (m *Manager) Paused(ctx context.Context, id, owner string) (info codegw.SessionInfo, ok bool, err error) {
 	if !m.Snapshots() || m.Local(id) {
-		return codegw.Session{}, false, nil
+		return codegw.SessionInfo{}, false, nil
 	}
 	rec, latest, ok, err := m.resumable(ctx, id, owner)
 	if !ok || err != nil {
-		return codegw.Session{}, false, err
+		return codegw.SessionInfo{}, false, err
 	}
 	return pausedInfo(rec, latest), true, nil
 }
 
-func pausedInfo(rec store.SessionRecord, latest snapshot.Meta) codegw.Session {
-	return codegw.Session{
+func pausedInfo(rec store.SessionRecord, latest snapshot.Meta) codegw.SessionInfo {
+	return codegw.SessionInfo{
 		ID: rec.ID, CreatedAt: rec.CreatedAt, LastActive: latest.TakenAt, IdleTimeout: codegw.Duration(latest.IdleTimeout),
 		State: "paused", Executions: latest.Executions, Snapshot: latest.ID,
 	}
@@ -569,7 +569,7 @@ func (m *Manager) expire(ctx context.Context, now time.Time) {
 }
 
 // listPaused returns owner's paused sessions.
-func (m *Manager) listPaused(owner string) []codegw.Session {
+func (m *Manager) listPaused(owner string) []codegw.SessionInfo {
 	if !m.Snapshots() {
 		return nil
 	}
@@ -579,7 +579,7 @@ func (m *Manager) listPaused(owner string) []codegw.Session {
 	if err != nil {
 		return nil
 	}
-	var out []codegw.Session
+	var out []codegw.SessionInfo
 	for _, rec := range recs {
 		if rec.Instance != store.Paused {
 			continue

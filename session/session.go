@@ -8,7 +8,7 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/kernel"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/outputs"
 )
 
 // Session is a live kernel owned by one API key. Its executions run one at
@@ -45,7 +45,7 @@ type Session struct {
 
 	// outputs is /code/output as the last execution left it; only the
 	// loop touches it.
-	outputs map[string]files.FileState
+	outputs map[string]outputs.FileState
 
 	// kmu is held by whoever uses the kernel for the session's state: an
 	// execution, or a snapshot (which waits for the execution to end).
@@ -141,7 +141,7 @@ func (s *Session) touch() {
 func (s *Session) ID() string { return s.id }
 
 // Info describes the session.
-func (s *Session) Info() codegw.Session {
+func (s *Session) Info() codegw.SessionInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	state := "idle"
@@ -153,7 +153,7 @@ func (s *Session) Info() codegw.Session {
 	case s.executing.Load():
 		state = "busy"
 	}
-	return codegw.Session{
+	return codegw.SessionInfo{
 		ID: s.id, Instance: s.m.cfg.Instance, CreatedAt: s.created, LastActive: s.lastActive,
 		IdleTimeout: codegw.Duration(s.idle), State: state, Executions: s.executions,
 	}

@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/internal/safefs"
+	"github.com/codegw/codegw/session/inputs"
 )
 
 // FileInfo describes a file in the session's input or output directory.
@@ -26,10 +27,10 @@ func (s *Session) Upload(name string, r io.Reader, maxBytes int64) (FileInfo, er
 }
 
 // SaveUpload writes r, at most maxBytes, into dir under name made safe
-// (files.SanitizeName): a file directly in dir, never through a symlink,
+// (inputs.SanitizeName): a file directly in dir, never through a symlink,
 // that replaces the old one only once it is whole.
 func SaveUpload(dir, name string, r io.Reader, maxBytes int64) (FileInfo, error) {
-	clean := files.SanitizeName(name)
+	clean := inputs.SanitizeName(name)
 	if clean == "" {
 		return FileInfo{}, codegw.Errorf(codegw.EINVALID, "invalid file name %q", name)
 	}
@@ -90,7 +91,7 @@ func (s *Session) OpenOutput(name string) (*os.File, fs.FileInfo, error) {
 	if name == "" || name != filepath.Base(name) || name == "." || name == ".." {
 		return nil, nil, codegw.Errorf(codegw.ENOTFOUND, "output file %q not found", name)
 	}
-	f, fi, err := files.OpenRegular(filepath.Join(s.k.Process().Dir(), "output"), name)
+	f, fi, err := safefs.OpenRegular(filepath.Join(s.k.Process().Dir(), "output"), name)
 	if err != nil {
 		return nil, nil, codegw.WrapError(codegw.ENOTFOUND, err, "output file %q not found", name)
 	}

@@ -101,7 +101,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 		return err
 	}
 	client := benchkit.HTTPClient(c.Flooders + 4)
-	var sess codegw.Session
+	var sess codegw.SessionInfo
 	if err := do(ctx, client, "POST", g.Base+"/api/v1/sessions", "key-b", "{}", &sess, 201); err != nil {
 		return err
 	}

@@ -106,7 +106,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 	host := benchkit.NewHost("")
 	progress := benchkit.Progress("snapshots")
 	create := func() (string, error) {
-		var s codegw.Session
+		var s codegw.SessionInfo
 		err := benchkit.PostJSON(ctx, hc, g.Base+"/api/v1/sessions", map[string]any{}, &s, 201)
 		return s.ID, err
 	}

@@ -228,7 +228,7 @@ func run(ctx context.Context, c config, out io.Writer) error {
 			w := &worker{g: g, c: benchkit.HTTPClient(4), inputs: files.URL, rng: rand.New(rand.NewPCG(uint64(i), 7)), limit: limit}
 			for j := i; wctx.Err() == nil; j++ {
 				if w.sess == "" {
-					var s codegw.Session
+					var s codegw.SessionInfo
 					t0 := time.Now()
 					err := w.post("/api/v1/sessions", "{}", &s, 201)
 					record("session_create", time.Since(t0), err, "")
@@ -649,7 +649,7 @@ func (w *worker) recoverSession() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var info codegw.Session
+	var info codegw.SessionInfo
 	err = json.NewDecoder(resp.Body).Decode(&info)
 	resp.Body.Close()
 	switch {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/codegw/codegw/app"
 	"github.com/codegw/codegw/mcpserver"
-	"github.com/codegw/codegw/session/files"
+	"github.com/codegw/codegw/session/inputs"
 )
 
 // serveMCP serves MCP over stdio for desktop clients: through a running
@@ -36,7 +36,7 @@ func serveMCP(args []string) error {
 		if err != nil {
 			return err
 		}
-		fetcher, err := files.NewFetcher(files.DefaultFetchLimits())
+		fetcher, err := inputs.NewFetcher(inputs.DefaultFetchLimits())
 		if err != nil {
 			return err
 		}

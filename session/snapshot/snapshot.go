@@ -19,8 +19,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/strutil"
 	"github.com/codegw/codegw/kernel"
-	"github.com/codegw/codegw/session/files"
 )
 
 //go:embed snapshot.py
@@ -67,11 +67,11 @@ func ParseReport(b []byte) (report, error) {
 	}
 	const maxName = 1 << 10
 	for i := range r.Skipped {
-		r.Skipped[i].Name = files.TruncateUTF8(r.Skipped[i].Name, maxName)
-		r.Skipped[i].Reason = files.TruncateUTF8(r.Skipped[i].Reason, maxName)
+		r.Skipped[i].Name = strutil.TruncateUTF8(r.Skipped[i].Name, maxName)
+		r.Skipped[i].Reason = strutil.TruncateUTF8(r.Skipped[i].Reason, maxName)
 	}
 	for i := range r.Saved {
-		r.Saved[i] = files.TruncateUTF8(r.Saved[i], maxName)
+		r.Saved[i] = strutil.TruncateUTF8(r.Saved[i], maxName)
 	}
 	return r, nil
 }

@@ -1,20 +1,20 @@
-package files
+package session
 
 import "strings"
 
-// fenceLangs are the info strings of a fence StripCodeFence removes.
+// fenceLangs are the info strings of a fence stripCodeFence removes.
 var fenceLangs = map[string]bool{
 	"": true, "python": true, "python3": true, "py": true, "py3": true,
 	"ipython": true, "ipython3": true,
 }
 
-// StripCodeFence removes a markdown code fence surrounding the whole of
+// stripCodeFence removes a markdown code fence surrounding the whole of
 // code: an opening line of three or more backticks with an optional python
 // language tag ("```python", "```py", "```") and a closing line of the same
 // backticks, possibly glued to the last line of code. Surrounding white
 // space is tolerated. Code that is not one fenced block (plain code, two
 // blocks, another language) is returned unchanged.
-func StripCodeFence(code string) string {
+func stripCodeFence(code string) string {
 	s := strings.TrimSpace(code)
 	if !strings.HasPrefix(s, "```") {
 		return code

@@ -1,4 +1,4 @@
-package files
+package outputs
 
 import (
 	"io"
@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/session/artifact"
+
+	"github.com/codegw/codegw/internal/testcheck"
 )
 
 // writeFiles creates name → content files in dir.
@@ -49,14 +52,14 @@ func TestCollectAll(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	files, skipped, err := Collect(out, nil, OutputLimits{MaxFileBytes: 100}, store)
+	files, skipped, err := Collect(out, nil, Limits{MaxFileBytes: 100}, store)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got []string
 	for _, f := range files {
 		got = append(got, f.OriginalName)
-		if !ValidName(f.Filename) || f.URL != "/files/"+f.Filename {
+		if !artifact.ValidName(f.Filename) || f.URL != "/files/"+f.Filename {
 			t.Errorf("file %+v: bad stored name or URL", f)
 		}
 		if !strings.HasSuffix(f.Filename, strings.ToLower(filepath.Ext(f.OriginalName))) {
@@ -80,7 +83,7 @@ func TestCollectAll(t *testing.T) {
 		t.Errorf("skipped = %+v", skipped)
 	}
 	// Nothing of the secret reached the store.
-	for _, n := range dirNames(t, store.Dir) {
+	for _, n := range testcheck.DirNames(t, store.Dir) {
 		b, _ := os.ReadFile(filepath.Join(store.Dir, n))
 		if strings.Contains(string(b), "root:") {
 			t.Errorf("store file %s holds the symlink target", n)
@@ -98,7 +101,7 @@ func TestCollectLimits(t *testing.T) {
 		"e.txt": "e",                     // over the count
 	})
 	store := newTestStore(t)
-	files, skipped, err := Collect(out, nil, OutputLimits{AllowedExt: []string{".TXT"}, MaxFiles: 3, MaxFileBytes: 50, MaxTotalBytes: 100}, store)
+	files, skipped, err := Collect(out, nil, Limits{AllowedExt: []string{".TXT"}, MaxFiles: 3, MaxFileBytes: 50, MaxTotalBytes: 100}, store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,13 +124,13 @@ func TestCollectLimits(t *testing.T) {
 
 func TestCollectNamesAndMissingDir(t *testing.T) {
 	store := newTestStore(t)
-	files, skipped, err := Collect(filepath.Join(t.TempDir(), "none"), nil, OutputLimits{}, store)
+	files, skipped, err := Collect(filepath.Join(t.TempDir(), "none"), nil, Limits{}, store)
 	if err != nil || files == nil || len(files) != 0 || skipped != nil {
 		t.Errorf("missing dir: %v %v %v", files, skipped, err)
 	}
 	out := t.TempDir()
 	writeFiles(t, out, map[string]string{"a.txt": "a", "b.txt": "b", "c.txt": "c"})
-	files, _, err = Collect(out, []string{"c.txt", "a.txt", "../a.txt", "gone.txt", "a.txt"}, OutputLimits{}, store)
+	files, _, err = Collect(out, []string{"c.txt", "a.txt", "../a.txt", "gone.txt", "a.txt"}, Limits{}, store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +144,7 @@ func TestCollectRefusesSymlinkedDir(t *testing.T) {
 	writeFiles(t, target, map[string]string{"secret.txt": "s"})
 	base := t.TempDir()
 	os.Symlink(target, filepath.Join(base, "output"))
-	_, _, err := Collect(filepath.Join(base, "output"), nil, OutputLimits{}, newTestStore(t))
+	_, _, err := Collect(filepath.Join(base, "output"), nil, Limits{}, newTestStore(t))
 	if err == nil {
 		t.Error("collected through a symlinked output dir")
 	}
@@ -153,7 +156,7 @@ func TestCollectStoreFailure(t *testing.T) {
 	// A store whose directory cannot be created.
 	blocker := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(blocker, nil, 0o644)
-	_, _, err := Collect(out, nil, OutputLimits{}, &Store{Dir: filepath.Join(blocker, "store")})
+	_, _, err := Collect(out, nil, Limits{}, &artifact.Store{Dir: filepath.Join(blocker, "store")})
 	if err == nil || codegw.ErrorCode(err) != codegw.EINTERNAL {
 		t.Errorf("err = %v, want an internal error", err)
 	}
@@ -185,24 +188,5 @@ func TestSnapshotChanged(t *testing.T) {
 	}
 	if got := Changed(nil, after); len(got) != 3 {
 		t.Errorf("Changed(nil, after) = %v", got)
-	}
-}
-
-func TestOpenRegularRefusesSymlink(t *testing.T) {
-	dir := t.TempDir()
-	writeFiles(t, dir, map[string]string{"a.txt": "a"})
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
-	if f, _, err := openRegular(root, "a.txt"); err != nil {
-		t.Fatal(err)
-	} else {
-		f.Close()
-	}
-	os.Symlink("a.txt", filepath.Join(dir, "l.txt"))
-	if _, _, err := openRegular(root, "l.txt"); err == nil {
-		t.Error("openRegular followed a symlink")
 	}
 }

@@ -1,4 +1,4 @@
-package files
+package outputs
 
 import (
 	"cmp"
@@ -9,14 +9,16 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/session/artifact"
+
+	"github.com/codegw/codegw/internal/safefs"
 )
 
-// OutputLimits bounds the files collected from an output directory.
-type OutputLimits struct {
+// Limits bounds the files collected from an output directory.
+type Limits struct {
 	// AllowedExt lists the extensions collected, without dots, matched
 	// case-insensitively (OUTPUT_ALLOWED_EXTENSIONS).
 	AllowedExt []string
@@ -30,9 +32,9 @@ type OutputLimits struct {
 	MaxTotalBytes int64
 }
 
-// DefaultOutputLimits returns the limits used when none are configured.
-func DefaultOutputLimits() OutputLimits {
-	return OutputLimits{
+// DefaultLimits returns the limits used when none are configured.
+func DefaultLimits() Limits {
+	return Limits{
 		AllowedExt:    []string{"md", "csv", "txt", "json", "log"},
 		MaxFiles:      10,
 		MaxFileBytes:  10 << 20,
@@ -40,9 +42,9 @@ func DefaultOutputLimits() OutputLimits {
 	}
 }
 
-// withDefaults fills zero fields from DefaultOutputLimits.
-func (l OutputLimits) withDefaults() OutputLimits {
-	d := DefaultOutputLimits()
+// withDefaults fills zero fields from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
 	if len(l.AllowedExt) == 0 {
 		l.AllowedExt = d.AllowedExt
 	}
@@ -53,7 +55,7 @@ func (l OutputLimits) withDefaults() OutputLimits {
 }
 
 // allows reports whether the extension of name is allowed.
-func (l OutputLimits) allows(name string) bool {
+func (l Limits) allows(name string) bool {
 	ext := strings.ToLower(strings.TrimPrefix(filepath.Ext(name), "."))
 	if ext == "" {
 		return false
@@ -81,15 +83,15 @@ type Skipped struct {
 // allowed or a non-regular entry is ignored silently. When names is non-nil
 // only those names are considered (e.g. those Changed reported). The result
 // is in name order. A missing dir yields nothing. Zero limits take their
-// value from DefaultOutputLimits.
+// value from DefaultLimits.
 //
 // The directory belongs to untrusted code that may still be running, so
 // each file is checked with Lstat and opened without following symlinks,
 // and the opened file must be the regular file that Lstat saw.
-func Collect(dir string, names []string, lim OutputLimits, store *Store) (files []codegw.OutputFile, skipped []Skipped, err error) {
+func Collect(dir string, names []string, lim Limits, store *artifact.Store) (files []codegw.OutputFile, skipped []Skipped, err error) {
 	lim = lim.withDefaults()
 	files = []codegw.OutputFile{}
-	root, err := openDirRoot(dir)
+	root, err := safefs.OpenDir(dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return files, nil, nil
@@ -120,7 +122,7 @@ func Collect(dir string, names []string, lim OutputLimits, store *Store) (files 
 			skipped = append(skipped, Skipped{name, fmt.Sprintf("more than %d output files", lim.MaxFiles)})
 			continue
 		}
-		f, fi, err := openRegular(root, name)
+		f, fi, err := safefs.OpenRegularIn(root, name)
 		if err != nil {
 			continue // not a regular file, a symlink, or gone
 		}
@@ -158,28 +160,6 @@ func Collect(dir string, names []string, lim OutputLimits, store *Store) (files 
 	return files, skipped, nil
 }
 
-// openDirRoot opens dir as an os.Root, refusing a dir that is itself a
-// symlink (checked with Lstat and confirmed on the opened directory).
-func openDirRoot(dir string) (*os.Root, error) {
-	li, err := os.Lstat(dir)
-	if err != nil {
-		return nil, err
-	}
-	if !li.IsDir() {
-		return nil, fmt.Errorf("not a directory (mode %s)", li.Mode())
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return nil, err
-	}
-	ri, err := root.Stat(".")
-	if err != nil || !os.SameFile(li, ri) {
-		root.Close()
-		return nil, fmt.Errorf("directory changed while being opened")
-	}
-	return root, nil
-}
-
 // readDirNames lists the entries of root.
 func readDirNames(root *os.Root) ([]string, error) {
 	d, err := root.Open(".")
@@ -188,47 +168,6 @@ func readDirNames(root *os.Root) ([]string, error) {
 	}
 	defer d.Close()
 	return d.Readdirnames(-1)
-}
-
-// errNotRegular is returned by openRegular for a symlink, a directory, a
-// special file, or a file swapped while being opened.
-var errNotRegular = errors.New("not a regular file")
-
-// OpenRegular opens name in dir for reading only if it is a regular file,
-// reached through no symlink (see openRegular); dir itself must not be a
-// symlink either.
-func OpenRegular(dir, name string) (*os.File, fs.FileInfo, error) {
-	root, err := openDirRoot(dir)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer root.Close()
-	return openRegular(root, name)
-}
-
-// openRegular opens name in root for reading only if it is a regular file
-// and not a symlink. Lstat rules out symlinks and special files; the opened
-// file must then be the very file Lstat saw, which defeats a swap between
-// the two calls. O_NONBLOCK keeps a FIFO swapped in from blocking the open;
-// O_NOFOLLOW refuses a symlink swapped in.
-func openRegular(root *os.Root, name string) (*os.File, fs.FileInfo, error) {
-	li, err := root.Lstat(name)
-	if err != nil {
-		return nil, nil, err
-	}
-	if !li.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("%s: %w", name, errNotRegular)
-	}
-	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	fi, err := f.Stat()
-	if err != nil || !fi.Mode().IsRegular() || !os.SameFile(li, fi) {
-		f.Close()
-		return nil, nil, fmt.Errorf("%s changed while being opened: %w", name, errNotRegular)
-	}
-	return f, fi, nil
 }
 
 // FileState is what Snapshot records of a file.

@@ -1,4 +1,4 @@
-package files
+package session
 
 import "testing"
 
@@ -31,8 +31,8 @@ func TestStripCodeFence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := StripCodeFence(tt.in); got != tt.want {
-				t.Errorf("StripCodeFence(%q) = %q, want %q", tt.in, got, tt.want)
+			if got := stripCodeFence(tt.in); got != tt.want {
+				t.Errorf("stripCodeFence(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-package files
+package inputs
 
 import (
 	"mime"
@@ -7,6 +7,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/codegw/codegw/internal/strutil"
 )
 
 // maxNameBytes bounds a local file name. It leaves room under the usual
@@ -43,21 +45,9 @@ func SanitizeName(name string) string {
 		}
 		// The cut may end the stem in spaces, which a second pass would
 		// trim: trim them here so that the result is its own sanitised name.
-		name = strings.TrimRight(TruncateUTF8(name[:len(name)-len(ext)], maxNameBytes-len(ext)), " ") + ext
+		name = strings.TrimRight(strutil.TruncateUTF8(name[:len(name)-len(ext)], maxNameBytes-len(ext)), " ") + ext
 	}
 	return name
-}
-
-// TruncateUTF8 returns the longest prefix of s of at most n bytes that does
-// not split a rune.
-func TruncateUTF8(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }
 
 // nameFromQuery returns the sanitised file name given by the URL's query.

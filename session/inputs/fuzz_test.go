@@ -1,4 +1,4 @@
-package files
+package inputs
 
 import (
 	"net/url"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/codegw/codegw/session/artifact"
 )
 
 // checkName asserts what every name the gateway derives from a client or
@@ -53,50 +55,8 @@ func FuzzFileName(f *testing.F) {
 			checkName(t, "query", nameFromQuery(u))
 			checkName(t, "path", nameFromPath(u))
 		}
-		if ValidName(name) && strings.ContainsAny(name, `/\`) {
+		if artifact.ValidName(name) && strings.ContainsAny(name, `/\`) {
 			t.Fatalf("store name %q accepted with a separator", name)
-		}
-	})
-}
-
-// FuzzStripCodeFence checks the code-fence stripping of execute bodies and
-// the UTF-8 truncation used on names and close reasons: both return a part
-// of their input, never more, and never split a character.
-func FuzzStripCodeFence(f *testing.F) {
-	f.Add("```python\nprint(1)\n```", 10)
-	f.Add("```\nx = 1```", 3)
-	f.Add("````py\n```inner```\n````", 0)
-	f.Add("  ```PYTHON3 \r\nimport os\r\n```  ", -1)
-	f.Add("```\n", 1)
-	f.Add("```js\nalert(1)\n```", 200)
-	f.Add("数据数据", 4)
-	f.Fuzz(func(t *testing.T, code string, n int) {
-		out := StripCodeFence(code)
-		if out != code && !strings.Contains(code, out) {
-			t.Fatalf("StripCodeFence(%q) = %q, not a part of its input", code, out)
-		}
-		if out != code {
-			// Backticks inside a line are code (a string may hold them);
-			// a line that opens a fence is not.
-			for _, line := range strings.Split(out, "\n") {
-				if strings.HasPrefix(strings.TrimSpace(line), "```") {
-					t.Fatalf("StripCodeFence(%q) = %q kept a fence line", code, out)
-				}
-			}
-			if again := StripCodeFence(out); again != out {
-				t.Fatalf("StripCodeFence is not idempotent: %q -> %q -> %q", code, out, again)
-			}
-		}
-		if n < 0 {
-			n = -n
-		}
-		n %= len(code) + 2
-		cut := TruncateUTF8(code, n)
-		if len(cut) > n || !strings.HasPrefix(code, cut) {
-			t.Fatalf("TruncateUTF8(%q, %d) = %q", code, n, cut)
-		}
-		if utf8.ValidString(code) && !utf8.ValidString(cut) {
-			t.Fatalf("TruncateUTF8(%q, %d) = %q split a character", code, n, cut)
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package files
+package outputs
 
 import (
 	"encoding/binary"
@@ -16,20 +16,20 @@ import (
 	"github.com/codegw/codegw"
 )
 
-// watched is an Outputs on a temporary directory that records what OnFile
+// watched is a Tracker on a temporary directory that records what OnFile
 // received.
 type watched struct {
-	*Outputs
+	*Tracker
 	mu  sync.Mutex
 	got []codegw.OutputFile
 	ch  chan codegw.OutputFile
 }
 
-func watchDir(t *testing.T, lim OutputLimits) (*watched, string) {
+func watchDir(t *testing.T, lim Limits) (*watched, string) {
 	t.Helper()
 	dir := t.TempDir()
 	w := &watched{ch: make(chan codegw.OutputFile, 2048)}
-	w.Outputs = &Outputs{Dir: dir, Limits: lim, Store: newTestStore(t), RewriteEvery: 200 * time.Millisecond,
+	w.Tracker = &Tracker{Dir: dir, Limits: lim, Store: newTestStore(t), RewriteEvery: 200 * time.Millisecond,
 		OnFile: func(f codegw.OutputFile) {
 			w.mu.Lock()
 			w.got = append(w.got, f)
@@ -100,7 +100,7 @@ func (w *watched) content(t *testing.T, f codegw.OutputFile) string {
 }
 
 func TestWatchChunksRewriteRename(t *testing.T) {
-	w, dir := watchDir(t, OutputLimits{})
+	w, dir := watchDir(t, Limits{})
 
 	// Written in chunks: one event, after the close, with the full size.
 	f, err := os.Create(filepath.Join(dir, "chunks.csv"))
@@ -155,7 +155,7 @@ func TestWatchChunksRewriteRename(t *testing.T) {
 }
 
 func TestWatchBurst(t *testing.T) {
-	w, dir := watchDir(t, OutputLimits{MaxFiles: 10})
+	w, dir := watchDir(t, Limits{MaxFiles: 10})
 	for i := 0; i < 1000; i++ {
 		os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%04d.txt", i)), []byte("x"), 0o644)
 	}
@@ -166,7 +166,7 @@ func TestWatchBurst(t *testing.T) {
 }
 
 func TestWatchLimitsAndRewriteSpacing(t *testing.T) {
-	w, dir := watchDir(t, OutputLimits{MaxFileBytes: 100, MaxTotalBytes: 150})
+	w, dir := watchDir(t, Limits{MaxFileBytes: 100, MaxTotalBytes: 150})
 	os.WriteFile(filepath.Join(dir, "big.txt"), []byte(strings.Repeat("b", 101)), 0o644)
 	os.WriteFile(filepath.Join(dir, "a.txt"), []byte(strings.Repeat("a", 100)), 0o644)
 	if f := w.next(t); f.OriginalName != "a.txt" {
@@ -204,7 +204,7 @@ func TestWatchLimitsAndRewriteSpacing(t *testing.T) {
 // TestWatchOpenAtEnd: a file still open when the run ends is collected by
 // the end scan, once, and so is a file written before Watch.
 func TestWatchOpenAtEnd(t *testing.T) {
-	w, dir := watchDir(t, OutputLimits{})
+	w, dir := watchDir(t, Limits{})
 	f, _ := os.Create(filepath.Join(dir, "open.log"))
 	defer f.Close()
 	f.WriteString("partial")
@@ -225,7 +225,7 @@ func TestWatchSeen(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "old.txt"), []byte("old"), 0o644)
 	os.WriteFile(filepath.Join(dir, "other.txt"), []byte("x"), 0o644)
 	var got []string
-	o := &Outputs{Dir: dir, Store: newTestStore(t), Seen: Snapshot(dir), OnFile: func(f codegw.OutputFile) { got = append(got, f.OriginalName) }}
+	o := &Tracker{Dir: dir, Store: newTestStore(t), Seen: Snapshot(dir), OnFile: func(f codegw.OutputFile) { got = append(got, f.OriginalName) }}
 	if err := o.Watch(); err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +246,7 @@ func TestWatchSeen(t *testing.T) {
 // TestWatchFallback: without a directory to watch, Finish still scans.
 func TestWatchFallback(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "later")
-	o := &Outputs{Dir: dir, Store: newTestStore(t)}
+	o := &Tracker{Dir: dir, Store: newTestStore(t)}
 	if err := o.Watch(); err == nil {
 		t.Fatal("watched a missing directory")
 	}
@@ -259,7 +259,7 @@ func TestWatchFallback(t *testing.T) {
 	// A symlink in place of the directory is refused.
 	link := filepath.Join(t.TempDir(), "out")
 	os.Symlink(dir, link)
-	if err := (&Outputs{Dir: link, Store: newTestStore(t)}).Watch(); err == nil {
+	if err := (&Tracker{Dir: link, Store: newTestStore(t)}).Watch(); err == nil {
 		t.Error("watched through a symlink")
 	}
 }

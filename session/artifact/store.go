@@ -1,4 +1,4 @@
-package files
+package artifact
 
 import (
 	"bytes"
@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+
+	"github.com/codegw/codegw/internal/safefs"
 )
 
 // Store is a directory of files the gateway serves: images under /images,
@@ -185,9 +187,9 @@ func (s *Store) Open(name string) (*Object, error) {
 		return nil, fmt.Errorf("files: open %s: %w", name, err)
 	}
 	defer root.Close()
-	f, fi, err := openRegular(root, name)
+	f, fi, err := safefs.OpenRegularIn(root, name)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotRegular) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, safefs.ErrNotRegular) {
 			return nil, codegw.Errorf(codegw.ENOTFOUND, "file not found")
 		}
 		return nil, fmt.Errorf("files: open %s: %w", name, err)

@@ -1,4 +1,4 @@
-package files
+package artifact
 
 import (
 	"errors"
@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+
+	"github.com/codegw/codegw/internal/testcheck"
 )
 
 func newTestStore(t *testing.T) *Store {
@@ -68,7 +70,7 @@ func TestStorePutOpen(t *testing.T) {
 		t.Errorf("Open(named) = %+v", obj)
 	}
 	// Only complete objects and sidecars: no temporary files left.
-	if got := dirNames(t, s.Dir); len(got) != 4 {
+	if got := testcheck.DirNames(t, s.Dir); len(got) != 4 {
 		t.Errorf("store holds %v", got)
 	}
 }
@@ -76,22 +78,22 @@ func TestStorePutOpen(t *testing.T) {
 func TestStorePutErrors(t *testing.T) {
 	s := newTestStore(t)
 	_, _, err := s.Put("txt", strings.NewReader(strings.Repeat("x", 101)), 100)
-	wantCode(t, err, codegw.ETOOLARGE, "100 bytes")
+	testcheck.WantCode(t, err, codegw.ETOOLARGE, "100 bytes")
 	if _, _, err := s.Put("txt", strings.NewReader(strings.Repeat("x", 100)), 100); err != nil {
 		t.Errorf("exactly at the limit: %v", err)
 	}
 	for _, ext := range []string{"", ".", "../x", "a/b", "tar.gz", "ex e", strings.Repeat("a", 17), "数据"} {
 		_, _, err := s.Put(ext, strings.NewReader("x"), 0)
-		wantCode(t, err, codegw.EINVALID)
+		testcheck.WantCode(t, err, codegw.EINVALID)
 	}
 	_, _, err = s.PutNamed("noext", strings.NewReader("x"), 0)
-	wantCode(t, err, codegw.EINVALID)
+	testcheck.WantCode(t, err, codegw.EINVALID)
 	_, _, err = s.Put("txt", errReader{}, 0)
 	if err == nil {
 		t.Error("Put swallowed a read error")
 	}
 	// Neither failure left anything behind but the one good file.
-	if got := dirNames(t, s.Dir); len(got) != 1 {
+	if got := testcheck.DirNames(t, s.Dir); len(got) != 1 {
 		t.Errorf("store holds %v", got)
 	}
 }
@@ -202,7 +204,7 @@ func TestStoreSweep(t *testing.T) {
 		t.Fatalf("Sweep = %d, %v; want 2 objects", removed, err)
 	}
 	want := []string{newName, newName + metaSuffix, "keep-me.txt"}
-	got := dirNames(t, s.Dir)
+	got := testcheck.DirNames(t, s.Dir)
 	if strings.Join(got, " ") != strings.Join(sortedCopy(want), " ") {
 		t.Errorf("after Sweep: %v, want %v", got, sortedCopy(want))
 	}

@@ -1,4 +1,4 @@
-package files
+package inputs
 
 import (
 	"cmp"
@@ -213,7 +213,7 @@ func (f *Fetcher) Fetch(ctx context.Context, urls []string, code, inputDir strin
 			URL:          raw,
 			OriginalName: name,
 			LocalName:    local,
-			LocalPath:    path.Join(KernelInputDir, local),
+			LocalPath:    path.Join(KernelDir, local),
 			SizeBytes:    size,
 		})
 	}

@@ -1,4 +1,4 @@
-package files
+package inputs
 
 import (
 	"bytes"
@@ -11,13 +11,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/codegw/codegw"
+
+	"github.com/codegw/codegw/internal/testcheck"
 )
 
 // newTestFetcher returns a Fetcher that admits only 127.0.0.1, where the
@@ -82,39 +83,6 @@ func fileServer(t *testing.T) *httptest.Server {
 	return srv
 }
 
-// dirNames lists dir, sorted.
-func dirNames(t *testing.T, dir string) []string {
-	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
-	return names
-}
-
-// wantCode fails the test unless err is a *codegw.Error with code and a
-// message containing every one of parts.
-func wantCode(t *testing.T, err error, code string, parts ...string) {
-	t.Helper()
-	var e *codegw.Error
-	if !errors.As(err, &e) {
-		t.Fatalf("err = %v (%T), want *codegw.Error %s", err, err, code)
-	}
-	if e.Code != code {
-		t.Errorf("code = %s, want %s (err: %v)", e.Code, code, err)
-	}
-	for _, p := range parts {
-		if !strings.Contains(e.Message, p) {
-			t.Errorf("message %q does not contain %q", e.Message, p)
-		}
-	}
-}
-
 func TestFetchNaming(t *testing.T) {
 	srv := fileServer(t)
 	f := newTestFetcher(t, FetchLimits{})
@@ -159,7 +127,7 @@ func TestFetchNaming(t *testing.T) {
 			if fi.Size() != in.SizeBytes {
 				t.Errorf("size on disk %d, reported %d", fi.Size(), in.SizeBytes)
 			}
-			if got := dirNames(t, dir); len(got) != 1 {
+			if got := testcheck.DirNames(t, dir); len(got) != 1 {
 				t.Errorf("input dir holds %v, want just %s", got, tt.want)
 			}
 		})
@@ -198,8 +166,8 @@ func TestFetchCollisionsAndReplacement(t *testing.T) {
 	if w := "data.csv 2_data.csv 3_data.csv other.txt"; strings.Join(locals, " ") != w {
 		t.Errorf("local names %v, want %s", locals, w)
 	}
-	if w := "2_data.csv 3_data.csv data.csv other.txt"; strings.Join(dirNames(t, dir), " ") != w {
-		t.Errorf("dir holds %v, want %s", dirNames(t, dir), w)
+	if w := "2_data.csv 3_data.csv data.csv other.txt"; strings.Join(testcheck.DirNames(t, dir), " ") != w {
+		t.Errorf("dir holds %v, want %s", testcheck.DirNames(t, dir), w)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "3_data.csv"))
 	if string(b) != "filename=data.csv&v=2" {
@@ -262,7 +230,7 @@ func TestFetchInputDirSymlinkRefused(t *testing.T) {
 	if err == nil {
 		t.Fatal("Fetch wrote through a symlinked input dir")
 	}
-	if got := dirNames(t, elsewhere); len(got) != 0 {
+	if got := testcheck.DirNames(t, elsewhere); len(got) != 0 {
 		t.Errorf("files written through the symlink: %v", got)
 	}
 }
@@ -301,11 +269,11 @@ func TestFetchLimits(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			code, inputs, err := f.Fetch(context.Background(), tt.urls, "x", dir)
-			wantCode(t, err, tt.code, tt.parts...)
+			testcheck.WantCode(t, err, tt.code, tt.parts...)
 			if inputs != nil || code != "x" {
 				t.Errorf("on error got code %q, inputs %v", code, inputs)
 			}
-			if got := dirNames(t, dir); len(got) != 0 {
+			if got := testcheck.DirNames(t, dir); len(got) != 0 {
 				t.Errorf("input dir not cleaned: %v", got)
 			}
 		})
@@ -376,8 +344,8 @@ func TestFetchRefused(t *testing.T) {
 			dir := t.TempDir()
 			_, _, err := tt.f.Fetch(context.Background(), []string{tt.url}, "", dir)
 			t.Logf("%s: %s", codegw.ErrorCode(err), codegw.ErrorMessage(err))
-			wantCode(t, err, tt.code, tt.parts...)
-			if got := dirNames(t, dir); len(got) != 0 {
+			testcheck.WantCode(t, err, tt.code, tt.parts...)
+			if got := testcheck.DirNames(t, dir); len(got) != 0 {
 				t.Errorf("input dir not cleaned: %v", got)
 			}
 		})
@@ -398,8 +366,8 @@ func TestFetchEarlierFilesRemovedOnError(t *testing.T) {
 	f := newTestFetcher(t, FetchLimits{})
 	dir := t.TempDir()
 	_, _, err := f.Fetch(context.Background(), []string{srv.URL + "/data.csv", srv.URL + "/echo?name=b.txt", srv.URL + "/missing"}, "", dir)
-	wantCode(t, err, codegw.EFETCH, "/missing")
-	if got := dirNames(t, dir); len(got) != 0 {
+	testcheck.WantCode(t, err, codegw.EFETCH, "/missing")
+	if got := testcheck.DirNames(t, dir); len(got) != 0 {
 		t.Errorf("input dir not cleaned: %v", got)
 	}
 }
@@ -424,11 +392,11 @@ func TestFetchTimeout(t *testing.T) {
 			dir := t.TempDir()
 			start := time.Now()
 			_, _, err := f.Fetch(context.Background(), []string{stall.URL + p}, "", dir)
-			wantCode(t, err, codegw.EFETCH, stall.URL+p, "timed out after 200ms")
+			testcheck.WantCode(t, err, codegw.EFETCH, stall.URL+p, "timed out after 200ms")
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("Fetch took %s", d)
 			}
-			if got := dirNames(t, dir); len(got) != 0 {
+			if got := testcheck.DirNames(t, dir); len(got) != 0 {
 				t.Errorf("input dir not cleaned: %v", got)
 			}
 		})
@@ -437,7 +405,7 @@ func TestFetchTimeout(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	_, _, err := newTestFetcher(t, FetchLimits{Timeout: time.Minute}).Fetch(ctx, []string{stall.URL + "/x"}, "", t.TempDir())
-	wantCode(t, err, codegw.EFETCH, "canceled")
+	testcheck.WantCode(t, err, codegw.EFETCH, "canceled")
 }
 
 func TestNewFetcherDefaults(t *testing.T) {
@@ -467,7 +435,7 @@ func TestFetchIgnoresProxyEnvironment(t *testing.T) {
 	// A public-looking address would go to the proxy if the environment
 	// were honoured; instead the dialer judges it itself.
 	_, _, err := f.Fetch(context.Background(), []string{"http://10.255.255.1/x"}, "", t.TempDir())
-	wantCode(t, err, codegw.EFORBIDDEN, "10.255.255.1 is private")
+	testcheck.WantCode(t, err, codegw.EFORBIDDEN, "10.255.255.1 is private")
 	dir := t.TempDir()
 	if _, _, err := f.Fetch(context.Background(), []string{srv.URL + "/data.csv"}, "", dir); err != nil {
 		t.Fatal(err)
@@ -491,8 +459,8 @@ func TestFetchLimitAppliesToDecompressedBody(t *testing.T) {
 	f := newTestFetcher(t, FetchLimits{MaxFileBytes: 100 << 10})
 	dir := t.TempDir()
 	_, _, err := f.Fetch(context.Background(), []string{bomb.URL + "/z.csv"}, "", dir)
-	wantCode(t, err, codegw.ETOOLARGE, bomb.URL+"/z.csv", "per-file limit")
-	if got := dirNames(t, dir); len(got) != 0 {
+	testcheck.WantCode(t, err, codegw.ETOOLARGE, bomb.URL+"/z.csv", "per-file limit")
+	if got := testcheck.DirNames(t, dir); len(got) != 0 {
 		t.Errorf("input dir not cleaned: %v", got)
 	}
 }

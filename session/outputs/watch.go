@@ -1,4 +1,4 @@
-package files
+package outputs
 
 import (
 	"cmp"
@@ -14,9 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/session/artifact"
+
+	"github.com/codegw/codegw/internal/safefs"
 )
 
-// Outputs collects the files one execution writes to its output directory,
+// Tracker collects the files one execution writes to its output directory,
 // under one set of limits: each file as soon as it is complete (closed after
 // writing, or renamed into place) while the code runs, when Watch is on, and
 // by a scan of what changed when the execution ends (Finish), which
@@ -27,13 +30,13 @@ import (
 // The rules are Collect's: regular files directly in Dir, allowed
 // extensions, never through a symlink, within the limits; MaxFiles counts
 // names, MaxTotalBytes every version stored, rewrites included.
-type Outputs struct {
+type Tracker struct {
 	// Dir is the output directory (the kernel's /code/output on the host).
 	Dir string
 	// Limits bound what is collected; zero fields take their defaults.
-	Limits OutputLimits
+	Limits Limits
 	// Store keeps the files, under unguessable names.
-	Store *Store
+	Store *artifact.Store
 	// Seen is the directory as the previous execution left it (nil: empty);
 	// files unchanged since are not collected. Finish returns it updated.
 	Seen map[string]FileState
@@ -59,7 +62,7 @@ type Outputs struct {
 	w        *watcher
 }
 
-// watcher is the inotify loop of an Outputs; its goroutine owns root and
+// watcher is the inotify loop of a Tracker; its goroutine owns root and
 // the inotify descriptor, and closes done when it has released them; stop
 // owns the eventfd that tells it to end.
 type watcher struct {
@@ -76,7 +79,7 @@ const maxPending = 4096
 // into the directory; the directory itself, never a symlink in its place.
 const watchMask = unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_ONLYDIR | unix.IN_DONT_FOLLOW | unix.IN_EXCL_UNLINK
 
-func (o *Outputs) init() {
+func (o *Tracker) init() {
 	if o.latest != nil {
 		return
 	}
@@ -99,12 +102,12 @@ func (o *Outputs) init() {
 // directory is missing or not one, inotify's limits) nothing is watched and
 // Finish's scan collects everything; the caller logs it. Call it at most
 // once, before the code runs, and always call Finish.
-func (o *Outputs) Watch() error {
+func (o *Tracker) Watch() error {
 	o.init()
 	if o.w != nil {
 		return errors.New("files: already watching")
 	}
-	root, err := openDirRoot(o.Dir)
+	root, err := safefs.OpenDir(o.Dir)
 	if err != nil {
 		return fmt.Errorf("files: watch %s: %w", o.Dir, err)
 	}
@@ -132,7 +135,7 @@ func (o *Outputs) Watch() error {
 
 // stop ends the watcher after it has handled every event already queued
 // (the files closed before the call), and waits for it.
-func (o *Outputs) stop() {
+func (o *Tracker) stop() {
 	w := o.w
 	if w == nil {
 		return
@@ -152,7 +155,7 @@ func (o *Outputs) stop() {
 // loop waits for inotify events, gathers the completed names for a window
 // and collects them in name order; told to stop, it reads what is still
 // queued, collects it all and releases the watch.
-func (o *Outputs) loop(w *watcher) {
+func (o *Tracker) loop(w *watcher) {
 	defer close(w.done)
 	defer unix.Close(w.ifd) // removes the watch
 	defer w.root.Close()
@@ -211,7 +214,7 @@ func (o *Outputs) loop(w *watcher) {
 }
 
 // queue adds name, completed at now, to the pending names.
-func (o *Outputs) queue(pending map[string]time.Time, now time.Time, mask uint32, name string) {
+func (o *Tracker) queue(pending map[string]time.Time, now time.Time, mask uint32, name string) {
 	switch {
 	case mask&unix.IN_Q_OVERFLOW != 0:
 		o.Log.Warn("output watcher: event queue overflowed; the end scan collects what was missed", "dir", o.Dir)
@@ -252,18 +255,18 @@ func parseEvents(b []byte, fn func(mask uint32, name string)) {
 
 // collectable reports whether name may be collected at all: a plain name,
 // not hidden, with an allowed extension.
-func (o *Outputs) collectable(name string) bool {
+func (o *Tracker) collectable(name string) bool {
 	return name != "" && !strings.HasPrefix(name, ".") && !strings.ContainsAny(name, `/\`) && o.Limits.allows(name)
 }
 
 // collect stores name from root when it is a regular file that changed
 // since it was last stored or seen, within the limits, and tells OnFile.
 // Only a failure of the store is an error.
-func (o *Outputs) collect(root *os.Root, name string) error {
+func (o *Tracker) collect(root *os.Root, name string) error {
 	if !o.collectable(name) {
 		return nil
 	}
-	f, fi, err := openRegular(root, name)
+	f, fi, err := safefs.OpenRegularIn(root, name)
 	if err != nil {
 		return nil // not a regular file, a symlink, or gone
 	}
@@ -323,14 +326,14 @@ func same(m map[string]FileState, name string, st FileState) bool {
 // collected yet (the watcher missed them, or they were never closed) and
 // collects them too. It returns the last version of every file collected,
 // in name order, and the directory's state for the next execution's Seen.
-func (o *Outputs) Finish() ([]codegw.OutputFile, map[string]FileState, error) {
+func (o *Tracker) Finish() ([]codegw.OutputFile, map[string]FileState, error) {
 	o.init()
 	o.stop()
 	after := Snapshot(o.Dir)
 	var err error
 	if changed := Changed(o.seen, after); len(changed) > 0 {
 		var root *os.Root
-		root, err = openDirRoot(o.Dir)
+		root, err = safefs.OpenDir(o.Dir)
 		if err == nil {
 			for _, name := range changed {
 				if err = o.collect(root, name); err != nil {
