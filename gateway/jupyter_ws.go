@@ -8,9 +8,7 @@ package gateway
 // answer (by the parent msg_id), iopub to all of them.
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,10 +25,6 @@ import (
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/session"
 )
-
-// v1Protocol is Jupyter Server's binary websocket subprotocol; it is used
-// only when the client offers it.
-const v1Protocol = "v1.kernel.websocket.jupyter.org"
 
 // jconnQueue is how many messages, and jconnQueueBytes how many bytes of
 // them, may wait for a slow websocket before it is closed with a reason
@@ -472,12 +466,12 @@ func (s *Server) kernelChannels(c *fiber.Ctx) error {
 	}
 	return websocket.New(func(ws *websocket.Conn) {
 		s.serveChannels(ws, b)
-	}, websocket.Config{Subprotocols: []string{v1Protocol}, EnableCompression: false,
+	}, websocket.Config{Subprotocols: []string{kernel.WebsocketV1}, EnableCompression: false,
 		ReadBufferSize: 16 << 10, WriteBufferSize: 16 << 10})(c)
 }
 
 func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
-	c := &jconn{ws: ws, v1: ws.Subprotocol() == v1Protocol, out: make(chan outMsg, jconnQueue), closed: make(chan struct{})}
+	c := &jconn{ws: ws, v1: ws.Subprotocol() == kernel.WebsocketV1, out: make(chan outMsg, jconnQueue), closed: make(chan struct{})}
 	b.join(c)
 	defer b.leave(c)
 	// The reader must be done with ws before the handler returns it to
@@ -555,218 +549,22 @@ func (s *Server) serveChannels(ws *websocket.Conn, b *bridge) {
 	}
 }
 
-// clientMsg is a message as Jupyter clients send it in JSON.
-type clientMsg struct {
-	Header       json.RawMessage `json:"header"`
-	ParentHeader json.RawMessage `json:"parent_header"`
-	Metadata     json.RawMessage `json:"metadata"`
-	Content      json.RawMessage `json:"content"`
-	Channel      *string         `json:"channel"`
-}
-
-var errBadFrame = errors.New("bad frame")
-
-// decodeClient parses one websocket frame: JSON text (legacy), the legacy
-// binary layout for messages with buffers, or the v1 subprotocol's layout.
+// decodeClient parses one websocket frame of a Jupyter client.
 func decodeClient(kind int, data []byte, v1 bool) (string, *kernel.RawMessage, kernel.RawIDs, error) {
-	var (
-		channel = kernel.Shell
-		m       = &kernel.RawMessage{}
-		ids     kernel.RawIDs
-	)
-	bad := func(format string, args ...any) (string, *kernel.RawMessage, kernel.RawIDs, error) {
-		return "", nil, ids, codegw.Errorf(codegw.EINVALID, format, args...)
-	}
-	switch {
-	case v1 && kind == websocket.BinaryMessage:
-		parts, err := splitV1(data)
-		if err != nil || len(parts) < 5 {
-			return bad("malformed v1.kernel.websocket.jupyter.org frame")
-		}
-		channel = string(parts[0])
-		m.Header, m.ParentHeader, m.Metadata, m.Content = parts[1], parts[2], parts[3], parts[4]
-		m.Buffers = parts[5:]
-		for _, p := range parts[1:5] {
-			if len(p) > 0 && !json.Valid(p) {
-				return bad("malformed message: a part is not JSON")
-			}
-		}
-	default:
-		body := data
-		if kind == websocket.BinaryMessage {
-			parts, err := splitLegacy(data)
-			if err != nil {
-				return bad("malformed binary message: %v", err)
-			}
-			body, m.Buffers = parts[0], parts[1:]
-		}
-		var in clientMsg
-		if err := json.Unmarshal(body, &in); err != nil {
-			return bad("malformed message: %v", err)
-		}
-		if in.Channel != nil {
-			channel = *in.Channel
-		}
-		m.Header, m.ParentHeader, m.Metadata, m.Content = in.Header, in.ParentHeader, in.Metadata, in.Content
-	}
-	for _, p := range []*json.RawMessage{&m.ParentHeader, &m.Metadata, &m.Content} {
-		if t := bytes.TrimSpace(*p); len(t) == 0 || string(t) == "null" {
-			*p = nil
-		} else if t[0] != '{' {
-			return bad("malformed message: parent_header, metadata and content must be objects")
-		}
-	}
-	if err := json.Unmarshal(m.Header, &ids); err != nil || ids.MsgID == "" || ids.MsgType == "" {
-		return bad("malformed message: the header needs msg_id and msg_type")
-	}
-	switch channel {
-	case kernel.Shell, kernel.Control, kernel.Stdin:
-	default:
-		return bad("no channel %q: send on shell, control or stdin", channel)
-	}
-	return channel, m, ids, nil
+	return kernel.DecodeWebsocket(data, kind == websocket.BinaryMessage, v1)
 }
 
-// splitLegacy splits Jupyter's legacy binary frame: a big-endian u32 count,
-// that many u32 offsets, then the JSON message and its buffers. The first
-// offset must point just past the offset table, every offset must lie within
-// the frame and none may go backwards, so the parts cover the frame exactly.
-func splitLegacy(data []byte) ([][]byte, error) {
-	if len(data) < 8 {
-		return nil, errBadFrame
-	}
-	n := uint64(binary.BigEndian.Uint32(data))
-	if n < 1 || n > 1024 || uint64(len(data)) < 4*(n+1) {
-		return nil, errBadFrame
-	}
-	return splitOffsets(data, int(n), 4*(n+1), func(i int) uint64 {
-		return uint64(binary.BigEndian.Uint32(data[4*(i+1):]))
-	})
-}
-
-// splitV1 splits a v1 subprotocol frame: a little-endian u64 count of
-// offsets, the u64 offsets, then the channel, header, parent header,
-// metadata, content and buffers between consecutive offsets. The first
-// offset must point just past the offset table and the last one at the
-// frame's end.
-func splitV1(data []byte) ([][]byte, error) {
-	if len(data) < 8 {
-		return nil, errBadFrame
-	}
-	n := binary.LittleEndian.Uint64(data)
-	if n < 2 || n > 1024 || uint64(len(data)) < 8*(n+1) {
-		return nil, errBadFrame
-	}
-	off := func(i int) uint64 { return binary.LittleEndian.Uint64(data[8*(i+1):]) }
-	if off(int(n)-1) != uint64(len(data)) {
-		return nil, errBadFrame
-	}
-	return splitOffsets(data, int(n)-1, 8*(n+1), off)
-}
-
-// splitOffsets cuts data into parts at the offsets off(0..parts), where
-// off(parts) is taken as len(data) when parts == the number of offsets read
-// (the legacy layout has no final offset). Every offset is checked against
-// the frame before it is used: the first must equal start, each must be
-// within the frame and no smaller than the one before.
-func splitOffsets(data []byte, parts int, start uint64, off func(i int) uint64) ([][]byte, error) {
-	size := uint64(len(data))
-	out := make([][]byte, parts)
-	prev := start
-	for i := 0; i < parts; i++ {
-		o := off(i)
-		if (i == 0 && o != start) || o < prev || o > size {
-			return nil, errBadFrame
-		}
-		prev = o
-	}
-	for i := 0; i < parts; i++ {
-		end := size
-		if i+1 < parts {
-			end = off(i + 1)
-		}
-		out[i] = data[off(i):end]
-	}
-	return out, nil
-}
-
-// encodeClient renders one message for a websocket.
+// encodeClient renders one message for a websocket: an error about the
+// client's own message as JSON text, else the kernel's message in the
+// connection's framing.
 func encodeClient(o outMsg, v1 bool) (int, []byte) {
 	if o.errText != "" {
 		b, _ := json.Marshal(fiber.Map{"error": o.errText, "code": o.errCode})
 		return websocket.TextMessage, b
 	}
-	m := o.m
-	if v1 {
-		parts := [][]byte{[]byte(o.channel), m.Header, orEmpty(m.ParentHeader), orEmpty(m.Metadata), orEmpty(m.Content)}
-		parts = append(parts, m.Buffers...)
-		n := len(parts) + 1
-		size := 8 * (n + 1)
-		for _, p := range parts {
-			size += len(p)
-		}
-		out := make([]byte, 8*(n+1), size)
-		binary.LittleEndian.PutUint64(out, uint64(n))
-		off := 8 * (n + 1)
-		for i, p := range parts {
-			binary.LittleEndian.PutUint64(out[8*(i+1):], uint64(off))
-			off += len(p)
-		}
-		binary.LittleEndian.PutUint64(out[8*n:], uint64(off))
-		for _, p := range parts {
-			out = append(out, p...)
-		}
-		return websocket.BinaryMessage, out
+	data, binary := kernel.EncodeWebsocket(o.channel, o.ids, o.m, v1)
+	if binary {
+		return websocket.BinaryMessage, data
 	}
-	js := make([]byte, 0, 128+len(m.Header)+len(m.ParentHeader)+len(m.Metadata)+len(m.Content))
-	js = append(js, `{"header":`...)
-	js = append(js, m.Header...)
-	js = append(js, `,"parent_header":`...)
-	js = append(js, orEmpty(m.ParentHeader)...)
-	js = append(js, `,"metadata":`...)
-	js = append(js, orEmpty(m.Metadata)...)
-	js = append(js, `,"content":`...)
-	js = append(js, orEmpty(m.Content)...)
-	js = append(js, `,"channel":`...)
-	js = appendJSONString(js, o.channel)
-	js = append(js, `,"msg_id":`...)
-	js = appendJSONString(js, o.ids.MsgID)
-	js = append(js, `,"msg_type":`...)
-	js = appendJSONString(js, o.ids.MsgType)
-	if len(m.Buffers) == 0 {
-		js = append(js, `,"buffers":[]}`...)
-		return websocket.TextMessage, js
-	}
-	js = append(js, '}')
-	n := len(m.Buffers) + 1
-	size := 4*(n+1) + len(js)
-	for _, b := range m.Buffers {
-		size += len(b)
-	}
-	out := make([]byte, 4*(n+1), size)
-	binary.BigEndian.PutUint32(out, uint32(n))
-	off := 4 * (n + 1)
-	binary.BigEndian.PutUint32(out[4:], uint32(off))
-	off += len(js)
-	for i, b := range m.Buffers {
-		binary.BigEndian.PutUint32(out[4*(i+2):], uint32(off))
-		off += len(b)
-	}
-	out = append(out, js...)
-	for _, b := range m.Buffers {
-		out = append(out, b...)
-	}
-	return websocket.BinaryMessage, out
-}
-
-func orEmpty(b []byte) []byte {
-	if len(bytes.TrimSpace(b)) == 0 {
-		return []byte("{}")
-	}
-	return b
-}
-
-func appendJSONString(dst []byte, s string) []byte {
-	b, _ := json.Marshal(s)
-	return append(dst, b...)
+	return websocket.TextMessage, data
 }
