@@ -85,7 +85,7 @@ func TestForkIsolation(t *testing.T) {
 	p := newForkProvisioner(t, cfg)
 	a := launch(t, p, kernel.Spec{})
 	b := launch(t, p, kernel.Spec{Env: map[string]string{"GREETING": "hello"}})
-	fa, fb := a.Process().(*forked), b.Process().(*forked)
+	fa, fb := a.Process().(*forkedKernel), b.Process().(*forkedKernel)
 
 	mustRun(t, a, `
 import os, subprocess, pandas as pd
@@ -101,7 +101,7 @@ child = subprocess.Popen(["sleep", "600"])
 		got := lines(t, b, fmt.Sprintf(`import os
 print(os.path.exists("/tmp/secret"), os.listdir("/code/output"), os.path.exists("/dev/shm/a"))
 print(os.path.exists(%q), os.path.exists(%q), os.listdir("/run/codegw") == [%q])`,
-			p.containerPath(fa.dir), p.containerPath(fa.Dir()), fb.id))
+			p.containerPath(fa.files.dir), p.containerPath(fa.Dir()), fb.files.id))
 		if got[0] != "False [] False" {
 			t.Errorf("b sees a's files: %s", got[0])
 		}
@@ -115,8 +115,8 @@ print(os.path.exists(%q), os.path.exists(%q), os.listdir("/run/codegw") == [%q])
 		}
 		if fi, err := os.Stat(path); err == nil {
 			st := fi.Sys().(*syscall.Stat_t)
-			if int(st.Uid) != fa.uid || fi.Mode().Perm() != 0o600 {
-				t.Errorf("a's output file: uid %d mode %v, want %d 0600 (umask 077)", st.Uid, fi.Mode().Perm(), fa.uid)
+			if int(st.Uid) != fa.files.uid || fi.Mode().Perm() != 0o600 {
+				t.Errorf("a's output file: uid %d mode %v, want %d 0600 (umask 077)", st.Uid, fi.Mode().Perm(), fa.files.uid)
 			}
 		}
 	})
@@ -125,10 +125,10 @@ print(os.path.exists(%q), os.path.exists(%q), os.listdir("/run/codegw") == [%q])
 pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 cmds = [open("/proc/%d/cmdline" % p, "rb").read().split(b"\0")[0].decode() for p in pids]
 print(os.getpid(), os.getuid(), any("sleep" in c for c in cmds), len(pids) <= 3)`)
-		if want := fmt.Sprintf("1 %d False True", fb.uid); got[0] != want {
+		if want := fmt.Sprintf("1 %d False True", fb.files.uid); got[0] != want {
 			t.Errorf("pid uid sleep-seen few-pids = %s, want %s", got[0], want)
 		}
-		if fa.uid == fb.uid {
+		if fa.files.uid == fb.files.uid {
 			t.Error("two kernels share a uid")
 		}
 		if got := lines(t, a, `print(child.poll() is None)`); got[0] != "True" {
@@ -205,29 +205,29 @@ print(len(glob.glob(os.environ["EXECUTOR_MPL_CACHE"] + "/fontlist-*.json")), os.
 		if p.cg == nil {
 			t.Skip("no cgroups: rlimits")
 		}
-		ra, rb := fa.current(), fb.current()
-		limit, _ := os.ReadFile(filepath.Join(ra.cg.Mem, "memory.limit_in_bytes"))
+		ra, rb := fa.Current(), fb.Current()
+		limit, _ := os.ReadFile(filepath.Join(ra.Cgroup().Mem, "memory.limit_in_bytes"))
 		if strings.TrimSpace(string(limit)) != strconv.Itoa(1<<30) {
 			t.Errorf("memory limit %s", limit)
 		}
 		got := lines(t, b, `print([l for l in open("/proc/self/cgroup").read().split() if ":pids:" in l][0])`)
-		if !strings.HasSuffix(got[0], "/"+rb.token) {
-			t.Errorf("b's pids cgroup %s, want .../%s", got[0], rb.token)
+		if !strings.HasSuffix(got[0], "/"+rb.Token()) {
+			t.Errorf("b's pids cgroup %s, want .../%s", got[0], rb.Token())
 		}
 	})
 	// Everything a started ends with it.
-	ra := fa.current()
+	ra := fa.Current()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := a.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if ra.cg != nil {
-		if _, err := os.Stat(ra.cg.Pids); !errors.Is(err, os.ErrNotExist) {
+	if ra.Cgroup() != nil {
+		if _, err := os.Stat(ra.Cgroup().Pids); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("a's cgroup is left: %v", err)
 		}
 	}
-	if _, err := os.Stat(fa.dir); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(fa.files.dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a's directory is left: %v", err)
 	}
 	if got := lines(t, b, "print(1+1)"); got[0] != "2" {
@@ -282,8 +282,8 @@ func TestForkFaults(t *testing.T) {
 				t.Skip("no cgroups here")
 			}
 			k := launch(t, p, kernel.Spec{})
-			fk := k.Process().(*forked)
-			r := fk.current()
+			fk := k.Process().(*forkedKernel)
+			r := fk.Current()
 			stop := make(chan struct{})
 			var wg sync.WaitGroup
 			wg.Add(1)
@@ -308,7 +308,7 @@ func TestForkFaults(t *testing.T) {
 						continue
 					}
 					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					err := fk.kill(ctx, r)
+					err := fk.Kill(ctx)
 					cancel()
 					if err != nil {
 						t.Fatal(err)
@@ -326,7 +326,7 @@ func TestForkFaults(t *testing.T) {
 			if err := <-errc; !errors.Is(err, kernel.ErrDied) {
 				t.Errorf("the call: %v, want ErrDied", err)
 			}
-			if r.cg != nil && !r.cg.Empty() {
+			if r.Cgroup() != nil && !r.Cgroup().Empty() {
 				t.Error("processes left after the kernel ended")
 			}
 		})
@@ -367,7 +367,7 @@ func TestForkZygoteDeath(t *testing.T) {
 	cfg.PidsLimit = 64
 	p := newForkProvisioner(t, cfg)
 	k := launch(t, p, kernel.Spec{})
-	r := k.Process().(*forked).current()
+	r := k.Process().(*forkedKernel).Current()
 	mustRun(t, k, `import subprocess; subprocess.Popen(["sleep", "600"])`)
 	old := p.ZygoteContainer()
 	done := make(chan error, 1)
@@ -389,10 +389,10 @@ func TestForkZygoteDeath(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the in-flight call hangs")
 	}
-	for deadline := time.Now().Add(10 * time.Second); r.cg != nil && !r.cg.Empty() && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); r.Cgroup() != nil && !r.Cgroup().Empty() && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if r.cg != nil && !r.cg.Empty() {
+	if r.Cgroup() != nil && !r.Cgroup().Empty() {
 		t.Error("the kernel's processes outlived their zygote")
 	}
 	// A new zygote serves the next kernel; the old container is gone.
