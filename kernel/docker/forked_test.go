@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -232,107 +231,6 @@ print(len(glob.glob(os.environ["EXECUTOR_MPL_CACHE"] + "/fontlist-*.json")), os.
 	}
 	if got := lines(t, b, "print(1+1)"); got[0] != "2" {
 		t.Errorf("b after a closed: %v", got)
-	}
-}
-
-func TestForkFaults(t *testing.T) {
-	t.Parallel()
-	cfg := forkConfig(t)
-	cfg.Memory, cfg.PidsLimit = 256<<20, 64
-	p := newForkProvisioner(t, cfg)
-	if p.cg == nil && os.Getenv("CI") == "true" {
-		t.Fatal("no cgroups under CI")
-	}
-	sib := launch(t, p, kernel.Spec{})
-
-	// sibling answers a computation while a fault happens next door.
-	sibling := func(t *testing.T, stop <-chan struct{}) {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			out, reply, err := execute(t, sib, fmt.Sprintf("print(sum(range(%d)))", 1000+i))
-			if err != nil || reply.Status != "ok" {
-				t.Errorf("sibling: %v %v", reply, err)
-				return
-			}
-			if want := strconv.Itoa((1000 + i) * (999 + i) / 2); strings.TrimSpace(out) != want {
-				t.Errorf("sibling said %q, want %s", out, want)
-				return
-			}
-		}
-	}
-
-	for _, tt := range []struct {
-		name string
-		code string
-		kill bool // kill the kernel once its pids limit was hit
-		want func(kernel.Exit) bool
-	}{
-		{"exit", "import os; os._exit(3)", false, func(e kernel.Exit) bool { return e.Code == 3 }},
-		{"segfault", "import ctypes; ctypes.string_at(0)", false, func(e kernel.Exit) bool { return e.Signal == "segmentation fault" }},
-		{"memory bomb", "x = []\nwhile True: x.append(bytearray(16 << 20))", false, func(e kernel.Exit) bool { return e.OOMKilled }},
-		{"fork bomb", "import os, time\nwhile True:\n    try: os.fork()\n    except OSError: time.sleep(0.05)", true,
-			func(e kernel.Exit) bool { return e.PidsLimited }},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			if p.cg == nil && (tt.name == "memory bomb" || tt.name == "fork bomb") {
-				t.Skip("no cgroups here")
-			}
-			k := launch(t, p, kernel.Spec{})
-			fk := k.Process().(*forkedKernel)
-			r := fk.Current()
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() { defer wg.Done(); sibling(t, stop) }()
-			errc := make(chan error, 1)
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				defer cancel()
-				_, err := k.Execute(ctx, tt.code, kernel.ExecuteOptions{}, kernel.Deadline{})
-				errc <- err
-			}()
-			poll := time.NewTicker(50 * time.Millisecond)
-			defer poll.Stop()
-			deadline := time.NewTimer(60 * time.Second)
-			defer deadline.Stop()
-			for ended := false; !ended; {
-				select {
-				case <-fk.Exited():
-					ended = true
-				case <-poll.C:
-					if !tt.kill || fk.PidsLimitHits() == 0 {
-						continue
-					}
-					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					err := fk.Kill(ctx)
-					cancel()
-					if err != nil {
-						t.Fatal(err)
-					}
-					ended = true
-				case <-deadline.C:
-					t.Fatal("the kernel did not end")
-				}
-			}
-			close(stop)
-			wg.Wait()
-			if e := fk.Exit(); !tt.want(e) {
-				t.Errorf("exit %+v", e)
-			}
-			if err := <-errc; !errors.Is(err, kernel.ErrDied) {
-				t.Errorf("the call: %v, want ErrDied", err)
-			}
-			if r.Cgroup() != nil && !r.Cgroup().Empty() {
-				t.Error("processes left after the kernel ended")
-			}
-		})
-	}
-	if got := lines(t, sib, "print(1+1)"); got[0] != "2" {
-		t.Errorf("sibling after the faults: %v", got)
 	}
 }
 
