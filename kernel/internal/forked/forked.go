@@ -373,3 +373,6 @@ func (r *Run) Orphaned() {
 
 // Token names the child in the zygote's messages and its cgroups.
 func (r *Run) Token() string { return r.token }
+
+// Zygote is the control connection of the zygote that forked the child.
+func (r *Run) Zygote() *zygotectl.Conn { return r.z }
