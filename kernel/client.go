@@ -69,7 +69,7 @@ type Client struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	shell, control, stdin, iopub, hb zmq4.Socket
+	sockets // hb included
 	// one is a one-shot kernel's connection (see DialOneShot); the
 	// ZeroMQ sockets are then nil.
 	one net.Conn
@@ -124,26 +124,12 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
 
-	id := zmq4.SocketIdentity(codegw.NewID())
-	sockOpts := []zmq4.Option{
-		// One attempt per Dial: dialSocket retries, woken by the kernel's
-		// signal rather than by a 25 ms sleep loop.
-		zmq4.WithDialerMaxRetries(0),
-		zmq4.WithLogger(slogLogger(opts.Logger)),
+	socks, err := newSockets(cctx, codegw.NewID(), true, opts.Logger)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("kernel: %w", err)
 	}
-	// Shell and stdin must share one identity: the kernel routes
-	// input_request to the identity that sent the execute_request.
-	c.shell = zmq4.NewDealer(cctx, append(sockOpts, zmq4.WithID(id))...)
-	c.stdin = zmq4.NewDealer(cctx, append(sockOpts, zmq4.WithID(id))...)
-	c.control = zmq4.NewDealer(cctx, sockOpts...)
-	c.iopub = zmq4.NewSub(cctx, sockOpts...)
-	c.hb = zmq4.NewReq(cctx, sockOpts...)
-	// The dial's error is the one to report; closing what was dialled so
-	// far can only add noise.
-	if err := c.iopub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("kernel: subscribe iopub: %w", err)
-	}
+	c.sockets = socks
 	bound := opts.Bound
 	if bound != nil {
 		t := time.NewTimer(boundWait)
@@ -155,13 +141,13 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 		}
 		t.Stop()
 	}
-	for _, s := range c.sockets() {
-		if err := dialSocket(ctx, s.sock, info.Endpoint(s.channel)); err != nil {
-			_ = c.Close()
-			return nil, fmt.Errorf("kernel: dial %s: %w", s.channel, err)
-		}
+	if err := c.dial(ctx, info); err != nil {
+		// The dial's error is the one to report; closing what was
+		// dialled so far can only add noise.
+		_ = c.Close()
+		return nil, fmt.Errorf("kernel: %w", err)
 	}
-	for _, s := range c.sockets() {
+	for _, s := range c.list() {
 		if s.channel != HB { // the heartbeat has its own goroutine
 			c.wg.Add(1)
 			go c.read(s.sock, s.channel)
@@ -178,40 +164,6 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 // launcher predates the signal (an old executor image) still gets dialled.
 const boundWait = 3 * time.Second
 
-// dialSocket dials sock until it connects or ctx ends, with a backoff: one
-// attempt when the kernel said its sockets are bound, a few while a kernel
-// without the signal starts.
-func dialSocket(ctx context.Context, sock zmq4.Socket, endpoint string) error {
-	backoff := 10 * time.Millisecond
-	for {
-		err := sock.Dial(endpoint)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		}
-		backoff = min(backoff*2, 500*time.Millisecond)
-	}
-}
-
-// channelSocket is one of a Client's sockets and its channel's name.
-type channelSocket struct {
-	sock    zmq4.Socket
-	channel string
-}
-
-func (c *Client) sockets() []channelSocket {
-	return []channelSocket{{c.shell, Shell}, {c.stdin, Stdin}, {c.control, Control}, {c.iopub, IOPub}, {c.hb, HB}}
-}
-
 // Close closes every socket and ends every waiting call with ErrClosed. It
 // does not stop the kernel. It returns the sockets' close errors, joined;
 // a connection that was already closed (the kernel went first) is not one.
@@ -224,14 +176,8 @@ func (c *Client) Close() error {
 			errs = append(errs, fmt.Errorf("kernel: close one-shot connection: %w", err))
 		}
 	}
-	for _, s := range c.sockets() {
-		if s.sock == nil {
-			continue
-		}
-		err := s.sock.Close()
-		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, net.ErrClosed) {
-			errs = append(errs, fmt.Errorf("kernel: close %s socket: %w", s.channel, err))
-		}
+	if err := c.close(); err != nil {
+		errs = append(errs, fmt.Errorf("kernel: %w", err))
 	}
 	c.wg.Wait()
 	c.Fail(ErrClosed)

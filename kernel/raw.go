@@ -3,15 +3,16 @@ package kernel
 import (
 	"bytes"
 	"context"
-
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/codegw/codegw"
+	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+
+	"github.com/codegw/codegw"
 )
 
 // RawMessage is a Jupyter message kept as the bytes its sender wrote: the
@@ -63,7 +64,7 @@ type RawConn struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	shell, control, stdin, iopub zmq4.Socket
+	sockets // no heartbeat
 
 	sendMu sync.Mutex
 	signer *Signer
@@ -84,7 +85,6 @@ func DialRaw(ctx context.Context, info ConnectionInfo, deliver func(channel stri
 	r := &RawConn{ctx: cctx, cancel: cancel, signer: NewSigner(info.Key), key: info.Key, done: make(chan struct{})}
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
-	opts := []zmq4.Option{zmq4.WithDialerRetry(25 * time.Millisecond), zmq4.WithDialerMaxRetries(-1)}
 	// A fresh message's random id names this connection: its sockets'
 	// identity and its probes' session.
 	first, err := NewMessage("", "kernel_info_request", json.RawMessage("{}"))
@@ -93,29 +93,15 @@ func DialRaw(ctx context.Context, info ConnectionInfo, deliver func(channel stri
 		return nil, err
 	}
 	self := first.Header.MsgID
-	id := zmq4.SocketIdentity(self)
-	// Shell and stdin share one identity: input_request goes to the
-	// identity that sent the execute_request.
-	r.shell = zmq4.NewDealer(cctx, append(opts, zmq4.WithID(id))...)
-	r.stdin = zmq4.NewDealer(cctx, append(opts, zmq4.WithID(id))...)
-	r.control = zmq4.NewDealer(cctx, opts...)
-	r.iopub = zmq4.NewSub(cctx, opts...)
-	if err := r.iopub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
-		r.Close()
-		return nil, fmt.Errorf("kernel: raw: subscribe iopub: %w", err)
+	socks, err := newSockets(cctx, self, false, slog.Default())
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("kernel: raw: %w", err)
 	}
-	socks := []struct {
-		s  zmq4.Socket
-		ch string
-	}{{r.shell, Shell}, {r.stdin, Stdin}, {r.control, Control}, {r.iopub, IOPub}}
-	for _, s := range socks {
-		if err := s.s.Dial(info.Endpoint(s.ch)); err != nil {
-			r.Close()
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("kernel: raw: dial %s: %w", s.ch, ctx.Err())
-			}
-			return nil, fmt.Errorf("kernel: raw: dial %s: %w", s.ch, err)
-		}
+	r.sockets = socks
+	if err := r.dial(ctx, info); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("kernel: raw: %w", err)
 	}
 	// Until the handshake ends, messages go to ready; then to deliver.
 	probes := map[string]bool{}
@@ -139,9 +125,9 @@ func DialRaw(ctx context.Context, info ConnectionInfo, deliver func(channel stri
 		}
 		return true // a probe's own traffic is not the caller's
 	}
-	for _, s := range socks {
+	for _, s := range r.list() {
 		r.wg.Add(1)
-		go r.read(s.s, s.ch, func(channel string, m *RawMessage) {
+		go r.read(s.sock, s.channel, func(channel string, m *RawMessage) {
 			if !handshake(channel, m) {
 				deliver(channel, m)
 			}
@@ -281,11 +267,7 @@ func (r *RawConn) Err() error {
 // Close closes the sockets. It does not stop the kernel.
 func (r *RawConn) Close() error {
 	r.cancel()
-	for _, s := range []zmq4.Socket{r.shell, r.stdin, r.control, r.iopub} {
-		if s != nil {
-			s.Close()
-		}
-	}
+	r.close()
 	r.wg.Wait()
 	r.fail(ErrClosed)
 	return nil

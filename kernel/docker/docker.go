@@ -17,7 +17,8 @@
 // mount, network, ipc and uts namespaces, its own root (read-only system,
 // private /tmp, only its own /code and socket directory), its own uid,
 // umask 077 and its own memory and pids cgroups (rlimits where the
-// gateway cannot make cgroups); see zygote.go and forked.go. When the
+// gateway cannot make cgroups); see zygote.go, forked.go and the shared
+// lifecycle of a forked kernel in kernel/internal/forked. When the
 // zygote container cannot start, New warns and kernels are containers.
 package docker
 

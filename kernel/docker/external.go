@@ -116,7 +116,7 @@ func (p *Provisioner) shareDir(path string) error {
 
 // kernelGID is the gid a forked kernel runs as: its own uid's in fork
 // mode, the gateway's (the shared group) in zygote mode.
-func (k *forked) kernelGID() int {
+func (k *kernelFiles) kernelGID() int {
 	if k.p.shared {
 		return k.p.gid
 	}
@@ -126,7 +126,7 @@ func (k *forked) kernelGID() int {
 // kernelUmask is a forked kernel's umask: its files are its own (077), or,
 // in zygote mode, its own and the shared group's, so that the gateway
 // reads its outputs and dials its sockets.
-func (k *forked) kernelUmask() int {
+func (k *kernelFiles) kernelUmask() int {
 	if k.p.shared {
 		return 0o007
 	}
@@ -171,7 +171,7 @@ func (noEngine) Close() error { return nil }
 
 // makeSharedDirs makes the rest of a kernel's directory tree in zygote mode
 // (k.dir and root/ exist): every directory shared with the group.
-func (k *forked) makeSharedDirs() error {
+func (k *kernelFiles) makeSharedDirs() error {
 	for _, d := range []string{"run", "code", "code/input", "code/output"} {
 		if err := os.Mkdir(filepath.Join(k.dir, d), 0o700); err != nil {
 			return err
@@ -187,7 +187,7 @@ func (k *forked) makeSharedDirs() error {
 
 // giveFile makes a file the gateway wrote readable by the kernel: its own
 // in fork mode, the shared group's in zygote mode.
-func (k *forked) giveFile(path string) error {
+func (k *kernelFiles) giveFile(path string) error {
 	if k.p.shared {
 		return os.Chmod(path, 0o640)
 	}

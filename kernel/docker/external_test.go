@@ -95,8 +95,8 @@ func TestExternalZygote(t *testing.T) {
 open("/code/output/a.txt", "w").write("a")
 print(os.getuid(), os.getgid(), sorted(os.listdir("/code")))
 print(sorted(n for _, n in socket.if_nameindex()))`)
-	fa := a.Process().(*forked)
-	want := []string{fmt.Sprintf("%d %d ['input', 'output']", fa.uid, fa.kernelGID()), "['lo']"}
+	fa := a.Process().(*forkedKernel)
+	want := []string{fmt.Sprintf("%d %d ['input', 'output']", fa.files.uid, fa.files.kernelGID()), "['lo']"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("kernel a: %q, want %q", got, want)
 	}
@@ -198,8 +198,8 @@ func TestExternalHelper(t *testing.T) {
 	got := lines(t, k, `import os
 open("/code/output/a.txt", "w").write("a")
 print(os.getuid(), os.getgid(), os.getgroups())`)
-	fk := k.Process().(*forked)
-	if want := fmt.Sprintf("%d %d []", fk.uid, os.Getgid()); len(got) != 1 || got[0] != want {
+	fk := k.Process().(*forkedKernel)
+	if want := fmt.Sprintf("%d %d []", fk.files.uid, os.Getgid()); len(got) != 1 || got[0] != want {
 		t.Fatalf("kernel: %q, want %q", got, want)
 	}
 	if data, err := os.ReadFile(filepath.Join(fk.Dir(), "output", "a.txt")); err != nil || string(data) != "a" {

@@ -2,28 +2,38 @@ package docker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
-	"time"
 
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/internal/cgroupv1"
+	"github.com/codegw/codegw/kernel/internal/forked"
 	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
-// forked is one kernel forked by a zygote container (KERNEL_START=fork).
+// forkedKernel is one kernel forked by a zygote container
+// (KERNEL_START=fork): the lifecycle of package forked, with its files.
+type forkedKernel struct {
+	*forked.Kernel
+	files *kernelFiles
+}
+
+var (
+	_ kernel.Process    = (*forkedKernel)(nil)
+	_ kernel.Binder     = (*forkedKernel)(nil)
+	_ kernel.OneShotter = (*forkedKernel)(nil)
+)
+
+// kernelFiles is what a forked kernel owns on the host, and its forked.Host.
 // Its files live in <fork dir>/<id>: run/ (sockets and connection file,
 // bound at the same path inside the kernel), code/ (its /code, with input/
 // and output/) and root/ (where the child builds its root file system).
 // The kernel runs as its own uid, from the range starting at
 // Config.KernelUID; its directories are that uid's.
-type forked struct {
+type kernelFiles struct {
 	p     *Provisioner
 	id    string
 	dir   string // host: <fork dir>/<id>
@@ -31,47 +41,9 @@ type forked struct {
 	info  kernel.ConnectionInfo // host paths, where the gateway dials
 	kinfo kernel.ConnectionInfo // container paths, where the kernel binds
 	env   map[string]string
-	// oneShot: the kernel is a one-shot kernel (Spec.OneShot).
-	oneShot bool
-
-	opMu   sync.Mutex // serialises Restart and Close
-	closed bool
-
-	mu  sync.Mutex
-	cur *forkRun
 }
 
-var (
-	_ kernel.Process    = (*forked)(nil)
-	_ kernel.Binder     = (*forked)(nil)
-	_ kernel.OneShotter = (*forked)(nil)
-)
-
-// OneShot reports whether the current process is a one-shot kernel: asked
-// for and forked by a zygote that makes them.
-func (k *forked) OneShot() bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.cur != nil && k.cur.oneShot
-}
-
-// forkRun is one child of a zygote; Restart forks a new one.
-type forkRun struct {
-	z      *zygote
-	token  string
-	cg     *cgroupv1.Group // nil: limited by rlimits
-	exited chan struct{}
-	once   sync.Once
-	// bound is closed on the zygote's "bound" event: the kernel's sockets
-	// are bound, and kernel.Dial connects once.
-	bound     chan struct{}
-	boundOnce sync.Once
-	exit      kernel.Exit
-	t0        time.Time
-	kid       string
-	p         *Provisioner
-	oneShot   bool // the zygote made it a one-shot kernel
-}
+var _ forked.Host = (*kernelFiles)(nil)
 
 // containerPath is where the zygote container sees a path under the fork
 // directory.
@@ -84,8 +56,8 @@ func (p *Provisioner) containerPath(host string) string {
 }
 
 // startForked makes the kernel's directories and forks it.
-func (p *Provisioner) startForked(ctx context.Context, spec kernel.Spec) (_ *forked, err error) {
-	k := &forked{p: p, id: spec.ID, dir: filepath.Join(p.forkDir, spec.ID), env: map[string]string{}, oneShot: spec.OneShot}
+func (p *Provisioner) startForked(ctx context.Context, spec kernel.Spec) (_ *forkedKernel, err error) {
+	k := &kernelFiles{p: p, id: spec.ID, dir: filepath.Join(p.forkDir, spec.ID), env: map[string]string{}}
 	for _, kv := range p.env {
 		name, v, _ := strings.Cut(kv, "=")
 		k.env[name] = v
@@ -124,16 +96,25 @@ func (p *Provisioner) startForked(ctx context.Context, spec kernel.Spec) (_ *for
 	}
 	k.info, k.kinfo = host, host
 	k.kinfo.IP = p.containerPath(host.IP)
-	if err := k.fork(ctx); err != nil {
+	fk, err := forked.Start(ctx, forked.Config{
+		ID: spec.ID, Prefix: "docker", Log: p.log, Attrs: []any{"uid", uid},
+		Info: k.info, Dir: k.codeDir(), OneShot: spec.OneShot,
+		Limits: forked.Limits{Cgroups: p.cg, Memory: p.cfg.Memory, Pids: p.cfg.PidsLimit},
+		Seq:    &p.seq,
+	}, k)
+	if err != nil {
 		return nil, err
 	}
-	return k, nil
+	return &forkedKernel{Kernel: fk, files: k}, nil
 }
+
+// codeDir is the host directory the kernel sees as /code.
+func (k *kernelFiles) codeDir() string { return filepath.Join(k.dir, "code") }
 
 // makeDirs makes the kernel's directory tree: its own uid's, but for the
 // parent and root/, which stay root's (the zygote mounts there before the
 // child drops to the kernel's uid).
-func (k *forked) makeDirs() error {
+func (k *kernelFiles) makeDirs() error {
 	if err := os.RemoveAll(k.dir); err != nil {
 		return err
 	}
@@ -165,196 +146,49 @@ func (k *forked) makeDirs() error {
 	return nil
 }
 
-// fork writes a fresh connection file and forks a child for the kernel.
-func (k *forked) fork(ctx context.Context) error {
+// Zygote returns the running zygote's connection (forked.Host).
+func (k *kernelFiles) Zygote(ctx context.Context) (*zygotectl.Conn, error) {
+	z, err := k.p.getZygote(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return z.c, nil
+}
+
+// Request writes a fresh connection file and returns the fork request,
+// paths as the zygote container sees them (forked.Host).
+func (k *kernelFiles) Request() (zygotectl.Request, error) {
 	p := k.p
 	k.removeSockets()
 	connFile := filepath.Join(k.dir, "run", connectionFile)
 	if err := k.kinfo.WriteFile(connFile); err != nil {
-		return fmt.Errorf("docker: kernel %s: %w", k.id, err)
+		return zygotectl.Request{}, fmt.Errorf("docker: kernel %s: %w", k.id, err)
 	}
 	if err := k.giveFile(connFile); err != nil {
-		return fmt.Errorf("docker: kernel %s: %w", k.id, err)
+		return zygotectl.Request{}, fmt.Errorf("docker: kernel %s: %w", k.id, err)
 	}
-	z, err := p.getZygote(ctx)
-	if err != nil {
-		return err
-	}
-	token := k.id + "." + strconv.FormatInt(p.seq.Add(1), 10)
-	req := zygotectl.Request{
-		Token: token, Conn: p.containerPath(connFile), Code: p.containerPath(k.Dir()),
+	return zygotectl.Request{
+		Conn: p.containerPath(connFile), Code: p.containerPath(k.codeDir()),
 		Sock: p.containerPath(filepath.Join(k.dir, "run")), Root: p.containerPath(filepath.Join(k.dir, "root")),
 		Sandbox: true, ShareNet: p.cfg.NetworkMode != "none", Binds: []string{containerExecDir},
 		UID: k.uid, GID: k.kernelGID(), Env: k.env, Contain: map[string]int{"umask": k.kernelUmask()},
-		OneShot: k.oneShot && z.c.OneShots(),
-	}
-	r := &forkRun{z: z, token: token, exited: make(chan struct{}), bound: make(chan struct{}), t0: time.Now(), kid: k.id, p: p, oneShot: req.OneShot}
-	if p.cg != nil {
-		cg, err := p.cg.Create(token, p.cfg.Memory, p.cfg.PidsLimit)
-		if err != nil {
-			return err
-		}
-		r.cg = cg
-		req.Cgroups = containerDirs(cg)
-	} else {
-		req.Rlimits = map[string]int64{}
-		if p.cfg.Memory > 0 {
-			req.Rlimits["as"] = p.cfg.Memory
-		}
-		if p.cfg.PidsLimit > 0 {
-			// Per uid, and every kernel has its own.
-			req.Rlimits["nproc"] = p.cfg.PidsLimit
-		}
-	}
-	pid, err := z.c.Fork(ctx, r, req)
-	if err != nil {
-		if r.cg != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			r.cg.Remove()
-		}
-		if errors.Is(err, zygotectl.ErrDied) {
-			return fmt.Errorf("%w: %v", kernel.ErrProvisioner, err)
-		}
-		return err
-	}
-	k.mu.Lock()
-	k.cur = r
-	k.mu.Unlock()
-	p.log.Info("docker: kernel forked", "kernel", k.id, "zygote", z.name, "pid", pid, "uid", k.uid,
-		"took", time.Since(r.t0).Round(time.Microsecond))
-	return nil
+	}, nil
 }
 
-func (k *forked) current() *forkRun {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.cur
-}
+// CgroupDirs are where the zygote container sees g (forked.Host).
+func (k *kernelFiles) CgroupDirs(g *cgroupv1.Group) []string { return containerDirs(g) }
 
-// finish records a forked kernel's exit with what its cgroups say about it,
-// removes them and closes r.exited. Only the first call counts.
-func (r *forkRun) finish(e kernel.Exit) {
-	r.once.Do(func() {
-		if r.cg != nil {
-			e.OOMKilled = r.cg.OOMKilled()
-			e.PidsLimited = r.cg.PidsHits() > 0
-			r.cg.Remove()
-		}
-		r.exit = e
-		close(r.exited)
-		r.p.log.Info("docker: kernel exited", "kernel", r.kid, "code", e.Code, "signal", e.Signal,
-			"oom", e.OOMKilled, "pids_limited", e.PidsLimited, "uptime", time.Since(r.t0).Round(time.Millisecond))
-	})
-}
-
-// orphaned reports a kernel whose zygote died killed, once its processes
-// are gone (the zygote container's removal ends them).
-func (r *forkRun) orphaned() {
-	for i := 0; r.cg != nil && !r.cg.Empty() && i < 500; i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	r.finish(kernel.Exit{Code: -1, Signal: syscall.SIGKILL.String()})
-}
-
-// ConnectionInfo returns the endpoints as the gateway dials them: host paths.
-func (k *forked) ConnectionInfo() kernel.ConnectionInfo { return k.info }
-
-// Dir is the host directory the kernel sees as /code.
-func (k *forked) Dir() string { return filepath.Join(k.dir, "code") }
-
-func (k *forked) Exited() <-chan struct{} { return k.current().exited }
-
-// Bound is closed when the current kernel said its sockets are bound.
-func (k *forked) Bound() <-chan struct{} { return k.current().bound }
-
-// markBound closes r.bound; only the first call counts.
-func (r *forkRun) markBound() { r.boundOnce.Do(func() { close(r.bound) }) }
-
-func (k *forked) Exit() kernel.Exit {
-	r := k.current()
-	select {
-	case <-r.exited:
-		return r.exit
-	default:
-		return kernel.Exit{}
-	}
-}
-
-// PidsLimitHits returns how many forks the kernel's pids cgroup refused so
-// far (0 without cgroups): see the spawned kernels' method.
-func (k *forked) PidsLimitHits() int64 {
-	if r := k.current(); r.cg != nil {
-		return r.cg.PidsHits()
-	}
-	return 0
-}
-
-// Kill asks the zygote to kill the kernel, which ends its pid namespace. It
-// does not wait for Exited.
-func (k *forked) Kill(ctx context.Context) error {
-	r := k.current()
-	select {
-	case <-r.exited:
-		return nil
-	default:
-	}
-	if err := r.z.c.Kill(r.token); err != nil && !errors.Is(err, zygotectl.ErrDied) {
-		return fmt.Errorf("docker: kill kernel %s: %w", k.id, err)
-	}
-	return nil
-}
-
-// kill kills r and waits for its end.
-func (k *forked) kill(ctx context.Context, r *forkRun) error {
-	if err := k.Kill(ctx); err != nil {
-		return err
-	}
-	select {
-	case <-r.exited:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("docker: kill kernel %s: %w", k.id, ctx.Err())
-	}
-}
-
-// Restart kills the kernel and forks a new one: same endpoints, key and
-// directory, a fresh /tmp and a fresh interpreter.
-func (k *forked) Restart(ctx context.Context) error {
-	k.opMu.Lock()
-	defer k.opMu.Unlock()
-	if k.closed {
-		return fmt.Errorf("docker: restart kernel %s: closed", k.id)
-	}
-	if err := k.kill(ctx, k.current()); err != nil {
-		return err
-	}
-	if err := k.fork(ctx); err != nil {
-		return fmt.Errorf("docker: restart kernel %s: %w", k.id, err)
-	}
-	return nil
-}
-
-// Close kills the kernel and removes its directory. Later calls return nil.
-func (k *forked) Close(ctx context.Context) error {
-	k.opMu.Lock()
-	defer k.opMu.Unlock()
-	if k.closed {
-		return nil
-	}
-	if err := k.kill(ctx, k.current()); err != nil {
-		return err
-	}
-	k.closed = true
+// Remove removes the kernel's directory and gives back its uid and id
+// (forked.Host).
+func (k *kernelFiles) Remove() error {
 	k.removeSockets()
 	err := os.RemoveAll(k.dir)
 	k.p.releaseUID(k.uid)
 	k.p.forget(k.id)
-	if err != nil {
-		return fmt.Errorf("docker: close kernel %s: %w", k.id, err)
-	}
-	return nil
+	return err
 }
 
-func (k *forked) removeSockets() {
+func (k *kernelFiles) removeSockets() {
 	for _, f := range k.info.SocketFiles() {
 		os.Remove(f)
 	}

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -85,7 +84,7 @@ func TestForkIsolation(t *testing.T) {
 	p := newForkProvisioner(t, cfg)
 	a := launch(t, p, kernel.Spec{})
 	b := launch(t, p, kernel.Spec{Env: map[string]string{"GREETING": "hello"}})
-	fa, fb := a.Process().(*forked), b.Process().(*forked)
+	fa, fb := a.Process().(*forkedKernel), b.Process().(*forkedKernel)
 
 	mustRun(t, a, `
 import os, subprocess, pandas as pd
@@ -101,7 +100,7 @@ child = subprocess.Popen(["sleep", "600"])
 		got := lines(t, b, fmt.Sprintf(`import os
 print(os.path.exists("/tmp/secret"), os.listdir("/code/output"), os.path.exists("/dev/shm/a"))
 print(os.path.exists(%q), os.path.exists(%q), os.listdir("/run/codegw") == [%q])`,
-			p.containerPath(fa.dir), p.containerPath(fa.Dir()), fb.id))
+			p.containerPath(fa.files.dir), p.containerPath(fa.Dir()), fb.files.id))
 		if got[0] != "False [] False" {
 			t.Errorf("b sees a's files: %s", got[0])
 		}
@@ -115,8 +114,8 @@ print(os.path.exists(%q), os.path.exists(%q), os.listdir("/run/codegw") == [%q])
 		}
 		if fi, err := os.Stat(path); err == nil {
 			st := fi.Sys().(*syscall.Stat_t)
-			if int(st.Uid) != fa.uid || fi.Mode().Perm() != 0o600 {
-				t.Errorf("a's output file: uid %d mode %v, want %d 0600 (umask 077)", st.Uid, fi.Mode().Perm(), fa.uid)
+			if int(st.Uid) != fa.files.uid || fi.Mode().Perm() != 0o600 {
+				t.Errorf("a's output file: uid %d mode %v, want %d 0600 (umask 077)", st.Uid, fi.Mode().Perm(), fa.files.uid)
 			}
 		}
 	})
@@ -125,10 +124,10 @@ print(os.path.exists(%q), os.path.exists(%q), os.listdir("/run/codegw") == [%q])
 pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 cmds = [open("/proc/%d/cmdline" % p, "rb").read().split(b"\0")[0].decode() for p in pids]
 print(os.getpid(), os.getuid(), any("sleep" in c for c in cmds), len(pids) <= 3)`)
-		if want := fmt.Sprintf("1 %d False True", fb.uid); got[0] != want {
+		if want := fmt.Sprintf("1 %d False True", fb.files.uid); got[0] != want {
 			t.Errorf("pid uid sleep-seen few-pids = %s, want %s", got[0], want)
 		}
-		if fa.uid == fb.uid {
+		if fa.files.uid == fb.files.uid {
 			t.Error("two kernels share a uid")
 		}
 		if got := lines(t, a, `print(child.poll() is None)`); got[0] != "True" {
@@ -205,134 +204,33 @@ print(len(glob.glob(os.environ["EXECUTOR_MPL_CACHE"] + "/fontlist-*.json")), os.
 		if p.cg == nil {
 			t.Skip("no cgroups: rlimits")
 		}
-		ra, rb := fa.current(), fb.current()
-		limit, _ := os.ReadFile(filepath.Join(ra.cg.Mem, "memory.limit_in_bytes"))
+		ra, rb := fa.Current(), fb.Current()
+		limit, _ := os.ReadFile(filepath.Join(ra.Cgroup().Mem, "memory.limit_in_bytes"))
 		if strings.TrimSpace(string(limit)) != strconv.Itoa(1<<30) {
 			t.Errorf("memory limit %s", limit)
 		}
 		got := lines(t, b, `print([l for l in open("/proc/self/cgroup").read().split() if ":pids:" in l][0])`)
-		if !strings.HasSuffix(got[0], "/"+rb.token) {
-			t.Errorf("b's pids cgroup %s, want .../%s", got[0], rb.token)
+		if !strings.HasSuffix(got[0], "/"+rb.Token()) {
+			t.Errorf("b's pids cgroup %s, want .../%s", got[0], rb.Token())
 		}
 	})
 	// Everything a started ends with it.
-	ra := fa.current()
+	ra := fa.Current()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := a.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if ra.cg != nil {
-		if _, err := os.Stat(ra.cg.Pids); !errors.Is(err, os.ErrNotExist) {
+	if ra.Cgroup() != nil {
+		if _, err := os.Stat(ra.Cgroup().Pids); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("a's cgroup is left: %v", err)
 		}
 	}
-	if _, err := os.Stat(fa.dir); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(fa.files.dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a's directory is left: %v", err)
 	}
 	if got := lines(t, b, "print(1+1)"); got[0] != "2" {
 		t.Errorf("b after a closed: %v", got)
-	}
-}
-
-func TestForkFaults(t *testing.T) {
-	t.Parallel()
-	cfg := forkConfig(t)
-	cfg.Memory, cfg.PidsLimit = 256<<20, 64
-	p := newForkProvisioner(t, cfg)
-	if p.cg == nil && os.Getenv("CI") == "true" {
-		t.Fatal("no cgroups under CI")
-	}
-	sib := launch(t, p, kernel.Spec{})
-
-	// sibling answers a computation while a fault happens next door.
-	sibling := func(t *testing.T, stop <-chan struct{}) {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			out, reply, err := execute(t, sib, fmt.Sprintf("print(sum(range(%d)))", 1000+i))
-			if err != nil || reply.Status != "ok" {
-				t.Errorf("sibling: %v %v", reply, err)
-				return
-			}
-			if want := strconv.Itoa((1000 + i) * (999 + i) / 2); strings.TrimSpace(out) != want {
-				t.Errorf("sibling said %q, want %s", out, want)
-				return
-			}
-		}
-	}
-
-	for _, tt := range []struct {
-		name string
-		code string
-		kill bool // kill the kernel once its pids limit was hit
-		want func(kernel.Exit) bool
-	}{
-		{"exit", "import os; os._exit(3)", false, func(e kernel.Exit) bool { return e.Code == 3 }},
-		{"segfault", "import ctypes; ctypes.string_at(0)", false, func(e kernel.Exit) bool { return e.Signal == "segmentation fault" }},
-		{"memory bomb", "x = []\nwhile True: x.append(bytearray(16 << 20))", false, func(e kernel.Exit) bool { return e.OOMKilled }},
-		{"fork bomb", "import os, time\nwhile True:\n    try: os.fork()\n    except OSError: time.sleep(0.05)", true,
-			func(e kernel.Exit) bool { return e.PidsLimited }},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			if p.cg == nil && (tt.name == "memory bomb" || tt.name == "fork bomb") {
-				t.Skip("no cgroups here")
-			}
-			k := launch(t, p, kernel.Spec{})
-			fk := k.Process().(*forked)
-			r := fk.current()
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() { defer wg.Done(); sibling(t, stop) }()
-			errc := make(chan error, 1)
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-				defer cancel()
-				_, err := k.Execute(ctx, tt.code, kernel.ExecuteOptions{}, kernel.Deadline{})
-				errc <- err
-			}()
-			poll := time.NewTicker(50 * time.Millisecond)
-			defer poll.Stop()
-			deadline := time.NewTimer(60 * time.Second)
-			defer deadline.Stop()
-			for ended := false; !ended; {
-				select {
-				case <-fk.Exited():
-					ended = true
-				case <-poll.C:
-					if !tt.kill || fk.PidsLimitHits() == 0 {
-						continue
-					}
-					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					err := fk.kill(ctx, r)
-					cancel()
-					if err != nil {
-						t.Fatal(err)
-					}
-					ended = true
-				case <-deadline.C:
-					t.Fatal("the kernel did not end")
-				}
-			}
-			close(stop)
-			wg.Wait()
-			if e := fk.Exit(); !tt.want(e) {
-				t.Errorf("exit %+v", e)
-			}
-			if err := <-errc; !errors.Is(err, kernel.ErrDied) {
-				t.Errorf("the call: %v, want ErrDied", err)
-			}
-			if r.cg != nil && !r.cg.Empty() {
-				t.Error("processes left after the kernel ended")
-			}
-		})
-	}
-	if got := lines(t, sib, "print(1+1)"); got[0] != "2" {
-		t.Errorf("sibling after the faults: %v", got)
 	}
 }
 
@@ -367,7 +265,7 @@ func TestForkZygoteDeath(t *testing.T) {
 	cfg.PidsLimit = 64
 	p := newForkProvisioner(t, cfg)
 	k := launch(t, p, kernel.Spec{})
-	r := k.Process().(*forked).current()
+	r := k.Process().(*forkedKernel).Current()
 	mustRun(t, k, `import subprocess; subprocess.Popen(["sleep", "600"])`)
 	old := p.ZygoteContainer()
 	done := make(chan error, 1)
@@ -389,10 +287,10 @@ func TestForkZygoteDeath(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the in-flight call hangs")
 	}
-	for deadline := time.Now().Add(10 * time.Second); r.cg != nil && !r.cg.Empty() && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); r.Cgroup() != nil && !r.Cgroup().Empty() && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if r.cg != nil && !r.cg.Empty() {
+	if r.Cgroup() != nil && !r.Cgroup().Empty() {
 		t.Error("the kernel's processes outlived their zygote")
 	}
 	// A new zygote serves the next kernel; the old container is gone.

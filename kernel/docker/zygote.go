@@ -17,6 +17,7 @@ import (
 	"github.com/docker/docker/api/types/mount"
 
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/forked"
 	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
@@ -56,11 +57,6 @@ type zygote struct {
 	closing atomic.Bool    // the provisioner stopped it
 	orphans sync.WaitGroup // kernels being reported dead after the zygote's end
 }
-
-// Forked, Bound and Exited make a forked kernel a zygotectl.Run.
-func (r *forkRun) Forked(int)        {}
-func (r *forkRun) Bound()            { r.markBound() }
-func (r *forkRun) Exited(status int) { r.finish(exitFromState(status, false)) }
 
 // startZygote starts a zygote container and waits until it is ready.
 func (p *Provisioner) startZygote(ctx context.Context) (_ *zygote, err error) {
@@ -205,7 +201,7 @@ func (z *zygote) read() {
 	for _, r := range runs {
 		go func() {
 			defer z.orphans.Done()
-			r.(*forkRun).orphaned()
+			r.(*forked.Run).Orphaned()
 		}()
 	}
 }

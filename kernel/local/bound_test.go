@@ -24,7 +24,7 @@ func TestBound(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				k := proc.(*Process)
+				k := proc.(*instance)
 				t.Cleanup(func() { k.Close(context.Background()) })
 				waitBound(t, k)
 
@@ -52,7 +52,7 @@ func TestBound(t *testing.T) {
 }
 
 // waitBound waits for k's bound signal and checks that its sockets exist.
-func waitBound(t *testing.T, k *Process) {
+func waitBound(t *testing.T, k *instance) {
 	t.Helper()
 	select {
 	case <-k.Bound():

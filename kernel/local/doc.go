@@ -5,7 +5,7 @@
 // Every kernel gets a directory <StateDir>/k/<id>/ holding:
 //
 //	code/          the kernel's /code: input/ (files given to the code) and
-//	               output/ (files the code writes); Process.Dir returns it
+//	               output/ (files the code writes); the kernel's Dir returns it
 //	s/             private socket directory: the connection file and the
 //	               ipc socket files of the kernel's five channels
 //	lock           flock'ed by the gateway while the kernel lives, so Reap
@@ -13,7 +13,7 @@
 //	root/          (forked kernels) the mount point of the kernel's own root,
 //	               built inside its mount namespace; empty on the host
 //
-// Either way the kernel says when its sockets are bound (Process.Bound,
+// Either way the kernel says when its sockets are bound (Bound,
 // kernel.Binder), so the gateway dials once: a spawned kernel's launcher
 // writes a byte to a pipe at fd 4 (EXECUTOR_READY_FD), a forked one to a
 // pipe its zygote holds, which forwards it as a "bound" event.
@@ -46,7 +46,10 @@
 // PidsLimited from pids.events. A zygote that dies takes its kernels with it
 // (parent-death signal and a lifeline pipe to each child); they are reported
 // killed and the next Start starts a new zygote. Provisioner.Close ends the
-// zygote and so any forked kernel still running.
+// zygote and so any forked kernel still running. The forked kernel's
+// lifecycle (the fork request and its limits, kill through the zygote,
+// Restart, Close, exits) is kernel/internal/forked's, shared with
+// kernel/docker; this package supplies the zygote and the kernel's files.
 //
 // # The sandbox of spawned kernels
 //

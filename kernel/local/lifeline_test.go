@@ -194,7 +194,7 @@ func TestLifeline(t *testing.T) {
 			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}, Start: StartSpawn})
 			k, c := startKernel(t, p)
 			execute(t, c, `import subprocess; child = subprocess.Popen(["sleep", "600"])`)
-			r := k.current()
+			r := spawnedRun(k)
 			if n := groupMembers(t, r.pgid); n < 3 { // kernel, watcher, sleep
 				t.Fatalf("%d processes in the kernel's group", n)
 			}

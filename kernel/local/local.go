@@ -394,27 +394,34 @@ func (p *Provisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.Proce
 		}
 		return nil, fmt.Errorf("local: %w", err)
 	}
-	proc, err := p.prepare(kdir, spec)
+	files, err := p.prepare(kdir, spec)
 	if err != nil {
 		os.RemoveAll(kdir)
 		return nil, err
 	}
-	if err := proc.start(ctx); err != nil {
-		proc.unlock()
+	var c core
+	if p.fork {
+		c, err = p.startForked(ctx, files, spec)
+	} else {
+		s := &spawned{kernelFiles: files}
+		c, err = s, s.start()
+	}
+	if err != nil {
+		files.unlock()
 		os.RemoveAll(kdir)
 		return nil, err
 	}
-	return proc, nil
+	return &instance{core: c, files: files}, nil
 }
 
 // prepare makes the kernel's directory tree in kdir, takes its lock and writes the
 // connection file.
-func (p *Provisioner) prepare(kdir string, spec kernel.Spec) (*Process, error) {
+func (p *Provisioner) prepare(kdir string, spec kernel.Spec) (*kernelFiles, error) {
 	lock, err := lockFile(filepath.Join(kdir, "lock"), false)
 	if err != nil {
 		return nil, fmt.Errorf("local: lock: %w", err)
 	}
-	proc := &Process{p: p, id: spec.ID, kdir: kdir, lock: lock, env: p.env(kdir, spec.Env), spec: spec.Env, oneShot: spec.OneShot && p.fork}
+	proc := &kernelFiles{p: p, id: spec.ID, kdir: kdir, lock: lock, env: p.env(kdir, spec.Env), spec: spec.Env}
 	owned := []string{filepath.Join(kdir, "code"), filepath.Join(kdir, "code", "input"),
 		filepath.Join(kdir, "code", "output"), filepath.Join(kdir, "s")}
 	if !p.sandbox {

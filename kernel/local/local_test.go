@@ -89,7 +89,7 @@ func requireBwrap(t *testing.T) {
 }
 
 // startKernel starts a kernel and returns it with a Client once it is ready.
-func startKernel(t *testing.T, p *Provisioner) (*Process, *kernel.Client) {
+func startKernel(t *testing.T, p *Provisioner) (*instance, *kernel.Client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
@@ -97,7 +97,7 @@ func startKernel(t *testing.T, p *Provisioner) (*Process, *kernel.Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := proc.(*Process)
+	k := proc.(*instance)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -110,7 +110,7 @@ func startKernel(t *testing.T, p *Provisioner) (*Process, *kernel.Client) {
 
 // dial connects a Client to the kernel's current process and waits until it
 // is ready.
-func dial(t *testing.T, ctx context.Context, k *Process) *kernel.Client {
+func dial(t *testing.T, ctx context.Context, k *instance) *kernel.Client {
 	t.Helper()
 	c, err := kernel.Dial(ctx, k.ConnectionInfo(), kernel.ClientOptions{HeartbeatTimeout: -1, Logger: testLogger(t)})
 	if err != nil {
@@ -382,192 +382,6 @@ func sandboxes(t *testing.T) []string {
 	return modes
 }
 
-func TestExit(t *testing.T) {
-	for _, mode := range sandboxes(t) {
-		t.Run(mode, func(t *testing.T) {
-			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
-			tests := []struct {
-				name string
-				code string // empty: Kill
-				want kernel.Exit
-			}{
-				{"kill", "", kernel.Exit{Code: -1, Signal: "killed"}},
-				{"segfault", "import ctypes; ctypes.string_at(0)", kernel.Exit{Code: -1, Signal: "segmentation fault"}},
-				{"exit code", "import os; os._exit(3)", kernel.Exit{Code: 3}},
-				{"abort", "import os; os.abort()", kernel.Exit{Code: -1, Signal: "aborted"}},
-			}
-			for _, tt := range tests {
-				t.Run(tt.name, func(t *testing.T) {
-					k, c := startKernel(t, p)
-					if tt.code == "" {
-						ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-						defer cancel()
-						if err := k.Kill(ctx); err != nil {
-							t.Fatal(err)
-						}
-					} else {
-						go tryExecute(c, tt.code) // ends when the test closes the client
-					}
-					select {
-					case <-k.Exited():
-					case <-time.After(execTimeout):
-						t.Fatal("the kernel did not exit")
-					}
-					want := tt.want
-					if tt.name == "abort" && p.fork && p.sandbox {
-						// A forked kernel is pid 1 of its namespace, which
-						// ignores its own SIGABRT; glibc's abort then faults.
-						want.Signal = "segmentation fault"
-					}
-					if got := k.Exit(); got != want {
-						t.Errorf("exit %+v, want %+v; output:\n%s", got, want, k.Output())
-					}
-				})
-			}
-		})
-	}
-}
-
-func TestInterrupt(t *testing.T) {
-	for _, mode := range sandboxes(t) {
-		t.Run(mode, func(t *testing.T) {
-			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
-			_, c := startKernel(t, p)
-			done := make(chan result, 1)
-			go func() {
-				r, _ := tryExecute(c, "import time; print('sleeping', flush=True); time.sleep(600)")
-				done <- r
-			}()
-			// Interrupt until the execution ends: the first interrupt may
-			// arrive before the code runs.
-			deadline := time.After(execTimeout)
-			tick := time.NewTicker(200 * time.Millisecond)
-			defer tick.Stop()
-			for {
-				select {
-				case r := <-done:
-					if r.reply == nil || r.reply.EName != "KeyboardInterrupt" {
-						t.Errorf("reply %+v, want KeyboardInterrupt", r.reply)
-					}
-					if got := execute(t, c, "print(1+1)").stdout; got != "2\n" {
-						t.Errorf("after the interrupt: %q", got)
-					}
-					return
-				case <-tick.C:
-					ctx, cancel := context.WithTimeout(context.Background(), execTimeout)
-					err := c.Interrupt(ctx)
-					cancel()
-					if err != nil {
-						t.Fatal(err)
-					}
-				case <-deadline:
-					t.Fatal("the execution was not interrupted")
-				}
-			}
-		})
-	}
-}
-
-func TestRestart(t *testing.T) {
-	for _, mode := range sandboxes(t) {
-		t.Run(mode, func(t *testing.T) {
-			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
-			k, c := startKernel(t, p)
-			pid := lines(t, c, `import os; x = 1; open("output/kept.txt", "w").write("kept"); print(os.getpid())`)[0]
-			old := k.Exited()
-
-			ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-			defer cancel()
-			if err := k.Restart(ctx); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case <-old:
-			default:
-				t.Error("the old process's Exited is still open")
-			}
-			select {
-			case <-k.Exited():
-				t.Fatal("the new process's Exited is closed")
-			default:
-			}
-			c.Close()
-			c = dial(t, ctx, k)
-			r, err := tryExecute(c, `import os; print(os.getpid()); print(open("output/kept.txt").read()); x`)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.reply.Status != "error" || r.reply.EName != "NameError" {
-				t.Errorf("state survived the restart: %+v", r.reply)
-			}
-			got := strings.Split(strings.TrimSpace(r.stdout), "\n")
-			if len(got) != 2 || got[1] != "kept" {
-				t.Errorf("files after restart: %q", got)
-			}
-			if mode == SandboxNone && got[0] == pid {
-				t.Error("same pid after restart")
-			}
-		})
-	}
-}
-
-func TestClose(t *testing.T) {
-	for _, mode := range sandboxes(t) {
-		t.Run(mode, func(t *testing.T) {
-			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}})
-			k, c := startKernel(t, p)
-			// A child process that outlives nothing: it must die with the kernel.
-			execute(t, c, `import subprocess; child = subprocess.Popen(["sleep", "600"])`)
-			pgid := k.current().pgid
-			if n := groupMembers(t, pgid); n < 2 {
-				t.Fatalf("%d processes in the kernel's group before Close", n)
-			}
-			sockets := k.ConnectionInfo().SocketFiles()
-			for _, f := range sockets {
-				if _, err := os.Stat(f); err != nil {
-					t.Fatalf("socket file: %v", err)
-				}
-			}
-
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := k.Close(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if err := k.Close(ctx); err != nil {
-				t.Errorf("second Close: %v", err)
-			}
-			select {
-			case <-k.Exited():
-			default:
-				t.Error("Exited open after Close")
-			}
-			// SIGKILL is asynchronous for the rest of the group: poll.
-			deadline := time.Now().Add(30 * time.Second)
-			for groupMembers(t, pgid) > 0 && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
-			if n := groupMembers(t, pgid); n > 0 {
-				t.Errorf("%d processes of the kernel's group left after Close", n)
-			}
-			if n := sleepers(t); n > 0 {
-				t.Errorf("%d 'sleep 600' processes left after Close", n)
-			}
-			for _, f := range sockets {
-				if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
-					t.Errorf("socket file %s left: %v", f, err)
-				}
-			}
-			if _, err := os.Stat(k.kdir); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("kernel directory left: %v", err)
-			}
-			if err := k.Restart(ctx); err == nil {
-				t.Error("Restart after Close succeeded")
-			}
-		})
-	}
-}
-
 // groupMembers counts the processes whose process group is pgid.
 func groupMembers(t *testing.T, pgid int) int {
 	t.Helper()
@@ -685,7 +499,7 @@ func TestStartErrors(t *testing.T) {
 	t.Run("id in use", func(t *testing.T) {
 		p := newProvisioner(t, Config{Sandbox: SandboxNone, Preload: []string{}})
 		k, _ := startKernel(t, p)
-		if _, err := p.Start(context.Background(), kernel.Spec{ID: k.id}); err == nil {
+		if _, err := p.Start(context.Background(), kernel.Spec{ID: k.files.id}); err == nil {
 			t.Error("a second kernel with the same id started")
 		}
 		if _, err := os.Stat(k.Dir()); err != nil {

@@ -5,31 +5,82 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
-	"github.com/codegw/codegw/kernel/internal/cgroupv1"
+	"github.com/codegw/codegw/kernel/internal/forked"
 )
 
-// Process is one local kernel. It implements kernel.Process.
-type Process struct {
+// instance is one local kernel, forked by the zygote (KERNEL_START=fork)
+// or spawned. It implements kernel.Process.
+type instance struct {
+	// core is the kernel's lifecycle: a *forked.Kernel, whose Host is
+	// files, or a *spawned.
+	core
+	files *kernelFiles
+}
+
+// core is what a local kernel's lifecycle provides.
+type core interface {
+	kernel.Process
+	kernel.Binder
+	kernel.OneShotter
+}
+
+var (
+	_ kernel.Process    = (*instance)(nil)
+	_ kernel.Binder     = (*instance)(nil)
+	_ kernel.OneShotter = (*instance)(nil)
+	_ core              = (*forked.Kernel)(nil)
+	_ core              = (*spawned)(nil)
+)
+
+// Output returns the last bytes the kernel's current process wrote to its
+// stdout and stderr (tracebacks of a crash, bwrap's complaints), for
+// diagnostics; a forked kernel's go to its zygote's, with the zygote's.
+func (k *instance) Output() string {
+	if s, ok := k.core.(*spawned); ok {
+		return s.current().tail.String()
+	}
+	if t := k.files.ztail.Load(); t != nil {
+		return t.String()
+	}
+	return ""
+}
+
+// kernelFiles is what a local kernel owns on the host, however it is
+// started: its directory, the lock on it and its connection file. It is
+// the forked.Host of a forked kernel.
+type kernelFiles struct {
 	p    *Provisioner
 	id   string
 	kdir string
 	info kernel.ConnectionInfo
-	env  []string
+	env  []string          // a spawned kernel's environment
 	spec map[string]string // Spec.Env, applied by forked kernels
-	// oneShot: Spec.OneShot, honoured by forked kernels only.
-	oneShot bool
-	lock    *os.File // flock held while the kernel's directory is ours
+	lock *os.File          // flock held while the kernel's directory is ours
+	// ztail is the output of the zygote that forked the kernel last.
+	ztail atomic.Pointer[tailBuffer]
+}
+
+// ConnectionInfo is where the kernel listens; it stays the same across restarts.
+func (k *kernelFiles) ConnectionInfo() kernel.ConnectionInfo { return k.info }
+
+// Dir is the host directory the kernel sees as /code.
+func (k *kernelFiles) Dir() string { return filepath.Join(k.kdir, "code") }
+
+// spawned is a kernel spawned as a new interpreter (KERNEL_START=spawn,
+// or where the zygote cannot run).
+type spawned struct {
+	*kernelFiles
 
 	opMu   sync.Mutex // serialises Restart and Close
 	closed bool
@@ -38,22 +89,10 @@ type Process struct {
 	cur *run
 }
 
-var (
-	_ kernel.Process    = (*Process)(nil)
-	_ kernel.Binder     = (*Process)(nil)
-	_ kernel.OneShotter = (*Process)(nil)
-)
+// OneShot is false: spawned kernels are full kernels.
+func (k *spawned) OneShot() bool { return false }
 
-// OneShot reports whether the current process is a one-shot kernel: asked
-// for (Spec.OneShot) and forked from a zygote that makes them. Spawned
-// kernels are full kernels.
-func (k *Process) OneShot() bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.cur != nil && k.cur.oneShot
-}
-
-// run is one process of a kernel; Restart makes a new one.
+// run is one process of a spawned kernel; Restart makes a new one.
 type run struct {
 	cmd    *exec.Cmd
 	pgid   int
@@ -65,40 +104,18 @@ type run struct {
 	lifeline *os.File
 	exit     kernel.Exit
 	tail     *tailBuffer
-	// bound is closed when the kernel said its sockets are bound: a byte
-	// on its bound pipe (spawned) or the zygote's "bound" event (forked).
+	// bound is closed when the launcher writes a byte on the kernel's
+	// bound pipe.
 	bound     chan struct{}
 	boundOnce sync.Once
-
-	// Set for a kernel forked by a zygote (KERNEL_START=fork): pgid is
-	// then the kernel's pid, a child of the zygote and pid 1 of its own
-	// pid namespace.
-	z     *zygote
-	token string
-	// oneShot: the zygote made it a one-shot kernel.
-	oneShot bool
-	cg      *cgroupv1.Group
-	once    sync.Once
-	t0      time.Time
-	kid     string
-	log     *slog.Logger
 }
 
 // outputTail bounds the kernel output kept for diagnostics.
 const outputTail = 16 << 10
 
-// start starts a new process for the kernel, forked from the zygote or
-// spawned, and makes it current.
-func (k *Process) start(ctx context.Context) error {
-	if k.p.fork {
-		return k.startFork(ctx)
-	}
-	return k.startSpawn()
-}
-
 // writeConnFile writes a fresh connection file, readable only by the
 // kernel's user, and returns its path.
-func (k *Process) writeConnFile() (string, error) {
+func (k *kernelFiles) writeConnFile() (string, error) {
 	p := k.p
 	// The kernel removes neither the connection file nor, when killed, its
 	// socket files; start from a clean socket directory.
@@ -119,8 +136,9 @@ func (k *Process) writeConnFile() (string, error) {
 	return connFile, nil
 }
 
-// startSpawn starts the kernel as a new interpreter: a cold start.
-func (k *Process) startSpawn() error {
+// start starts the kernel as a new interpreter (a cold start) and makes
+// it current.
+func (k *spawned) start() error {
 	p := k.p
 	connFile, err := k.writeConnFile()
 	if err != nil {
@@ -208,7 +226,7 @@ func (k *Process) startSpawn() error {
 // wait is the one goroutine that waits for r's process. It records the exit,
 // kills what is left of the process group (a plain kernel's children) and
 // closes r.exited.
-func (k *Process) wait(r *run, t0 time.Time) {
+func (k *spawned) wait(r *run, t0 time.Time) {
 	r.cmd.Wait()
 	syscall.Kill(-r.pgid, syscall.SIGKILL)
 	r.lifeline.Close()
@@ -241,17 +259,9 @@ func exitOf(ps *os.ProcessState, sandboxed bool) kernel.Exit {
 		return kernel.Exit{Code: -1, Signal: ws.Signal().String()}
 	}
 	if sandboxed {
-		return exitOfStatus(ws.ExitStatus())
+		return forked.ExitOf(ws.ExitStatus())
 	}
 	return kernel.Exit{Code: ws.ExitStatus()}
-}
-
-// exitOfStatus reads an exit status in bwrap's manner: 128+N is signal N.
-func exitOfStatus(code int) kernel.Exit {
-	if code > 128 && code < 128+65 {
-		return kernel.Exit{Code: -1, Signal: syscall.Signal(code - 128).String()}
-	}
-	return kernel.Exit{Code: code}
 }
 
 // markBound closes r.bound; only the first call counts.
@@ -268,26 +278,20 @@ func (r *run) watchBound(f *os.File) {
 }
 
 // Bound is closed once the current kernel process has bound its sockets
-// (kernel.Binder): the launcher (spawned) or the zygote (forked) says so.
-func (k *Process) Bound() <-chan struct{} { return k.current().bound }
+// (kernel.Binder): the launcher says so.
+func (k *spawned) Bound() <-chan struct{} { return k.current().bound }
 
-func (k *Process) current() *run {
+func (k *spawned) current() *run {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.cur
 }
 
-// ConnectionInfo is where the kernel listens; it stays the same across restarts.
-func (k *Process) ConnectionInfo() kernel.ConnectionInfo { return k.info }
-
-// Dir is the host directory the kernel sees as /code.
-func (k *Process) Dir() string { return filepath.Join(k.kdir, "code") }
-
 // Exited is closed when the current kernel process ends.
-func (k *Process) Exited() <-chan struct{} { return k.current().exited }
+func (k *spawned) Exited() <-chan struct{} { return k.current().exited }
 
 // Exit describes how the current process ended; valid once Exited is closed.
-func (k *Process) Exit() kernel.Exit {
+func (k *spawned) Exit() kernel.Exit {
 	r := k.current()
 	select {
 	case <-r.exited:
@@ -297,29 +301,21 @@ func (k *Process) Exit() kernel.Exit {
 	}
 }
 
-// Output returns the last bytes the current kernel process wrote to its
-// stdout and stderr (tracebacks of a crash, bwrap's complaints), for
-// diagnostics.
-func (k *Process) Output() string { return k.current().tail.String() }
-
 // Kill sends SIGKILL to the kernel's process group and waits until the
 // process is gone or ctx ends.
-func (k *Process) Kill(ctx context.Context) error {
+func (k *spawned) Kill(ctx context.Context) error {
 	return k.kill(ctx, k.current())
 }
 
-func (k *Process) kill(ctx context.Context, r *run) error {
+func (k *spawned) kill(ctx context.Context, r *run) error {
 	select {
 	case <-r.exited:
 		return nil
 	default:
 	}
-	if r.z != nil {
-		// The zygote kills the kernel, which it has not reaped yet.
-		r.z.c.Kill(r.token)
-	} else if // The group leader is not reaped before r.exited closes, so
-	// its pid cannot have been reused yet.
-	err := syscall.Kill(-r.pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+	// The group leader is not reaped before r.exited closes, so its pid
+	// cannot have been reused yet.
+	if err := syscall.Kill(-r.pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("local: kill kernel %s: %w", k.id, err)
 	}
 	select {
@@ -332,7 +328,7 @@ func (k *Process) kill(ctx context.Context, r *run) error {
 
 // Restart kills the kernel process and starts a new one with the same
 // connection file, key and directory. Clients must redial.
-func (k *Process) Restart(ctx context.Context) error {
+func (k *spawned) Restart(ctx context.Context) error {
 	k.opMu.Lock()
 	defer k.opMu.Unlock()
 	if k.closed {
@@ -341,7 +337,7 @@ func (k *Process) Restart(ctx context.Context) error {
 	if err := k.kill(ctx, k.current()); err != nil {
 		return err
 	}
-	if err := k.start(ctx); err != nil {
+	if err := k.start(); err != nil {
 		return fmt.Errorf("local: restart kernel %s: %w", k.id, err)
 	}
 	return nil
@@ -350,7 +346,7 @@ func (k *Process) Restart(ctx context.Context) error {
 // Close kills the kernel and removes its directory, socket files included.
 // It is safe to call more than once; a call that failed (ctx ended before
 // the process was gone) can be repeated.
-func (k *Process) Close(ctx context.Context) error {
+func (k *spawned) Close(ctx context.Context) error {
 	k.opMu.Lock()
 	defer k.opMu.Unlock()
 	if k.closed {
@@ -376,7 +372,7 @@ func (k *Process) Close(ctx context.Context) error {
 	return nil
 }
 
-func (k *Process) unlock() {
+func (k *kernelFiles) unlock() {
 	if k.lock != nil {
 		k.lock.Close()
 		k.lock = nil
@@ -384,7 +380,7 @@ func (k *Process) unlock() {
 }
 
 // removeSockets removes the socket files a killed kernel leaves behind.
-func (k *Process) removeSockets() {
+func (k *kernelFiles) removeSockets() {
 	for _, f := range k.info.SocketFiles() {
 		os.Remove(f)
 	}

@@ -17,6 +17,8 @@ import (
 
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/internal/cgroupv1"
+	"github.com/codegw/codegw/kernel/internal/forked"
 	"github.com/codegw/codegw/kernel/internal/zygotectl"
 )
 
@@ -45,11 +47,6 @@ type zygote struct {
 
 	closing atomic.Bool // the provisioner ended it
 }
-
-// Forked, Bound and Exited make a forked kernel's run a zygotectl.Run.
-func (r *run) Forked(pid int)    { r.pgid = pid }
-func (r *run) Bound()            { r.markBound() }
-func (r *run) Exited(status int) { r.finish(exitOfStatus(status)) }
 
 // startZygote starts a zygote and waits until it is ready to fork.
 func (p *Provisioner) startZygote(ctx context.Context) (*zygote, error) {
@@ -155,7 +152,7 @@ func (z *zygote) wait(lifeline *os.File, output chan struct{}) {
 	}
 	close(z.dead)
 	for _, r := range runs {
-		go r.(*run).orphaned()
+		go r.(*forked.Run).Orphaned()
 	}
 }
 
@@ -188,112 +185,59 @@ func (p *Provisioner) getZygote(ctx context.Context) (*zygote, error) {
 	return z, err
 }
 
-// startFork forks the kernel's process from the zygote.
-func (k *Process) startFork(ctx context.Context) error {
+// startForked forks the kernel's first process from the zygote.
+func (p *Provisioner) startForked(ctx context.Context, files *kernelFiles, spec kernel.Spec) (*forked.Kernel, error) {
+	return forked.Start(ctx, forked.Config{
+		ID: spec.ID, Prefix: "local", Log: p.log, Attrs: []any{"sandbox", p.sandbox, "transport", files.info.Transport},
+		Info: files.info, Dir: files.Dir(), OneShot: spec.OneShot,
+		Limits: forked.Limits{Cgroups: p.cg, Memory: p.cfg.Memory, Pids: int64(p.cfg.PidsLimit)},
+		Seq:    &p.seq, HostPIDs: true,
+	}, files)
+}
+
+var _ forked.Host = (*kernelFiles)(nil)
+
+// Zygote returns the running zygote's connection (forked.Host).
+func (k *kernelFiles) Zygote(ctx context.Context) (*zygotectl.Conn, error) {
+	z, err := k.p.getZygote(ctx)
+	if err != nil {
+		return nil, err
+	}
+	k.ztail.Store(z.tail)
+	return z.c, nil
+}
+
+// Request writes a fresh connection file, makes the directory the child
+// builds its root in and returns the fork request (forked.Host).
+func (k *kernelFiles) Request() (zygotectl.Request, error) {
 	p := k.p
 	connFile, err := k.writeConnFile()
 	if err != nil {
-		return err
+		return zygotectl.Request{}, err
 	}
-	z, err := p.getZygote(ctx)
-	if err != nil {
-		return err
-	}
-	token := k.id + "." + strconv.FormatInt(p.seq.Add(1), 10)
 	root := filepath.Join(k.kdir, "root")
 	if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("local: %w", err)
+		return zygotectl.Request{}, fmt.Errorf("local: %w", err)
 	}
 	env := p.envMap(k.kdir, k.spec)
 	delete(env, "EXECUTOR_LIFELINE_FD") // the kernel watches the zygote
 	delete(env, "EXECUTOR_MPL_CACHE")   // the zygote loaded the fonts
-	req := zygotectl.Request{Token: token, Conn: connFile, Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
-		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env,
-		OneShot: k.oneShot && z.c.OneShots()}
+	req := zygotectl.Request{Conn: connFile, Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
+		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env}
 	if p.cred != nil {
 		req.UID, req.GID = int(p.cred.Uid), int(p.cred.Gid)
 	}
-	r := &run{z: z, token: token, exited: make(chan struct{}), output: closedChan, tail: z.tail,
-		t0: time.Now(), kid: k.id, log: p.log, bound: make(chan struct{}), oneShot: req.OneShot}
-	if p.cg != nil {
-		cg, err := p.cg.Create(token, p.cfg.Memory, int64(p.cfg.PidsLimit))
-		if err != nil {
-			return err
-		}
-		r.cg = cg
-		req.Cgroups = cg.Dirs()
-	} else {
-		req.Rlimits = map[string]int64{}
-		if p.cfg.Memory > 0 {
-			req.Rlimits["as"] = p.cfg.Memory
-		}
-		if p.cfg.PidsLimit > 0 {
-			req.Rlimits["nproc"] = int64(p.cfg.PidsLimit)
-		}
-	}
-	pid, err := z.c.Fork(ctx, r, req)
-	if err != nil {
-		if r.cg != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			r.cg.Remove()
-		}
-		if errors.Is(err, zygotectl.ErrDied) {
-			return fmt.Errorf("%w: %v", kernel.ErrProvisioner, err)
-		}
-		return err
-	}
-	k.mu.Lock()
-	k.cur = r
-	k.mu.Unlock()
-	p.log.Info("local: kernel forked", "kernel", k.id, "pid", pid, "sandbox", p.sandbox, "transport", k.info.Transport,
-		"took", time.Since(r.t0).Round(time.Microsecond))
-	return nil
+	return req, nil
 }
 
-// closedChan is a closed channel: a forked kernel's output goes to the
-// zygote's pipe, so there is nothing of its own to drain.
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+// CgroupDirs are g's directories: the zygote sees the host's (forked.Host).
+func (k *kernelFiles) CgroupDirs(g *cgroupv1.Group) []string { return g.Dirs() }
 
-// finish records a forked kernel's exit, with what its cgroups say about
-// it, removes the cgroups and closes r.exited. Only the first call counts.
-func (r *run) finish(e kernel.Exit) {
-	r.once.Do(func() {
-		if r.cg != nil {
-			e.OOMKilled = r.cg.OOMKilled()
-			e.PidsLimited = r.cg.PidsHits() > 0
-			r.cg.Remove()
-		}
-		r.exit = e
-		close(r.exited)
-		if r.log != nil {
-			r.log.Info("local: kernel exited", "kernel", r.kid, "pid", r.pgid, "code", e.Code, "signal", e.Signal,
-				"oom", e.OOMKilled, "pids_limited", e.PidsLimited, "uptime", time.Since(r.t0).Round(time.Millisecond))
-		}
-	})
-}
-
-// orphaned waits until a kernel whose zygote died is gone (it ends at the
-// zygote's lifeline end-of-file), killing it if it lingers, and then
-// reports it killed.
-func (r *run) orphaned() {
-	gone := func() bool {
-		if r.cg != nil {
-			return r.cg.Empty()
-		}
-		return r.pgid == 0 || syscall.Kill(r.pgid, 0) != nil
-	}
-	for i := 0; !gone(); i++ {
-		if i == 200 { // 2s
-			if r.pgid > 0 {
-				syscall.Kill(-r.pgid, syscall.SIGKILL)
-				syscall.Kill(r.pgid, syscall.SIGKILL)
-			}
-		}
-		if i > 1000 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	r.finish(kernel.Exit{Code: -1, Signal: "killed"})
+// Remove removes the kernel's directory, socket files included, and lets
+// go of its lock (forked.Host).
+func (k *kernelFiles) Remove() error {
+	defer k.unlock()
+	return os.RemoveAll(k.kdir)
 }
 
 // envList turns an environment map into sorted KEY=value strings.

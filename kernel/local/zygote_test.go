@@ -20,6 +20,7 @@ import (
 
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/internal/cgroupv1"
+	"github.com/codegw/codegw/kernel/internal/forked"
 )
 
 // Tests of forked kernels (KERNEL_START=fork) beyond the contract tests of
@@ -27,7 +28,7 @@ import (
 // children of one zygote, faults beside a sibling, and the zygote's death.
 
 // startSpec starts a kernel with spec and returns it with a Client.
-func startSpec(t *testing.T, p *Provisioner, spec kernel.Spec) (*Process, *kernel.Client) {
+func startSpec(t *testing.T, p *Provisioner, spec kernel.Spec) (*instance, *kernel.Client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
@@ -35,7 +36,7 @@ func startSpec(t *testing.T, p *Provisioner, spec kernel.Spec) (*Process, *kerne
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := proc.(*Process)
+	k := proc.(*instance)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -48,11 +49,11 @@ func startSpec(t *testing.T, p *Provisioner, spec kernel.Spec) (*Process, *kerne
 
 // alive reports whether any process is left in a forked kernel's cgroups
 // or, without cgroups, whether it still runs.
-func alive(r *run) bool {
-	if r.cg != nil {
-		return !r.cg.Empty()
+func alive(r *forked.Run) bool {
+	if r.Cgroup() != nil {
+		return !r.Cgroup().Empty()
 	}
-	return syscall.Kill(r.pgid, 0) == nil
+	return syscall.Kill(r.PID(), 0) == nil
 }
 
 func TestForkIsolation(t *testing.T) {
@@ -75,7 +76,7 @@ child = subprocess.Popen(["sleep", "600"])
 	t.Run("files", func(t *testing.T) {
 		got := lines(t, cb, fmt.Sprintf(`import os
 print(os.path.exists("/tmp/secret"), os.listdir("/code/output"), os.path.exists("/dev/shm/a"))
-print(os.path.exists(%q), os.path.exists(%q), os.path.exists(%q))`, a.kdir, a.Dir(), filepath.Join(a.kdir, "s")))
+print(os.path.exists(%q), os.path.exists(%q), os.path.exists(%q))`, a.files.kdir, a.Dir(), filepath.Join(a.files.kdir, "s")))
 		if got[0] != "False [] False" {
 			t.Errorf("b sees a's files: %s", got[0])
 		}
@@ -150,7 +151,7 @@ except OSError as e:
 try:
     os.kill(1, 9); print("sent")
 except OSError as e:
-    print(type(e).__name__)`, a.current().pgid))
+    print(type(e).__name__)`, forkedRun(a).PID()))
 		if got[0] == "killed" {
 			t.Error("b killed a")
 		}
@@ -165,22 +166,22 @@ except OSError as e:
 		if p.cg == nil {
 			t.Skip("no cgroups here")
 		}
-		ra, rb := a.current(), b.current()
-		if ra.cg.Mem == rb.cg.Mem {
+		ra, rb := forkedRun(a), forkedRun(b)
+		if ra.Cgroup().Mem == rb.Cgroup().Mem {
 			t.Fatal("two kernels share a memory cgroup")
 		}
-		limit, _ := os.ReadFile(filepath.Join(ra.cg.Mem, "memory.limit_in_bytes"))
+		limit, _ := os.ReadFile(filepath.Join(ra.Cgroup().Mem, "memory.limit_in_bytes"))
 		if strings.TrimSpace(string(limit)) != strconv.Itoa(1<<30) {
 			t.Errorf("memory limit %s", limit)
 		}
 		got := lines(t, cb, `print([l for l in open("/proc/self/cgroup").read().split() if ":pids:" in l][0])`)
-		if !strings.HasSuffix(got[0], "/"+rb.token) {
-			t.Errorf("b's pids cgroup %s, want .../%s", got[0], rb.token)
+		if !strings.HasSuffix(got[0], "/"+rb.Token()) {
+			t.Errorf("b's pids cgroup %s, want .../%s", got[0], rb.Token())
 		}
 	})
 
 	// Whatever a started is gone with it.
-	ra := a.current()
+	ra := forkedRun(a)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := a.Close(ctx); err != nil {
@@ -191,100 +192,6 @@ except OSError as e:
 	}
 	if alive(ra) {
 		t.Error("processes of a closed kernel left")
-	}
-}
-
-func TestForkFaults(t *testing.T) {
-	requireBwrap(t)
-	p := newProvisioner(t, Config{Sandbox: SandboxBwrap, Preload: []string{}, Memory: 256 << 20, PidsLimit: 64})
-	if p.cg == nil && os.Getenv("CI") == "true" {
-		t.Fatal("no cgroups under CI")
-	}
-	_, sib := startSpec(t, p, kernel.Spec{ID: newID()})
-
-	// sibling answers a computation while a fault happens next door.
-	sibling := func(t *testing.T, stop <-chan struct{}) {
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			r, err := tryExecute(sib, fmt.Sprintf("print(sum(range(%d)))", 1000+i))
-			if err != nil {
-				t.Errorf("sibling: %v", err)
-				return
-			}
-			if want := strconv.Itoa((1000 + i) * (999 + i) / 2); strings.TrimSpace(r.stdout) != want {
-				t.Errorf("sibling said %q, want %s", r.stdout, want)
-				return
-			}
-		}
-	}
-
-	for _, tt := range []struct {
-		name string
-		code string
-		kill bool // kill the kernel once its pids limit was hit
-		want func(kernel.Exit) bool
-	}{
-		{"exit", "import os; os._exit(3)", false, func(e kernel.Exit) bool { return e.Code == 3 }},
-		{"segfault", "import ctypes; ctypes.string_at(0)", false, func(e kernel.Exit) bool { return e.Signal == "segmentation fault" }},
-		{"memory bomb", "x = []\nwhile True: x.append(bytearray(16 << 20))", false, func(e kernel.Exit) bool { return e.OOMKilled }},
-		{"fork bomb", "import os, time\nwhile True:\n    try: os.fork()\n    except OSError: time.sleep(0.05)", true,
-			func(e kernel.Exit) bool { return e.PidsLimited }},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			if p.cg == nil && (tt.name == "memory bomb" || tt.name == "fork bomb") {
-				t.Skip("no cgroups here")
-			}
-			k, c := startSpec(t, p, kernel.Spec{ID: newID()})
-			r := k.current()
-			stop := make(chan struct{})
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() { defer wg.Done(); sibling(t, stop) }()
-			go tryExecute(c, tt.code)
-			// The bomb spins at its limit until killed: poll for the limit.
-			var hit <-chan time.Time
-			poll := time.NewTicker(50 * time.Millisecond)
-			defer poll.Stop()
-			if tt.kill {
-				hit = poll.C
-			}
-			deadline := time.NewTimer(execTimeout)
-			defer deadline.Stop()
-			for ended := false; !ended; {
-				select {
-				case <-k.Exited():
-					ended = true
-				case <-hit:
-					if !(r.cg.PidsHits() > 0) {
-						continue
-					}
-					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					err := k.Kill(ctx)
-					cancel()
-					if err != nil {
-						t.Fatal(err)
-					}
-					ended = true
-				case <-deadline.C:
-					t.Fatal("the kernel did not end")
-				}
-			}
-			close(stop)
-			wg.Wait()
-			if e := k.Exit(); !tt.want(e) {
-				t.Errorf("exit %+v", e)
-			}
-			for deadline := time.Now().Add(10 * time.Second); alive(r) && time.Now().Before(deadline); {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if alive(r) {
-				t.Error("processes left after the kernel ended")
-			}
-		})
 	}
 }
 
@@ -302,8 +209,9 @@ func TestZygoteDeath(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer k.Close(context.Background())
-			proc := k.Process().(*Process)
-			r := proc.current()
+			proc := k.Process().(*instance)
+			r := forkedRun(proc)
+			zpid := p.ZygotePID()
 			if _, err := k.Execute(ctx, `import subprocess; subprocess.Popen(["sleep", "600"])`, kernel.ExecuteOptions{}, kernel.Deadline{}); err != nil {
 				t.Fatal(err)
 			}
@@ -313,8 +221,8 @@ func TestZygoteDeath(t *testing.T) {
 				done <- err
 			}()
 			time.Sleep(200 * time.Millisecond)
-			old := r.z
-			if err := syscall.Kill(old.pid, syscall.SIGKILL); err != nil {
+			old := r.Zygote()
+			if err := syscall.Kill(zpid, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -339,7 +247,7 @@ func TestZygoteDeath(t *testing.T) {
 			if got := lines(t, c2, "print(1+1)"); got[0] != "2" {
 				t.Errorf("after restart: %v", got)
 			}
-			if k2.current().z == old {
+			if forkedRun(k2).Zygote() == old {
 				t.Error("the dead zygote forked the new kernel")
 			}
 		})
@@ -363,12 +271,12 @@ func forkHelper(dir string) {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		os.Exit(2)
 	}
-	r := proc.(*Process).current()
+	r := forkedRun(proc.(*instance))
 	cg := ""
-	if r.cg != nil {
-		cg = r.cg.Pids
+	if r.Cgroup() != nil {
+		cg = r.Cgroup().Pids
 	}
-	fmt.Printf("started %d %d %s\n", r.pgid, r.z.pid, cg)
+	fmt.Printf("started %d %d %s\n", r.PID(), p.ZygotePID(), cg)
 	time.Sleep(time.Minute)
 	os.Exit(3)
 }
@@ -450,7 +358,7 @@ func TestForkRlimits(t *testing.T) {
 		t.Fatalf("limit mode %s", p.LimitMode())
 	}
 	k, c := startSpec(t, p, kernel.Spec{ID: newID()})
-	if k.current().cg != nil {
+	if forkedRun(k).Cgroup() != nil {
 		t.Fatal("the kernel has cgroups")
 	}
 	got := lines(t, c, `import resource, numpy as np

@@ -169,9 +169,16 @@ func (g *Group) OOMKilled() bool {
 func (g *Group) PidsHits() int64 { return counter(filepath.Join(g.Pids, "pids.events"), "max") }
 
 // Empty reports whether no process is left in the kernel's cgroups.
-func (g *Group) Empty() bool {
+func (g *Group) Empty() bool { return g.Procs() == 0 }
+
+// Procs counts the processes in the kernel's cgroups: 0 once they are
+// removed.
+func (g *Group) Procs() int {
 	b, err := os.ReadFile(filepath.Join(g.Pids, "cgroup.procs"))
-	return err != nil || len(strings.TrimSpace(string(b))) == 0
+	if err != nil {
+		return 0
+	}
+	return len(strings.Fields(string(b)))
 }
 
 // Remove removes the kernel's cgroups, waiting up to 2 s for the last
