@@ -242,7 +242,13 @@ def bound_stream_buffers(limit=256 << 10):
             return len(string)
         n = orig(self, string)
         buf = getattr(self, "_buffer", None)
-        if buf is not None and buf.tell() > limit:
+        try:
+            full = buf is not None and buf.tell() > limit
+        except ValueError:
+            # The IO thread flushed and closed that buffer meanwhile: it is
+            # empty now, so there is nothing to flush.
+            full = False
+        if full:
             self.flush()
         return n
 
