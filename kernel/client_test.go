@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/kerneltest"
 )
 
 type collected struct {
@@ -190,7 +191,7 @@ func TestInterrupt(t *testing.T) {
 	done := make(chan *kernel.ExecuteReply, 1)
 	started := make(chan struct{}, 1)
 	go func() {
-		r, _ := k.Execute(context.Background(), "import time\nprint('sleeping', flush=True)\ntime.sleep(100)", kernel.ExecuteOptions{OnMessage: signalStream(started)}, kernel.Deadline{})
+		r, _ := k.Execute(context.Background(), "import time\nprint('sleeping', flush=True)\ntime.sleep(100)", kernel.ExecuteOptions{OnMessage: kerneltest.OnStream(started)}, kernel.Deadline{})
 		done <- r
 	}()
 	<-started // the sleep begins; interrupting earlier is also fine
@@ -288,7 +289,7 @@ func TestDeath(t *testing.T) {
 			errc := make(chan error, 1)
 			started := make(chan struct{}, 1)
 			go func() {
-				_, err := k.Execute(context.Background(), "print('running', flush=True)\n"+tc.code, kernel.ExecuteOptions{OnMessage: signalStream(started)}, kernel.Deadline{})
+				_, err := k.Execute(context.Background(), "print('running', flush=True)\n"+tc.code, kernel.ExecuteOptions{OnMessage: kerneltest.OnStream(started)}, kernel.Deadline{})
 				errc <- err
 			}()
 			if tc.act != nil {
@@ -448,18 +449,6 @@ func TestInterruptDuringInput(t *testing.T) {
 
 // interruptAndWait interrupts k and expects the execution whose reply
 // arrives on done to end with KeyboardInterrupt within 10s.
-// signalStream returns an OnMessage that sends on c (without blocking)
-// when the kernel's first stream output arrives: the cell runs.
-func signalStream(c chan<- struct{}) func(*kernel.Message) {
-	return func(m *kernel.Message) {
-		if m.Header.MsgType == "stream" {
-			select {
-			case c <- struct{}{}:
-			default:
-			}
-		}
-	}
-}
 
 func interruptAndWait(t *testing.T, k *kernel.Kernel, done <-chan *kernel.ExecuteReply, what string) {
 	t.Helper()

@@ -48,6 +48,20 @@ func Every(tb testing.TB, within, step time.Duration, what string, check func() 
 	}
 }
 
+// Within checks cond until it holds or d passes, and returns its last
+// answer: for tests that report a miss with t.Errorf and go on (to clean
+// up what is left, say).
+func Within(d time.Duration, cond func() bool) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return Poll(ctx, func() string {
+		if cond() {
+			return ""
+		}
+		return "no"
+	}) == ""
+}
+
 // Poll calls check until it returns "" (Poll returns "") or ctx ends (Poll
 // returns check's last answer). For goroutines that may not call t.Fatal.
 func Poll(ctx context.Context, check func() string) string { return poll(ctx, 0, check) }

@@ -24,7 +24,9 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/kerneltest"
 )
 
 // forkConfig is testConfig in fork mode.
@@ -269,11 +271,12 @@ func TestForkZygoteDeath(t *testing.T) {
 	mustRun(t, k, `import subprocess; subprocess.Popen(["sleep", "600"])`)
 	old := p.ZygoteContainer()
 	done := make(chan error, 1)
+	started := make(chan struct{}, 1)
 	go func() {
-		_, err := k.Execute(context.Background(), "import time; time.sleep(60)", kernel.ExecuteOptions{}, kernel.Deadline{})
+		_, err := k.Execute(context.Background(), "import time; print('sleeping', flush=True); time.sleep(60)", kernel.ExecuteOptions{OnMessage: kerneltest.OnStream(started)}, kernel.Deadline{})
 		done <- err
 	}()
-	time.Sleep(300 * time.Millisecond)
+	<-started // the call is in flight
 	if err := syscall.Kill(zygotePID(t, old), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -287,9 +290,7 @@ func TestForkZygoteDeath(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the in-flight call hangs")
 	}
-	for deadline := time.Now().Add(10 * time.Second); r.Cgroup() != nil && !r.Cgroup().Empty() && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.Within(10*time.Second, func() bool { return r.Cgroup() == nil || r.Cgroup().Empty() })
 	if r.Cgroup() != nil && !r.Cgroup().Empty() {
 		t.Error("the kernel's processes outlived their zygote")
 	}
@@ -388,9 +389,7 @@ func TestForkGatewayKill(t *testing.T) {
 	cmd.Process.Kill()
 	cmd.Wait()
 	killed := time.Now()
-	for deadline := time.Now().Add(15 * time.Second); len(containers(t, cfg.InstanceID)) > 0 && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-	}
+	testwait.Within(15*time.Second, func() bool { return len(containers(t, cfg.InstanceID)) == 0 })
 	if list := containers(t, cfg.InstanceID); len(list) > 0 {
 		for _, c := range list {
 			engine(t).ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true})

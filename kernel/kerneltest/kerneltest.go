@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel"
 )
 
@@ -209,9 +210,7 @@ func waitExited(t *testing.T, proc kernel.Process) kernel.Exit {
 // waitGone fails the test when procs does not count 0 within 10 s.
 func waitGone(t *testing.T, procs func() int, what string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); procs() > 0 && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.Within(10*time.Second, func() bool { return procs() == 0 })
 	if n := procs(); n > 0 {
 		t.Errorf("%d %s", n, what)
 	}
@@ -629,6 +628,19 @@ func testOneShot(t *testing.T, target Target) {
 		k := start(t, p, kernel.Spec{OneShot: true})
 		if got := lines(t, k, "print(1+1)"); got[0] != "2" {
 			t.Errorf("a full kernel asked for as one-shot: %v", got)
+		}
+	}
+}
+
+// OnStream returns an ExecuteOptions.OnMessage that sends on c (without
+// blocking) when the kernel's first stream output arrives: the cell runs.
+func OnStream(c chan<- struct{}) func(*kernel.Message) {
+	return func(m *kernel.Message) {
+		if m.Header.MsgType == "stream" {
+			select {
+			case c <- struct{}{}:
+			default:
+			}
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	executorimage "github.com/codegw/codegw/executor-image"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel"
 )
 
@@ -101,13 +102,7 @@ func TestOrphanedKernels(t *testing.T) {
 			// reaching the launcher's main; under load that can take a
 			// while.
 			var left []string
-			for deadline := time.Now().Add(10 * time.Second); ; {
-				left = orphans(t, kdirs)
-				if len(left) == 0 || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			testwait.Within(10*time.Second, func() bool { left = orphans(t, kdirs); return len(left) == 0 })
 			if len(left) > 0 {
 				t.Errorf("%d processes outlived their gateway:\n%s", len(left), strings.Join(left, "\n"))
 			}
@@ -207,10 +202,7 @@ func TestLifeline(t *testing.T) {
 			if got, want := k.Exit(), (kernel.Exit{Code: -1, Signal: "killed"}); got != want {
 				t.Errorf("exit %+v, want %+v; output:\n%s", got, want, k.Output())
 			}
-			deadline := time.Now().Add(30 * time.Second)
-			for groupMembers(t, r.pgid) > 0 && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
+			testwait.Within(30*time.Second, func() bool { return groupMembers(t, r.pgid) == 0 })
 			if n := groupMembers(t, r.pgid); n > 0 {
 				t.Errorf("%d processes of the kernel's group outlived its lifeline", n)
 			}

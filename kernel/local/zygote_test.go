@@ -18,9 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/internal/cgroupv1"
 	"github.com/codegw/codegw/kernel/internal/forked"
+	"github.com/codegw/codegw/kernel/kerneltest"
 )
 
 // Tests of forked kernels (KERNEL_START=fork) beyond the contract tests of
@@ -187,9 +189,7 @@ except OSError as e:
 	if err := a.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); alive(ra) && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.Within(10*time.Second, func() bool { return !alive(ra) })
 	if alive(ra) {
 		t.Error("processes of a closed kernel left")
 	}
@@ -216,11 +216,12 @@ func TestZygoteDeath(t *testing.T) {
 				t.Fatal(err)
 			}
 			done := make(chan error, 1)
+			started := make(chan struct{}, 1)
 			go func() {
-				_, err := k.Execute(ctx, "import time; time.sleep(60)", kernel.ExecuteOptions{}, kernel.Deadline{})
+				_, err := k.Execute(ctx, "import time; print('sleeping', flush=True); time.sleep(60)", kernel.ExecuteOptions{OnMessage: kerneltest.OnStream(started)}, kernel.Deadline{})
 				done <- err
 			}()
-			time.Sleep(200 * time.Millisecond)
+			<-started // the call is in flight
 			old := r.Zygote()
 			if err := syscall.Kill(zpid, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
@@ -233,9 +234,7 @@ func TestZygoteDeath(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatal("the in-flight call hangs")
 			}
-			for deadline := time.Now().Add(10 * time.Second); (alive(r) || sleepers(t) > 0) && time.Now().Before(deadline); {
-				time.Sleep(20 * time.Millisecond)
-			}
+			testwait.Within(10*time.Second, func() bool { return !alive(r) && sleepers(t) == 0 })
 			if alive(r) {
 				t.Error("the kernel outlived its zygote")
 			}
@@ -334,9 +333,7 @@ func TestForkGatewayKill(t *testing.T) {
 				}
 				return true
 			}
-			for deadline := time.Now().Add(10 * time.Second); !gone() && time.Now().Before(deadline); {
-				time.Sleep(20 * time.Millisecond)
-			}
+			testwait.Within(10*time.Second, gone)
 			if !gone() {
 				syscall.Kill(-kpid, syscall.SIGKILL)
 				syscall.Kill(kpid, syscall.SIGKILL)
