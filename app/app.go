@@ -157,9 +157,9 @@ func Open(ctx context.Context, cfg Config) (_ *App, err error) {
 		}
 		a.membership = cluster.NewMembership(a.store, store.Instance{ID: cfg.InstanceID, Addr: addr}, cfg.InstanceTTL, log)
 		sessionStore = a.membership.Wrap(a.store)
-		router = cluster.NewRouter(a.store, cluster.RouterConfig{
-			Instance: cfg.InstanceID, Secret: cfg.ClusterSecret, PingInterval: cfg.PingInterval, Logger: log,
-		})
+		router = gateway.NewForwarder(cluster.NewRouter(a.store, cluster.RouterConfig{
+			Instance: cfg.InstanceID, Secret: cfg.ClusterSecret, Logger: log,
+		}), cfg.PingInterval)
 	}
 
 	a.Images = &artifact.Store{Dir: cfg.ImageStorePath, URLPrefix: cfg.ImageURLPrefix, PublicBaseURL: cfg.PublicBaseURL, Retention: cfg.Retention, Logger: log}

@@ -6,9 +6,12 @@
 //     the session records naming this instance with the sessions it really
 //     holds, after store outages included;
 //   - routing (Router): a request for a session another instance holds is
-//     located in the store and forwarded to the holder (REST, NDJSON streams,
-//     uploads, downloads and websockets), and a session listing covers every
-//     instance.
+//     located in the store (Locate: the holder, or the answer when there is
+//     none), forwarded requests are recognised by their token, and a
+//     session listing covers every instance. The proxying itself (REST,
+//     NDJSON streams, uploads, downloads and websockets) is HTTP server
+//     code and lives in the gateway (gateway.Forwarder); this package
+//     imports no web framework.
 //
 // Each part depends only on the few store methods it uses (MemberStore,
 // RouteStore); store/redis satisfies both. With a single instance (no

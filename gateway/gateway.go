@@ -2,7 +2,8 @@
 // Fiber: the stateless execute of the original project, sessions over REST,
 // NDJSON and websocket, API-key auth, error mapping and the image and file
 // stores served under /images and /files. Requests for sessions another
-// instance holds go to a Router (package cluster implements it).
+// instance holds go to a Router: Forwarder, over a cluster.Router that
+// locates them.
 package gateway
 
 import (
@@ -84,7 +85,8 @@ type Config struct {
 }
 
 // Router forwards requests for sessions other instances hold and lists
-// sessions across instances; *cluster.Router is one.
+// sessions across instances; *Forwarder is the one a multi-instance
+// deployment uses.
 type Router interface {
 	// Forward answers a request for session id, which this instance does
 	// not hold, on behalf of owner: by forwarding it to the holder, or with

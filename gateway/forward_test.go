@@ -1,4 +1,4 @@
-package cluster_test
+package gateway_test
 
 import (
 	"bufio"
@@ -17,15 +17,16 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/cluster"
+	"github.com/codegw/codegw/gateway"
 	"github.com/codegw/codegw/store"
 	"github.com/codegw/codegw/store/redis"
 	"github.com/codegw/codegw/store/redis/redistest"
 )
 
-const secret = "test-secret"
+const clusterSecret = "test-secret"
 
-// serve runs app on a loopback port until t ends and returns its base URL.
-func serve(t *testing.T, app *fiber.App) string {
+// serveFiber runs app on a loopback port until t ends and returns its base URL.
+func serveFiber(t *testing.T, app *fiber.App) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -46,11 +47,11 @@ func errorsAsJSON(c *fiber.Ctx, err error) error {
 	return c.Status(status).JSON(fiber.Map{"code": codegw.ErrorCode(err), "error": codegw.ErrorMessage(err)})
 }
 
-// holder is the instance that holds the sessions: it echoes what it got.
-func holder(t *testing.T) string {
+// fakeHolder is the instance that holds the sessions: it echoes what it got.
+func fakeHolder(t *testing.T) string {
 	app := fiber.New(fiber.Config{DisableStartupMessage: true})
 	app.Post("/api/v1/sessions/:id/echo", func(c *fiber.Ctx) error {
-		return c.JSON(fiber.Map{"id": c.Params("id"), "body": string(c.Body()), "proxied": c.Get(cluster.ProxyHeader) == cluster.ProxyToken(secret), "query": c.Query("q")})
+		return c.JSON(fiber.Map{"id": c.Params("id"), "body": string(c.Body()), "proxied": c.Get(cluster.ProxyHeader) == cluster.ProxyToken(clusterSecret), "query": c.Query("q")})
 	})
 	app.Get("/api/v1/sessions/:id/stream", func(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderContentType, "application/x-ndjson")
@@ -74,12 +75,13 @@ func holder(t *testing.T) string {
 	app.Get("/api/v1/sessions", func(c *fiber.Ctx) error {
 		return c.JSON(fiber.Map{"sessions": []codegw.SessionInfo{{ID: "s1", State: "idle", Instance: "b"}}})
 	})
-	return serve(t, app)
+	return serveFiber(t, app)
 }
 
-// front is the instance a request reaches first: it holds local sessions
+// frontInstance is the instance a request reaches first: it holds local sessions
 // only and forwards the rest. The owner is the X-Owner header.
-func front(t *testing.T, r *cluster.Router, local ...codegw.SessionInfo) string {
+func frontInstance(t *testing.T, cr *cluster.Router, local ...codegw.SessionInfo) string {
+	r := gateway.NewForwarder(cr, 0)
 	app := fiber.New(fiber.Config{DisableStartupMessage: true, ErrorHandler: errorsAsJSON})
 	app.Get("/api/v1/sessions", func(c *fiber.Ctx) error {
 		list, err := r.Sessions(c, c.Get("X-Owner"), func(string) []codegw.SessionInfo { return local })
@@ -91,18 +93,18 @@ func front(t *testing.T, r *cluster.Router, local ...codegw.SessionInfo) string 
 	app.Use("/api/v1/sessions/:id", func(c *fiber.Ctx) error {
 		return r.Forward(c, c.Params("id"), c.Get("X-Owner"))
 	})
-	return serve(t, app)
+	return serveFiber(t, app)
 }
 
-type fixture struct {
+type forwardFixture struct {
 	st    *redis.Store
 	front string
 }
 
-// setup registers instance b (the holder) and a front instance a, and
+// setupForward registers instance b (the holder) and a front instance a, and
 // records sessions: s1 (key1) on b, gone1 (key1) on c, which is not
 // registered, and mine (key1) on a itself.
-func setup(t *testing.T) fixture {
+func setupForward(t *testing.T) forwardFixture {
 	t.Helper()
 	srv := redistest.Start(t)
 	ctx := context.Background()
@@ -111,7 +113,7 @@ func setup(t *testing.T) fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	if err := st.Heartbeat(ctx, store.Instance{ID: "b", Addr: holder(t)}, time.Minute); err != nil {
+	if err := st.Heartbeat(ctx, store.Instance{ID: "b", Addr: fakeHolder(t)}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	for _, rec := range []store.SessionRecord{
@@ -123,11 +125,11 @@ func setup(t *testing.T) fixture {
 			t.Fatal(err)
 		}
 	}
-	r := cluster.NewRouter(st, cluster.RouterConfig{Instance: "a", Secret: secret})
-	return fixture{st: st, front: front(t, r, codegw.SessionInfo{ID: "local1", State: "idle", Instance: "a"})}
+	r := cluster.NewRouter(st, cluster.RouterConfig{Instance: "a", Secret: clusterSecret})
+	return forwardFixture{st: st, front: frontInstance(t, r, codegw.SessionInfo{ID: "local1", State: "idle", Instance: "a"})}
 }
 
-func call(t *testing.T, method, url, owner, body string, hdr ...string) (int, string) {
+func callAs(t *testing.T, method, url, owner, body string, hdr ...string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
@@ -147,7 +149,7 @@ func call(t *testing.T, method, url, owner, body string, hdr ...string) (int, st
 }
 
 func TestForward(t *testing.T) {
-	f := setup(t)
+	f := setupForward(t)
 	cases := []struct {
 		name, method, path, owner, body string
 		hdr                             []string
@@ -161,12 +163,12 @@ func TestForward(t *testing.T) {
 		{"another owner's lost session is missing", "POST", "/api/v1/sessions/gone1/echo", "key2", "", nil, 404, `"code":"not_found"`},
 		{"the holder is gone", "POST", "/api/v1/sessions/gone1/echo", "key1", "", nil, 410, `"code":"session_lost"`},
 		{"a record naming this instance", "POST", "/api/v1/sessions/mine/echo", "key1", "", nil, 410, `"code":"session_lost"`},
-		{"never forwarded twice", "POST", "/api/v1/sessions/s1/echo", "key1", "", []string{cluster.ProxyHeader, cluster.ProxyToken(secret)}, 503, `"code":"unavailable"`},
+		{"never forwarded twice", "POST", "/api/v1/sessions/s1/echo", "key1", "", []string{cluster.ProxyHeader, cluster.ProxyToken(clusterSecret)}, 503, `"code":"unavailable"`},
 		{"a forged proxy header is ignored", "POST", "/api/v1/sessions/s1/echo", "key1", "", []string{cluster.ProxyHeader, "forged"}, 200, `"proxied":true`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			status, body := call(t, tc.method, f.front+tc.path, tc.owner, tc.body, tc.hdr...)
+			status, body := callAs(t, tc.method, f.front+tc.path, tc.owner, tc.body, tc.hdr...)
 			if status != tc.status || !strings.Contains(body, tc.want) {
 				t.Errorf("%s %s: %d %s; want %d with %s", tc.method, tc.path, status, body, tc.status, tc.want)
 			}
@@ -175,7 +177,7 @@ func TestForward(t *testing.T) {
 }
 
 func TestForwardToADeadHolder(t *testing.T) {
-	f := setup(t)
+	f := setupForward(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -189,13 +191,13 @@ func TestForwardToADeadHolder(t *testing.T) {
 	if err := f.st.CreateSession(ctx, store.SessionRecord{ID: "s2", Owner: "key1", Instance: "d"}, 0, 0); err != nil {
 		t.Fatal(err)
 	}
-	if status, body := call(t, "POST", f.front+"/api/v1/sessions/s2/echo", "key1", ""); status != 503 || !strings.Contains(body, "does not answer") {
+	if status, body := callAs(t, "POST", f.front+"/api/v1/sessions/s2/echo", "key1", ""); status != 503 || !strings.Contains(body, "does not answer") {
 		t.Errorf("a registered holder that does not answer: %d %s; want 503", status, body)
 	}
 }
 
 func TestForwardWebsocket(t *testing.T) {
-	f := setup(t)
+	f := setupForward(t)
 	hdr := http.Header{"X-Owner": {"key1"}}
 	conn, _, err := gws.DefaultDialer.Dial("ws"+strings.TrimPrefix(f.front, "http")+"/api/v1/sessions/s1/ws", hdr)
 	if err != nil {
@@ -218,8 +220,8 @@ func TestForwardWebsocket(t *testing.T) {
 }
 
 func TestSessionsAcrossInstances(t *testing.T) {
-	f := setup(t)
-	status, body := call(t, "GET", f.front+"/api/v1/sessions", "key1", "")
+	f := setupForward(t)
+	status, body := callAs(t, "GET", f.front+"/api/v1/sessions", "key1", "")
 	if status != 200 {
 		t.Fatalf("list: %d %s", status, body)
 	}
@@ -243,7 +245,7 @@ func TestSessionsAcrossInstances(t *testing.T) {
 		}
 	}
 	// A listing forwarded by another instance is this instance's only.
-	_, body = call(t, "GET", f.front+"/api/v1/sessions", "key1", "", cluster.ProxyHeader, cluster.ProxyToken(secret))
+	_, body = callAs(t, "GET", f.front+"/api/v1/sessions", "key1", "", cluster.ProxyHeader, cluster.ProxyToken(clusterSecret))
 	if !strings.Contains(body, `"local1"`) || strings.Contains(body, `"s1"`) {
 		t.Errorf("forwarded listing: %s; want the local session only", body)
 	}
