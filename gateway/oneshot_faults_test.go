@@ -3,12 +3,15 @@ package gateway_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -228,7 +231,21 @@ func newFaultProv(t *testing.T) *faultProv {
 					left = append(left, "container "+l)
 				}
 			}
-			return append(left, kernelDirs(t, dir)...)
+			// The fork directory z-<hash> and the kernels' cgroup parents
+			// codegw-docker-<hash> are the provisioner's (see
+			// kernel/docker/docker.go): the kernels' are inside.
+			sum := sha256.Sum256([]byte(instance))
+			hash := hex.EncodeToString(sum[:4])
+			for _, d := range kernelDirs(t, dir) {
+				if filepath.Base(d) != "z-"+hash {
+					left = append(left, "directory "+d)
+				}
+			}
+			left = append(left, subdirs(filepath.Join(dir, "z-"+hash), "directory ")...)
+			for _, ctl := range []string{"pids", "memory"} {
+				left = append(left, subdirs(filepath.Join("/sys/fs/cgroup", ctl, "codegw-docker-"+hash), "cgroup ")...)
+			}
+			return left
 		}
 		return fp
 	}
@@ -284,7 +301,19 @@ func kernelDirs(t *testing.T, dir string) []string {
 	var left []string
 	for _, e := range entries {
 		if _, err := os.Stat(filepath.Join(dir, e.Name(), "instance")); err == nil {
-			left = append(left, "directory "+filepath.Join(dir, e.Name()))
+			left = append(left, filepath.Join(dir, e.Name()))
+		}
+	}
+	return left
+}
+
+// subdirs lists the directories in dir, each after prefix.
+func subdirs(dir, prefix string) []string {
+	entries, _ := os.ReadDir(dir)
+	var left []string
+	for _, e := range entries {
+		if e.IsDir() {
+			left = append(left, prefix+filepath.Join(dir, e.Name()))
 		}
 	}
 	return left
@@ -479,6 +508,13 @@ func TestOneShotZygoteKill(t *testing.T) {
 	call := e.streamUntil(t, map[string]any{"code": code, "timeout": 180}, "started")
 	if marked(mark) != 1 {
 		t.Fatalf("%d processes 'sleep %s'", marked(mark), mark)
+	}
+	// What the leftover check looks for exists while kernels run.
+	running := fp.leftovers()
+	t.Logf("while the call runs: %d kernel directories, cgroups and containers", len(running))
+	if !slices.ContainsFunc(running, func(s string) bool { return strings.HasPrefix(s, "directory ") }) ||
+		!slices.ContainsFunc(running, func(s string) bool { return strings.HasPrefix(s, "cgroup ") }) {
+		t.Errorf("the leftover check sees no kernel directory or cgroup while kernels run")
 	}
 	killed := time.Now()
 	fp.killZygote()
