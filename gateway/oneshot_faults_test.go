@@ -544,3 +544,25 @@ func TestOneShotZygoteKill(t *testing.T) {
 }
 
 func sorted(s []string) []string { sort.Strings(s); return s }
+
+// TestOneShotBackgroundProcess: a process a one-shot call started in the
+// background ends with the call, and the next call does not see it.
+func TestOneShotBackgroundProcess(t *testing.T) {
+	prov := currentProvisioner(t)
+	requireOneShots(t, prov)
+	e := newEnv(t, envOptions{poolSize: 1})
+	mark := strconv.Itoa(100000 + (os.Getpid()*13)%800000)
+	res := e.exec(map[string]any{"code": fmt.Sprintf("import subprocess\np = subprocess.Popen(['sleep', '%s'])\nprint(p.poll())", mark)})
+	if res.Status != codegw.StatusOK || res.Stdout != "None\n" {
+		t.Fatalf("%s %s %q", res.Status, strOr(res.Error), res.Stdout)
+	}
+	if !waitFor(30*time.Second, func() bool { return marked(mark) == 0 }) {
+		t.Errorf("'sleep %s' outlived its call", mark)
+	}
+	res = e.exec(map[string]any{"code": fmt.Sprintf(`import os
+cmds = [open('/proc/%%s/cmdline' %% p, 'rb').read() for p in os.listdir('/proc') if p.isdigit()]
+print(len(cmds), any(b'%s' in c for c in cmds))`, mark)})
+	if res.Status != codegw.StatusOK || res.Stdout != "1 False\n" {
+		t.Errorf("the next call sees: %s %s %q, want only itself", res.Status, strOr(res.Error), res.Stdout)
+	}
+}
