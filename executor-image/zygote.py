@@ -872,8 +872,12 @@ class FrameStream:
             self.write(line)
 
     def flush(self):
+        # An explicit flush (print(..., flush=True)) returns once the text
+        # is on the socket, as ipykernel's does: what a cell flushed before
+        # it crashes or is OOM-killed reaches the answer.
         with self.oneshot.lock:
             self._flush()
+        self.oneshot.drain()
 
     def _flush(self):
         if not self.buf:
@@ -943,9 +947,24 @@ class OneShot:
         try:
             while True:
                 self.conn.sendall(self.out.get())
+                self.out.task_done()
         except BaseException:
             pass
         os._exit(0)  # the gateway hung up
+
+    def drain(self, timeout=10.0):
+        """Waits until the writer sent every queued frame, at most timeout
+        seconds (ipykernel's flush_timeout)."""
+        import time
+
+        q = self.out
+        deadline = time.monotonic() + timeout
+        with q.all_tasks_done:
+            while q.unfinished_tasks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                q.all_tasks_done.wait(left)
 
     def reply(self, channel, msg_type, content):
         self.send(channel, self.header(msg_type), content)

@@ -13,7 +13,10 @@
 // -start oneshot,fork,spawn (oneshot: KERNEL_START=fork with
 // STATELESS_KERNEL=oneshot; fork, spawn: KERNEL_START with full kernels),
 // run side by side in the same process,
-// one after the other. bench/README.md explains the figures.
+// one after the other. -executor docker runs the same on the Docker
+// provisioner (fork and oneshot only: kernels forked in one zygote
+// container, whose cgroup's cpuacct.usage is the kernels' CPU).
+// bench/README.md explains the figures.
 package main
 
 import (
@@ -24,8 +27,11 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -34,6 +40,7 @@ import (
 	"github.com/codegw/codegw/app"
 	"github.com/codegw/codegw/bench/internal/benchkit"
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/docker"
 	"github.com/codegw/codegw/kernel/local"
 )
 
@@ -55,6 +62,8 @@ type config struct {
 	Verbose     bool
 	WarmUpCode  string
 	Start       string
+	Executor    string
+	Image       string
 }
 
 func parseFlags() config {
@@ -76,6 +85,8 @@ func parseFlags() config {
 	flag.StringVar(&c.WarmUpCode, "pool-warmup", "pass", "the pool kernels' warm-up cell (the gateway's is \"pass\")")
 	flag.BoolVar(&c.Verbose, "v", false, "log gateway and provisioner events")
 	flag.StringVar(&c.Start, "start", "oneshot,fork,spawn", "modes to measure, in order: oneshot (KERNEL_START=fork, STATELESS_KERNEL=oneshot), fork, spawn (KERNEL_START, with STATELESS_KERNEL=kernel)")
+	flag.StringVar(&c.Executor, "executor", "local", "EXECUTOR: local, or docker (modes oneshot and fork)")
+	flag.StringVar(&c.Image, "image", "codegw/executor:latest", "DOCKER_IMAGE (-executor docker)")
 	flag.Parse()
 	if c.Clients <= 0 {
 		c.Clients = c.Workers
@@ -181,7 +192,7 @@ func runStart(ctx context.Context, cfg config, mode string, out io.Writer) error
 		Date: time.Now(),
 		Host: benchkit.NewHost(cfg.Python),
 		Config: map[string]string{
-			"executor": "local", "sandbox": cfg.Sandbox, "preload": "default (numpy, pandas, matplotlib, pyplot)",
+			"executor": cfg.Executor, "sandbox": cfg.Sandbox, "preload": "default (numpy, pandas, matplotlib, pyplot)",
 			"POOL_SIZE": fmt.Sprint(cfg.PoolSize), "POOL_MAX_STARTING": fmt.Sprint(cfg.MaxStarting),
 			"MAX_WORKERS": fmt.Sprint(cfg.Workers), "clients": fmt.Sprint(cfg.Clients),
 			"n": fmt.Sprint(cfg.N), "n_heavy": fmt.Sprint(cfg.NHeavy), "floor_per_sample": fmt.Sprint(cfg.FloorPer),
@@ -189,8 +200,7 @@ func runStart(ctx context.Context, cfg config, mode string, out io.Writer) error
 			"KERNEL_START": start, "STATELESS_KERNEL": stateless,
 		},
 	}
-	prov, err := local.New(local.Config{Python: cfg.Python, Sandbox: cfg.Sandbox, Logger: log, Start: start,
-		Memory: 1 << 30, PidsLimit: 256})
+	prov, kernelCPU, err := newProvisioner(ctx, cfg, start, log)
 	if err != nil {
 		return err
 	}
@@ -199,6 +209,9 @@ func runStart(ctx context.Context, cfg config, mode string, out io.Writer) error
 		return fmt.Errorf("the provisioner fell back to %s", prov.StartMode())
 	}
 	res.Config["kernel_limits"] = prov.LimitMode()
+	if cfg.Executor == "docker" {
+		res.Config["DOCKER_IMAGE"] = cfg.Image
+	}
 	g, err := benchkit.StartGateway(benchkit.GatewayConfig{
 		Prov: prov, PoolSize: cfg.PoolSize, MaxStarting: cfg.MaxStarting, Workers: cfg.Workers,
 		MaxQueue: 4 * cfg.Clients, Logger: log, WarmUp: cfg.WarmUpCode,
@@ -225,7 +238,7 @@ func runStart(ctx context.Context, cfg config, mode string, out io.Writer) error
 			defer pprof.StopCPUProfile()
 			profile = f
 		}
-		tp, err := throughput(ctx, cfg, g, client)
+		tp, err := throughput(ctx, cfg, g, client, kernelCPU)
 		if err != nil {
 			return fmt.Errorf("throughput: %w", err)
 		}
@@ -342,7 +355,7 @@ func latency(ctx context.Context, cfg config, g *benchkit.Gateway, prov kernel.P
 // window. In the steady state both are unbiased. Requests still in flight
 // when the window closes are abandoned (the gateway finishes them before
 // Close returns).
-func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *http.Client) (*Throughput, error) {
+func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *http.Client, kernelCPU func() (float64, error)) (*Throughput, error) {
 	if err := benchkit.WaitPoolFull(ctx, g.Pool, cfg.PoolSize, 3*time.Minute); err != nil {
 		return nil, err
 	}
@@ -384,7 +397,15 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 	case <-time.After(cfg.Warmup):
 	case <-ctx.Done():
 	}
-	sampler := benchkit.StartTreeSampler(100 * time.Millisecond)
+	var sampler *benchkit.TreeSampler
+	var kcpu0 float64
+	if kernelCPU == nil {
+		sampler = benchkit.StartTreeSampler(100 * time.Millisecond)
+	} else if c, err := kernelCPU(); err != nil {
+		return nil, err
+	} else {
+		kcpu0 = c
+	}
 	if profile != nil {
 		pprof.StartCPUProfile(profile)
 	}
@@ -404,7 +425,16 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 	n, nerr, first := len(lat), errs, firstErr
 	all := lat
 	mu.Unlock()
-	kcpu, scpu, _ := sampler.Stop()
+	var kcpu, scpu float64
+	if sampler != nil {
+		kcpu, scpu, _ = sampler.Stop()
+	} else {
+		c, err := kernelCPU()
+		if err != nil {
+			return nil, err
+		}
+		kcpu = c - kcpu0
+	}
 	if profile != nil {
 		pprof.StopCPUProfile()
 	}
@@ -430,8 +460,8 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 func printTable(out io.Writer, r *Results) {
 	fmt.Fprintf(out, "gatewaybench %s  %d CPUs, %s, load %s -> %s\n%s\n", r.Date.Format("2006-01-02 15:04"),
 		r.Host.CPUs, r.Host.GoVersion, r.Host.LoadStart, r.Host.LoadEnd, r.Host.Versions)
-	fmt.Fprintf(out, "config: local provisioner (sandbox %s), KERNEL_START=%s STATELESS_KERNEL=%s, default preload, POOL_SIZE=%s POOL_MAX_STARTING=%s MAX_WORKERS=%s, memory store\n\n",
-		r.Config["sandbox"], r.Config["KERNEL_START"], r.Config["STATELESS_KERNEL"], r.Config["POOL_SIZE"], r.Config["POOL_MAX_STARTING"], r.Config["MAX_WORKERS"])
+	fmt.Fprintf(out, "config: %s provisioner (sandbox %s), KERNEL_START=%s STATELESS_KERNEL=%s, default preload, POOL_SIZE=%s POOL_MAX_STARTING=%s MAX_WORKERS=%s, memory store\n\n",
+		r.Config["executor"], r.Config["sandbox"], r.Config["KERNEL_START"], r.Config["STATELESS_KERNEL"], r.Config["POOL_SIZE"], r.Config["POOL_MAX_STARTING"], r.Config["MAX_WORKERS"])
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if len(r.Latency) > 0 {
 		fmt.Fprintln(out, "stateless POST /api/v1/execute, pool full before each sample, vs the same code on a warm kernel of its own (ms):")
@@ -458,4 +488,74 @@ func printTable(out io.Writer, r *Results) {
 		}
 		fmt.Fprintf(out, "(/proc sampler's own CPU, taken off the gateway's: %.2f s)\n", t.SamplerCPU)
 	}
+}
+
+// newProvisioner makes the provisioner of cfg.Executor for start, and, for
+// Docker, how to read the CPU its kernels used (nil: the process tree is
+// sampled from /proc).
+func newProvisioner(ctx context.Context, cfg config, start string, log *slog.Logger) (interface {
+	kernel.Provisioner
+	StartMode() string
+	LimitMode() string
+}, func() (float64, error), error) {
+	switch cfg.Executor {
+	case "local":
+		p, err := local.New(local.Config{Python: cfg.Python, Sandbox: cfg.Sandbox, Logger: log, Start: start,
+			Memory: 1 << 30, PidsLimit: 256})
+		return p, nil, err
+	case "docker":
+		if start != docker.StartFork {
+			return nil, nil, fmt.Errorf("-executor docker measures oneshot and fork, not %s", start)
+		}
+		dir, err := os.MkdirTemp("", "cgwgb")
+		if err != nil {
+			return nil, nil, err
+		}
+		p, err := docker.New(ctx, docker.Config{Image: cfg.Image, InstanceID: fmt.Sprintf("gwbench%d", os.Getpid()), StateDir: dir,
+			Memory: 1 << 30, PidsLimit: 256, Logger: log, Start: start})
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, nil, err
+		}
+		return dockerProv{p, dir}, func() (float64, error) { return containerCPU(p.ZygoteContainer()) }, nil
+	}
+	return nil, nil, fmt.Errorf("unknown -executor %q (want local or docker)", cfg.Executor)
+}
+
+// dockerProv removes its state directory when it closes.
+type dockerProv struct {
+	*docker.Provisioner
+	dir string
+}
+
+func (p dockerProv) Close() error {
+	err := p.Provisioner.Close()
+	os.RemoveAll(p.dir)
+	return err
+}
+
+// containerCPU is the CPU seconds the container's cgroup (cgroup v1
+// cpuacct) has used: the zygote and every kernel it forked, which leave its
+// memory and pids cgroups but not its cpuacct one.
+func containerCPU(id string) (float64, error) {
+	out, err := exec.Command("docker", "inspect", "-f", "{{.State.Pid}}", id).Output()
+	if err != nil {
+		return 0, fmt.Errorf("docker inspect %s: %w", id, err)
+	}
+	cg, err := os.ReadFile("/proc/" + strings.TrimSpace(string(out)) + "/cgroup")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(cg), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) == 3 && strings.Contains(","+f[1]+",", ",cpuacct,") {
+			for _, mnt := range []string{"/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/cpu,cpuacct"} {
+				if v, err := os.ReadFile(filepath.Join(mnt, f[2], "cpuacct.usage")); err == nil {
+					ns, err := strconv.ParseInt(strings.TrimSpace(string(v)), 10, 64)
+					return float64(ns) / 1e9, err
+				}
+			}
+		}
+	}
+	return 0, fmt.Errorf("no cpuacct cgroup for container %s", id)
 }

@@ -1,0 +1,12 @@
+package local
+
+// PidsLimitHits returns how many forks the kernel's pids cgroup refused so
+// far (0 for spawned kernels and without cgroups), as the Docker kernels'
+// method does: a call whose code met the limit and carried on is answered
+// pids_limit, on either executor.
+func (k *Process) PidsLimitHits() int64 {
+	if r := k.current(); r != nil && r.cg != nil {
+		return r.cg.PidsHits()
+	}
+	return 0
+}
