@@ -4,9 +4,9 @@ package local
 // far (0 for spawned kernels and without cgroups), as the Docker kernels'
 // method does: a call whose code met the limit and carried on is answered
 // pids_limit, on either executor.
-func (k *Process) PidsLimitHits() int64 {
-	if r := k.current(); r != nil && r.cg != nil {
-		return r.cg.PidsHits()
+func (k *instance) PidsLimitHits() int64 {
+	if p, ok := k.core.(interface{ PidsLimitHits() int64 }); ok {
+		return p.PidsLimitHits()
 	}
 	return 0
 }
