@@ -364,19 +364,7 @@ func TestParseConfig(t *testing.T) {
 // execution with its done event before the websocket's going-away close —
 // and the process exits leaving no kernel process, directory or container.
 func TestDrainTimeoutInterrupts(t *testing.T) {
-	for _, executor := range []string{"local", "docker"} {
-		t.Run(executor, func(t *testing.T) {
-			if executor == "docker" {
-				if err := exec.Command("docker", "info").Run(); err != nil {
-					if os.Getenv("CI") == "true" {
-						t.Fatalf("no Docker engine under CI: %v", err)
-					}
-					t.Skip("no Docker engine")
-				}
-			}
-			drainTimeoutInterrupts(t, executor)
-		})
-	}
+	forEachExecutor(t, drainTimeoutInterrupts)
 }
 
 func drainTimeoutInterrupts(t *testing.T, executor string) {
@@ -550,4 +538,22 @@ func waitReady(t *testing.T, base string, within time.Duration, logs fmt.Stringe
 		}
 		return ""
 	})
+}
+
+// forEachExecutor runs test as a subtest for the local executor and the
+// Docker one; without a Docker engine the latter skips (fails under CI).
+func forEachExecutor(t *testing.T, test func(t *testing.T, executor string)) {
+	for _, executor := range []string{"local", "docker"} {
+		t.Run(executor, func(t *testing.T) {
+			if executor == "docker" {
+				if err := exec.Command("docker", "info").Run(); err != nil {
+					if os.Getenv("CI") == "true" {
+						t.Fatalf("no Docker engine under CI: %v", err)
+					}
+					t.Skip("no Docker engine")
+				}
+			}
+			test(t, executor)
+		})
+	}
 }

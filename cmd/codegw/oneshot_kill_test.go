@@ -32,19 +32,7 @@ func TestOneShotGatewayKill(t *testing.T) {
 		}
 		t.Skip("one-shot kernels need root")
 	}
-	for _, executor := range []string{"local", "docker"} {
-		t.Run(executor, func(t *testing.T) {
-			if executor == "docker" {
-				if err := exec.Command("docker", "info").Run(); err != nil {
-					if os.Getenv("CI") == "true" {
-						t.Fatalf("no Docker engine under CI: %v", err)
-					}
-					t.Skip("no Docker engine")
-				}
-			}
-			oneShotGatewayKill(t, executor)
-		})
-	}
+	forEachExecutor(t, oneShotGatewayKill)
 }
 
 // kernelThings lists what a gateway's kernels own outside its process, for
