@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -88,7 +89,7 @@ func TestServeAndShutdown(t *testing.T) {
 	port := freePort(t)
 	cmd := exec.Command(bin)
 	cmd.Dir = t.TempDir()
-	var logs bytes.Buffer
+	var logs logBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "STATE_DIR="+state, "POOL_SIZE=2",
 		"LOG_FORMAT=json", "DRAIN_TIMEOUT=60", "REDIS_URL="+redisURL, "EXECUTOR_INSTANCE_ID="+instance,
@@ -211,7 +212,7 @@ func TestServeAndShutdown(t *testing.T) {
 	}
 	// The logs are JSON, one line per request, with the request id.
 	requests := 0
-	for _, line := range bytes.Split(logs.Bytes(), []byte("\n")) {
+	for _, line := range bytes.Split([]byte(logs.String()), []byte("\n")) {
 		var m map[string]any
 		if len(line) == 0 {
 			continue
@@ -378,7 +379,7 @@ func drainTimeoutInterrupts(t *testing.T, executor string) {
 	port := freePort(t)
 	cmd := exec.Command(bin)
 	cmd.Dir = t.TempDir()
-	var logs bytes.Buffer
+	var logs logBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "STATE_DIR="+state, "POOL_SIZE=1",
 		"EXECUTOR="+executor, "DRAIN_TIMEOUT=2", "EXECUTOR_INSTANCE_ID="+instance,
@@ -556,4 +557,23 @@ func forEachExecutor(t *testing.T, test func(t *testing.T, executor string)) {
 			test(t, executor)
 		})
 	}
+}
+
+// logBuffer holds a child process's output: written by exec's copying
+// goroutine, read by the test while the process runs.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,7 +21,7 @@ import (
 type server struct {
 	cmd  *exec.Cmd
 	base string
-	logs *bytes.Buffer
+	logs *logBuffer
 	done chan error
 }
 
@@ -32,7 +31,7 @@ func startServer(t *testing.T, bin, dir string, env ...string) *server {
 	port := freePort(t)
 	cmd := exec.Command(bin)
 	cmd.Dir = dir
-	logs := &bytes.Buffer{}
+	logs := &logBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.Env = append(os.Environ(), append([]string{fmt.Sprintf("PORT=%d", port)}, env...)...)
 	if err := cmd.Start(); err != nil {
