@@ -678,25 +678,23 @@ print(",".join(res))`, podIP, ip, redisIP, redisPod)
 		// The pod drains (DRAIN_TIMEOUT) and its drain ends its sessions:
 		// they answer 404 not_found from then on (docs/kubernetes.md); until
 		// then they serve, or answer 503 unavailable while it drains.
-		c.eventually(2*time.Minute, "the deleted pod's session ended", func() string {
-			_, a, err := c.execute("/api/v1/sessions/"+lost[0].ID+"/execute", "print(v)")
-			switch {
-			case err != nil:
-				return err.Error()
-			case a.status == 404 && a.code() == "not_found":
-				return ""
-			case a.status == 200 || a.status == 503:
-				return a.String()
-			}
-			t.Fatalf("the deleted pod's session: %v", a)
-			return ""
-		})
-		t.Logf("the deleted pod's sessions ended (404) %v after the deletion", time.Since(deleted).Round(100*time.Millisecond))
+		// The pod ends its sessions one after the other: each is waited for.
 		for _, s := range lost {
-			if _, a, _ := c.execute("/api/v1/sessions/"+s.ID+"/execute", "print(v)"); a.status != 404 || a.code() != "not_found" {
-				t.Errorf("deleted pod's session %s: %v", s.ID, a)
-			}
+			c.eventually(2*time.Minute, "the deleted pod's session "+s.ID+" ended", func() string {
+				_, a, err := c.execute("/api/v1/sessions/"+s.ID+"/execute", "print(v)")
+				switch {
+				case err != nil:
+					return err.Error()
+				case a.status == 404 && a.code() == "not_found":
+					return ""
+				case a.status == 200 || a.status == 503:
+					return a.String()
+				}
+				t.Fatalf("the deleted pod's session %s: %v", s.ID, a)
+				return ""
+			})
 		}
+		t.Logf("the deleted pod's sessions ended (404) %v after the deletion", time.Since(deleted).Round(100*time.Millisecond))
 		// The others keep serving, their state kept.
 		for _, s := range kept {
 			if r, a, err := c.execute("/api/v1/sessions/"+s.ID+"/execute", "print(v >= 200)"); err != nil || r.Stdout != "True\n" {
