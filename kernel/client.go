@@ -102,14 +102,10 @@ func newCall(ch chan *Message) *call {
 // for the kernel to be ready; call WaitReady. It does not watch the
 // heartbeat either; call Heartbeat(true).
 //
-// A kernel binds its sockets some time after its process starts. When
-// opts.Bound is given, Dial waits for it and connects once; otherwise (a
-// kernel that gives no signal) it retries each socket with a backoff from
-// 10 ms to half a second.
-func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client, error) {
-	opts.defaults()
+// newClient returns a Client of info with no connection yet.
+func newClient(info ConnectionInfo, opts ClientOptions) *Client {
 	cctx, cancel := context.WithCancel(context.Background())
-	c := &Client{
+	return &Client{
 		info:    info,
 		session: codegw.NewID(),
 		opts:    opts,
@@ -120,6 +116,16 @@ func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client
 		dead:    make(chan struct{}),
 		ping:    make(chan struct{}, 1),
 	}
+}
+
+// A kernel binds its sockets some time after its process starts. When
+// opts.Bound is given, Dial waits for it and connects once; otherwise (a
+// kernel that gives no signal) it retries each socket with a backoff from
+// 10 ms to half a second.
+func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client, error) {
+	opts.defaults()
+	c := newClient(info, opts)
+	cctx, cancel := c.ctx, c.cancel
 	// zmq4 dials block with their own retry loop; tie them to ctx.
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()

@@ -150,19 +150,8 @@ func DialOneShot(ctx context.Context, info ConnectionInfo, opts ClientOptions) (
 		}
 		backoff = min(backoff*2, 500*time.Millisecond)
 	}
-	cctx, cancel := context.WithCancel(context.Background())
-	c := &Client{
-		info:    info,
-		session: codegw.NewID(),
-		opts:    opts,
-		ctx:     cctx,
-		cancel:  cancel,
-		signer:  NewSigner(info.Key),
-		pending: make(map[string]*call),
-		dead:    make(chan struct{}),
-		ping:    make(chan struct{}, 1),
-		one:     conn,
-	}
+	c := newClient(info, opts)
+	c.one = conn
 	hello, err := NewMessage(c.session, "hello", map[string]string{"key": info.Key})
 	if err == nil {
 		err = c.transmit(Shell, hello)
