@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,37 +20,20 @@ import (
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/internal/testcheck"
 	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel/local"
 	"github.com/codegw/codegw/session"
 )
 
 // syncBuffer is a log sink the server writes from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// String returns what was written so far.
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer struct{ testcheck.Buffer }
 
 // lines parses the JSON log lines written so far.
 func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
+	sc := bufio.NewScanner(strings.NewReader(s.String()))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		var m map[string]any
@@ -288,10 +270,7 @@ func TestMetricsAndRequestLogs(t *testing.T) {
 		if len(ndjsonExec) > 0 {
 			t.Errorf("no request line for the NDJSON requests %v", ndjsonExec)
 		}
-		logs.mu.Lock()
-		leaked := strings.Contains(logs.b.String(), "secret-key-1")
-		logs.mu.Unlock()
-		if leaked {
+		if strings.Contains(logs.String(), "secret-key-1") {
 			t.Error("the API key appears in the logs")
 		}
 	})

@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/codegw/codegw/app"
+	"github.com/codegw/codegw/internal/testcheck"
 	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/store/redis"
 	"github.com/codegw/codegw/store/redis/redistest"
@@ -89,7 +89,7 @@ func TestServeAndShutdown(t *testing.T) {
 	port := freePort(t)
 	cmd := exec.Command(bin)
 	cmd.Dir = t.TempDir()
-	var logs logBuffer
+	var logs testcheck.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "STATE_DIR="+state, "POOL_SIZE=2",
 		"LOG_FORMAT=json", "DRAIN_TIMEOUT=60", "REDIS_URL="+redisURL, "EXECUTOR_INSTANCE_ID="+instance,
@@ -379,7 +379,7 @@ func drainTimeoutInterrupts(t *testing.T, executor string) {
 	port := freePort(t)
 	cmd := exec.Command(bin)
 	cmd.Dir = t.TempDir()
-	var logs logBuffer
+	var logs testcheck.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port), "STATE_DIR="+state, "POOL_SIZE=1",
 		"EXECUTOR="+executor, "DRAIN_TIMEOUT=2", "EXECUTOR_INSTANCE_ID="+instance,
@@ -557,23 +557,4 @@ func forEachExecutor(t *testing.T, test func(t *testing.T, executor string)) {
 			test(t, executor)
 		})
 	}
-}
-
-// logBuffer holds a child process's output: written by exec's copying
-// goroutine, read by the test while the process runs.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

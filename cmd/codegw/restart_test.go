@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/codegw/codegw/internal/testcheck"
 	"github.com/gorilla/websocket"
 )
 
@@ -21,7 +22,7 @@ import (
 type server struct {
 	cmd  *exec.Cmd
 	base string
-	logs *logBuffer
+	logs *testcheck.Buffer
 	done chan error
 }
 
@@ -31,7 +32,7 @@ func startServer(t *testing.T, bin, dir string, env ...string) *server {
 	port := freePort(t)
 	cmd := exec.Command(bin)
 	cmd.Dir = dir
-	logs := &logBuffer{}
+	logs := &testcheck.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	cmd.Env = append(os.Environ(), append([]string{fmt.Sprintf("PORT=%d", port)}, env...)...)
 	if err := cmd.Start(); err != nil {
