@@ -327,7 +327,10 @@ func TestSnapshotsOnS3(t *testing.T) {
 func TestIdlePauseAndTTL(t *testing.T) {
 	dir := t.TempDir()
 	e := newEnv(t, envOptions{poolSize: 1, sessIdle: time.Second, tune: func(c *app.Config) {
-		c.SnapshotDir, c.IdleAction, c.PausedTTL = dir, "pause", 3*time.Second
+		// The TTL counts from the snapshot's capture: it must outlast
+		// compressing and writing 104 MB on a loaded machine, or the
+		// session expires before the test sees it paused.
+		c.SnapshotDir, c.IdleAction, c.PausedTTL = dir, "pause", 10*time.Second
 	}})
 	s := e.createSession(t, map[string]any{"idle_timeout": 1})
 	e.sexec(t, s.ID, map[string]any{"code": "import numpy as np, pandas as pd\nbig = pd.DataFrame({'a': np.arange(13_000_000, dtype='float64')})\nprint(big.memory_usage().sum() >= 100e6)"})

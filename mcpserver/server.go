@@ -52,9 +52,12 @@ type state struct {
 	onEnd   func()
 
 	watched sync.Once
-	mu      sync.Mutex
-	k       Kernel
-	closed  bool
+	// ended runs close's work once; a second caller waits for it (the
+	// stdio command must not exit while the first deletes the kernel).
+	ended  sync.Once
+	mu     sync.Mutex
+	k      Kernel
+	closed bool
 }
 
 // NewServer returns an MCP server with the tools bound to one session of
@@ -110,21 +113,21 @@ func (st *state) watch(ss *mcp.ServerSession) {
 	})
 }
 
+// close deletes the kernel and ends the session, once; it returns when
+// that is done, whoever started it.
 func (st *state) close() {
-	st.mu.Lock()
-	k := st.k
-	already := st.closed
-	st.closed, st.k = true, nil
-	st.mu.Unlock()
-	if already {
-		return
-	}
-	if k != nil {
-		k.Close()
-	}
-	if st.onEnd != nil {
-		st.onEnd()
-	}
+	st.ended.Do(func() {
+		st.mu.Lock()
+		k := st.k
+		st.closed, st.k = true, nil
+		st.mu.Unlock()
+		if k != nil {
+			k.Close()
+		}
+		if st.onEnd != nil {
+			st.onEnd()
+		}
+	})
 }
 
 // kernel returns the session's kernel, starting it on first use.
