@@ -479,9 +479,11 @@ class Zygote:
 def specialise(req, zr):
     """Isolate this process (pid 1 of its pid namespace) as req asks.
 
-    req holds: token; conn (the connection file); code (host directory of
+    req holds: token; conn (the connection file), or conn_info (the
+    connection itself, for one-shot kernels); code (host directory of
     /code); sock (the socket directory, bound at the same path); root (an
-    empty directory to build the root in); sandbox (bool); share_net (bool,
+    empty directory to build the root in, which children may share: each
+    mounts its own tmpfs there in its own mount namespace); sandbox (bool); share_net (bool,
     for the tcp transport); binds (read-only host directories to show);
     uid, gid; cgroups (directories whose cgroup.procs the kernel joins);
     rlimits ({"as": bytes, "nproc": n}, used without cgroups); env (the
@@ -791,8 +793,10 @@ def run_oneshot(req, zr):
         raise RuntimeError("one-shot kernels need the prepared shell (EXECUTOR_ZYGOTE_PREPARE=1)")
     app, shell, _ = PREPARED
     point_shell(app, shell)
-    with open(req["conn"]) as f:
-        info = json.load(f)
+    info = req.get("conn_info")
+    if info is None:
+        with open(req["conn"]) as f:
+            info = json.load(f)
     if info.get("transport") == "ipc":
         addr = "%s-%d" % (info["ip"], info["shell_port"])
         ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -157,9 +157,20 @@ func (k *kernelFiles) Zygote(ctx context.Context) (*zygotectl.Conn, error) {
 
 // Request writes a fresh connection file and returns the fork request,
 // paths as the zygote container sees them (forked.Host).
-func (k *kernelFiles) Request() (zygotectl.Request, error) {
+func (k *kernelFiles) Request(oneShot bool) (zygotectl.Request, error) {
 	p := k.p
 	k.removeSockets()
+	req := zygotectl.Request{
+		Code: p.containerPath(k.codeDir()),
+		Sock: p.containerPath(filepath.Join(k.dir, "run")), Root: p.containerPath(filepath.Join(k.dir, "root")),
+		Sandbox: true, ShareNet: p.cfg.NetworkMode != "none", Binds: []string{containerExecDir},
+		UID: k.uid, GID: k.kernelGID(), Env: k.env, Contain: map[string]int{"umask": k.kernelUmask()},
+	}
+	if oneShot { // it reads only its address: no file to write
+		info := k.kinfo
+		req.ConnInfo = &info
+		return req, nil
+	}
 	connFile := filepath.Join(k.dir, "run", connectionFile)
 	if err := k.kinfo.WriteFile(connFile); err != nil {
 		return zygotectl.Request{}, fmt.Errorf("docker: kernel %s: %w", k.id, err)
@@ -167,12 +178,8 @@ func (k *kernelFiles) Request() (zygotectl.Request, error) {
 	if err := k.giveFile(connFile); err != nil {
 		return zygotectl.Request{}, fmt.Errorf("docker: kernel %s: %w", k.id, err)
 	}
-	return zygotectl.Request{
-		Conn: p.containerPath(connFile), Code: p.containerPath(k.codeDir()),
-		Sock: p.containerPath(filepath.Join(k.dir, "run")), Root: p.containerPath(filepath.Join(k.dir, "root")),
-		Sandbox: true, ShareNet: p.cfg.NetworkMode != "none", Binds: []string{containerExecDir},
-		UID: k.uid, GID: k.kernelGID(), Env: k.env, Contain: map[string]int{"umask": k.kernelUmask()},
-	}, nil
+	req.Conn = p.containerPath(connFile)
+	return req, nil
 }
 
 // CgroupDirs are where the zygote container sees g (forked.Host).

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -14,6 +13,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/kernel"
@@ -156,6 +157,10 @@ func New(cfg Config) (*Provisioner, error) {
 		return nil, fmt.Errorf("local: %w", err)
 	}
 	if err := os.Chmod(filepath.Join(abs, "k"), 0o711); err != nil {
+		return nil, fmt.Errorf("local: %w", err)
+	}
+
+	if err := os.MkdirAll(p.rootDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("local: %w", err)
 	}
 
@@ -373,6 +378,10 @@ func (p *Provisioner) kernelDir(id string) string {
 	return filepath.Join(p.cfg.StateDir, "k", id)
 }
 
+// rootDir is where forked children mount their root file system, each in
+// its own mount namespace: one directory for all.
+func (p *Provisioner) rootDir() string { return filepath.Join(p.cfg.StateDir, "root") }
+
 func ipcPrefix(kdir string) string { return filepath.Join(kdir, "s", "k") }
 
 var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
@@ -417,7 +426,7 @@ func (p *Provisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.Proce
 // prepare makes the kernel's directory tree in kdir, takes its lock and writes the
 // connection file.
 func (p *Provisioner) prepare(kdir string, spec kernel.Spec) (*kernelFiles, error) {
-	lock, err := lockFile(filepath.Join(kdir, "lock"), false)
+	lock, err := lockDir(kdir, true)
 	if err != nil {
 		return nil, fmt.Errorf("local: lock: %w", err)
 	}
@@ -482,7 +491,8 @@ func (p *Provisioner) Close() error {
 }
 
 // Reap removes the directories of kernels whose owner is gone: an instance
-// that crashed. A live owner holds the flock on the kernel's lock file; its
+// that crashed. A live owner holds the flock on the kernel's directory
+// (on its lock file, in versions before 2026-12: still honoured); its
 // kernels are left alone, whichever instance it is. The kernels of a dead
 // owner died with it (Pdeathsig, --die-with-parent, the lifeline).
 func (p *Provisioner) Reap(ctx context.Context) (int, error) {
@@ -500,20 +510,29 @@ func (p *Provisioner) Reap(ctx context.Context) (int, error) {
 			continue
 		}
 		kdir := filepath.Join(root, e.Name())
-		f, err := lockFile(filepath.Join(kdir, "lock"), true)
-		if errors.Is(err, fs.ErrNotExist) {
-			// A start that died before taking its lock, or one just
-			// beginning: only the old ones are stale.
-			if fi, serr := os.Stat(kdir); serr != nil || time.Since(fi.ModTime()) < time.Minute {
+		f, err := lockDir(kdir, false)
+		if err != nil {
+			continue // held by a live owner, or gone
+		}
+		if old, err := os.Open(filepath.Join(kdir, "lock")); err == nil {
+			held := syscall.Flock(int(old.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil
+			old.Close()
+			if held {
+				f.Close()
 				continue
 			}
-		} else if err != nil {
-			continue // held by a live owner
+		}
+		if names, _ := f.Readdirnames(1); len(names) == 0 {
+			// Empty: a start between its mkdir and its lock (which
+			// waits for this one); a start that died there is stale
+			// once old.
+			if fi, serr := f.Stat(); serr != nil || time.Since(fi.ModTime()) < time.Minute {
+				f.Close()
+				continue
+			}
 		}
 		err = os.RemoveAll(kdir)
-		if f != nil {
-			f.Close()
-		}
+		f.Close()
 		if err != nil {
 			return n, fmt.Errorf("local: reap: %w", err)
 		}
@@ -523,21 +542,28 @@ func (p *Provisioner) Reap(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// lockFile opens (or, unless existing, creates) path and takes an exclusive
-// flock on it without waiting. The lock lasts while the file stays open; the
-// descriptor is close-on-exec, so kernels do not inherit it.
-func lockFile(path string, existing bool) (*os.File, error) {
-	flag := os.O_RDWR | os.O_CREATE
-	if existing {
-		flag = os.O_RDWR
-	}
-	f, err := os.OpenFile(path, flag, 0o600)
+// lockDir opens the directory path and takes an exclusive flock on it,
+// waiting for it when wait is set. The lock lasts while the directory
+// stays open; the descriptor is close-on-exec, so kernels do not inherit
+// it.
+func lockDir(path string, wait bool) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, err
+	how := unix.LOCK_EX
+	if !wait {
+		how |= unix.LOCK_NB
 	}
-	return f, nil
+	for {
+		err = unix.Flock(fd, how)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "flock", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }

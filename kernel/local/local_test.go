@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -440,12 +441,29 @@ func TestReap(t *testing.T) {
 	p := newProvisioner(t, Config{Sandbox: SandboxNone, Preload: []string{}})
 	k, _ := startKernel(t, p)
 
-	// A kernel directory of a crashed instance: its lock file is not held.
+	// A kernel directory of a crashed instance: nobody holds its lock.
 	stale := filepath.Join(p.cfg.StateDir, "k", "stale")
 	if err := os.MkdirAll(filepath.Join(stale, "code", "output"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(stale, "lock"), nil, 0o600); err != nil {
+	// A start between its mkdir and its lock: empty and new.
+	starting := filepath.Join(p.cfg.StateDir, "k", "starting")
+	if err := os.Mkdir(starting, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	// A live kernel of an older version, which locked a file in it.
+	legacy := filepath.Join(p.cfg.StateDir, "k", "legacy")
+	if err := os.MkdirAll(filepath.Join(legacy, "code"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := os.Create(filepath.Join(legacy, "lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(legacy)
+	defer os.RemoveAll(starting)
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
 	n, err := p.Reap(context.Background())
@@ -458,8 +476,10 @@ func TestReap(t *testing.T) {
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stale directory left: %v", err)
 	}
-	if _, err := os.Stat(k.Dir()); err != nil {
-		t.Errorf("live kernel's directory reaped: %v", err)
+	for _, dir := range []string{k.Dir(), starting, legacy} {
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("%s reaped: %v", dir, err)
+		}
 	}
 }
 

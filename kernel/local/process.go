@@ -67,6 +67,9 @@ type kernelFiles struct {
 	env  []string          // a spawned kernel's environment
 	spec map[string]string // Spec.Env, applied by forked kernels
 	lock *os.File          // flock held while the kernel's directory is ours
+	// forked is set once a child was asked for: the next is a restart,
+	// which clears the socket files the last one left.
+	forked bool
 	// ztail is the output of the zygote that forked the kernel last.
 	ztail atomic.Pointer[tailBuffer]
 }
@@ -117,9 +120,6 @@ const outputTail = 16 << 10
 // kernel's user, and returns its path.
 func (k *kernelFiles) writeConnFile() (string, error) {
 	p := k.p
-	// The kernel removes neither the connection file nor, when killed, its
-	// socket files; start from a clean socket directory.
-	k.removeSockets()
 	connFile := filepath.Join(k.kdir, "s", "kernel.json")
 	if err := k.info.WriteFile(connFile); err != nil {
 		return "", fmt.Errorf("local: connection file: %w", err)
@@ -337,6 +337,7 @@ func (k *spawned) Restart(ctx context.Context) error {
 	if err := k.kill(ctx, k.current()); err != nil {
 		return err
 	}
+	k.removeSockets() // the killed kernel left them
 	if err := k.start(); err != nil {
 		return fmt.Errorf("local: restart kernel %s: %w", k.id, err)
 	}

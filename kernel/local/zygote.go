@@ -207,23 +207,32 @@ func (k *kernelFiles) Zygote(ctx context.Context) (*zygotectl.Conn, error) {
 	return z.c, nil
 }
 
-// Request writes a fresh connection file, makes the directory the child
-// builds its root in and returns the fork request (forked.Host).
-func (k *kernelFiles) Request() (zygotectl.Request, error) {
+// Request writes a fresh connection file (a one-shot child gets the
+// connection in the request instead) and returns the fork request
+// (forked.Host). Children build their root in the provisioner's root
+// directory, each in its own mount namespace.
+func (k *kernelFiles) Request(oneShot bool) (zygotectl.Request, error) {
 	p := k.p
-	connFile, err := k.writeConnFile()
-	if err != nil {
-		return zygotectl.Request{}, err
+	req := zygotectl.Request{Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
+		Root: p.rootDir(), Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}}
+	if k.forked {
+		k.removeSockets() // a restart: the killed child left them
 	}
-	root := filepath.Join(k.kdir, "root")
-	if err := os.Mkdir(root, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return zygotectl.Request{}, fmt.Errorf("local: %w", err)
+	k.forked = true
+	if oneShot {
+		info := k.info
+		req.ConnInfo = &info
+	} else {
+		connFile, err := k.writeConnFile()
+		if err != nil {
+			return zygotectl.Request{}, err
+		}
+		req.Conn = connFile
 	}
 	env := p.envMap(k.kdir, k.spec)
 	delete(env, "EXECUTOR_LIFELINE_FD") // the kernel watches the zygote
 	delete(env, "EXECUTOR_MPL_CACHE")   // the zygote loaded the fonts
-	req := zygotectl.Request{Conn: connFile, Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
-		Root: root, Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}, Env: env}
+	req.Env = env
 	if p.cred != nil {
 		req.UID, req.GID = int(p.cred.Uid), int(p.cred.Gid)
 	}

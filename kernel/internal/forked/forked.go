@@ -34,12 +34,13 @@ type Host interface {
 	// starting one when there is none or the last one died. Errors that
 	// mean the zygote cannot run wrap kernel.ErrProvisioner.
 	Zygote(ctx context.Context) (*zygotectl.Conn, error)
-	// Request makes the kernel ready for its next child (a fresh
-	// connection file, no stale socket files, its directories) and
-	// returns that child's fork request with the paths, uid, environment
-	// and sandbox as the zygote is to use them. Fork fills in Token,
-	// OneShot, Cgroups and Rlimits.
-	Request() (zygotectl.Request, error)
+	// Request makes the kernel ready for its next child (no stale socket
+	// files, its directories, a fresh connection file, or for a one-shot
+	// child the connection in the request: it reads nothing else from
+	// it) and returns that child's fork request with the paths, uid,
+	// environment and sandbox as the zygote is to use them. Fork fills in
+	// Token, OneShot, Cgroups and Rlimits.
+	Request(oneShot bool) (zygotectl.Request, error)
 	// CgroupDirs are the directories of g as the zygote sees them.
 	CgroupDirs(g *cgroupv1.Group) []string
 	// Remove removes what the provisioner made for the kernel (its
@@ -144,16 +145,17 @@ type Run struct {
 // may still happen then, its kill follows (zygotectl.Conn.Fork), and its
 // exit removes the cgroups as usual.
 func (k *Kernel) fork(ctx context.Context) error {
-	req, err := k.host.Request()
-	if err != nil {
-		return err
-	}
 	z, err := k.host.Zygote(ctx)
 	if err != nil {
 		return err
 	}
+	oneShot := k.cfg.OneShot && z.OneShots()
+	req, err := k.host.Request(oneShot)
+	if err != nil {
+		return err
+	}
 	req.Token = k.cfg.ID + "." + strconv.FormatInt(k.cfg.Seq.Add(1), 10)
-	req.OneShot = k.cfg.OneShot && z.OneShots()
+	req.OneShot = oneShot
 	r := &Run{k: k, z: z, token: req.Token, t0: time.Now(), oneShot: req.OneShot,
 		bound: make(chan struct{}), exited: make(chan struct{})}
 	lim := k.cfg.Limits

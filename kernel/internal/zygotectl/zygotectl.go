@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/kernel"
 )
 
 // ErrDied is the error of a request to a zygote whose connection ended.
@@ -27,21 +28,24 @@ var ErrDied = errors.New("zygote died")
 // Request is one line to the zygote; zygote.py's specialise and contain
 // say what each field means. Paths are as the zygote sees them.
 type Request struct {
-	Op       string            `json:"op"`
-	Token    string            `json:"token"`
-	Conn     string            `json:"conn,omitempty"`
-	Code     string            `json:"code,omitempty"`
-	Sock     string            `json:"sock,omitempty"`
-	Root     string            `json:"root,omitempty"`
-	Sandbox  bool              `json:"sandbox,omitempty"`
-	ShareNet bool              `json:"share_net,omitempty"`
-	Binds    []string          `json:"binds,omitempty"`
-	UID      int               `json:"uid,omitempty"`
-	GID      int               `json:"gid,omitempty"`
-	Cgroups  []string          `json:"cgroups,omitempty"`
-	Rlimits  map[string]int64  `json:"rlimits,omitempty"`
-	Env      map[string]string `json:"env,omitempty"`
-	Contain  map[string]int    `json:"contain,omitempty"`
+	Op    string `json:"op"`
+	Token string `json:"token"`
+	Conn  string `json:"conn,omitempty"`
+	// ConnInfo is the connection itself, instead of Conn's file (one-shot
+	// children read only their address from it).
+	ConnInfo *kernel.ConnectionInfo `json:"conn_info,omitempty"`
+	Code     string                 `json:"code,omitempty"`
+	Sock     string                 `json:"sock,omitempty"`
+	Root     string                 `json:"root,omitempty"`
+	Sandbox  bool                   `json:"sandbox,omitempty"`
+	ShareNet bool                   `json:"share_net,omitempty"`
+	Binds    []string               `json:"binds,omitempty"`
+	UID      int                    `json:"uid,omitempty"`
+	GID      int                    `json:"gid,omitempty"`
+	Cgroups  []string               `json:"cgroups,omitempty"`
+	Rlimits  map[string]int64       `json:"rlimits,omitempty"`
+	Env      map[string]string      `json:"env,omitempty"`
+	Contain  map[string]int         `json:"contain,omitempty"`
 	// OneShot makes the child a one-shot kernel (zygote.py's run_oneshot).
 	OneShot bool `json:"oneshot,omitempty"`
 }
