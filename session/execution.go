@@ -47,6 +47,10 @@ type execution struct {
 	// that differ after this run are collected, and seen is updated.
 	seen map[string]outputs.FileState
 
+	// fresh is set when k was taken fresh for this run: nothing ran on it
+	// before, so no fork was refused yet.
+	fresh bool
+
 	// log names the request, session and execution ids.
 	log *slog.Logger
 	// sendMu serializes send.
@@ -108,7 +112,7 @@ func (x *execution) steps(ctx context.Context) (*codegw.ExecuteResult, error) {
 			return nil, err
 		}
 		defer x.m.destroy(k)
-		x.k = k
+		x.k, x.fresh = k, true
 	}
 	code, inputs, err := x.fetch(ctx)
 	if err != nil {
@@ -150,7 +154,7 @@ func (x *execution) execute(ctx context.Context, code string) {
 	}
 	pids, _ := x.k.Process().(pidsCounter)
 	var refused int64
-	if pids != nil {
+	if pids != nil && !x.fresh {
 		refused = pids.PidsLimitHits()
 	}
 	x.send(codegw.Event{Type: codegw.EventStatus, State: "busy"})
