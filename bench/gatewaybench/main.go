@@ -4,7 +4,7 @@
 //
 //	go run ./bench/gatewaybench [-n 40] [-duration 30s] [-json]
 //
-// Latency: POST /api/v1/execute for print(1), a pandas describe() and a
+// Latency: POST /api/v1/execute for print(1), a pandas sum, a pandas describe() and a
 // matplotlib plot, each sample taken when the pool is full, against the bare
 // kernel round trip (kernel.Kernel.Execute on a warm kernel of its own) as the
 // floor. Throughput: requests per second under continuous load, each on a
@@ -102,6 +102,7 @@ func main() {
 // The snippets timed through the gateway.
 var snippets = []struct{ Name, Code string }{
 	{"print(1)", "print(1)"},
+	{"pandas sum", "import pandas as pd\nprint(pd.DataFrame({'a': range(1000)})['a'].sum())"},
 	{"pandas describe", "import numpy as np, pandas as pd\ndf = pd.DataFrame({'a': np.arange(1000), 'b': np.random.rand(1000)})\nprint(df.describe())"},
 	{"matplotlib plot", "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('bench')\nplt.show()"},
 }

@@ -2,7 +2,8 @@
 // excluded: per stateless call and per idle second with a full warm pool.
 // It runs gateway binaries (cmd/codegw builds) as child processes, so that
 // two builds, e.g. main's and this tree's, are measured side by side in one
-// run, each with KERNEL_START=fork and spawn:
+// run, each with one-shot kernels (KERNEL_START=fork, STATELESS_KERNEL=oneshot)
+// and with full kernels forked and spawned (KERNEL_START=fork, spawn):
 //
 //	go build -o /tmp/codegw-after ./cmd/codegw
 //	git archive main | (mkdir -p /tmp/codegw-main && tar -x -C /tmp/codegw-main)
@@ -79,7 +80,7 @@ type Result struct {
 func main() {
 	var c config
 	flag.StringVar(&c.Bins, "bin", "", "gateway binaries, name=path[,name=path...] (default: this tree's cmd/codegw, built)")
-	flag.StringVar(&c.Start, "start", "fork,spawn", "KERNEL_START modes")
+	flag.StringVar(&c.Start, "start", "oneshot,fork,spawn", "modes: oneshot (KERNEL_START=fork, STATELESS_KERNEL=oneshot), fork, spawn (KERNEL_START, STATELESS_KERNEL=kernel)")
 	flag.IntVar(&c.N, "n", 30, "stateless calls per measure")
 	flag.DurationVar(&c.Idle, "idle", 30*time.Second, "idle window with a full pool")
 	flag.IntVar(&c.Pool, "pool", 2, "POOL_SIZE")
@@ -170,9 +171,13 @@ func startGateway(c config, b bin, start string) (*gateway, error) {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	cmd := exec.Command(b.path)
+	stateless := "kernel"
+	if start == "oneshot" {
+		start, stateless = "fork", "oneshot"
+	}
 	cmd.Env = append(os.Environ(),
 		"HOST=127.0.0.1", "PORT="+strconv.Itoa(port), "POOL_SIZE="+strconv.Itoa(c.Pool),
-		"KERNEL_START="+start, "KERNEL_PYTHON="+c.Python, "STATE_DIR="+filepath.Join(dir, "s"),
+		"KERNEL_START="+start, "STATELESS_KERNEL="+stateless, "KERNEL_PYTHON="+c.Python, "STATE_DIR="+filepath.Join(dir, "s"),
 		"IMAGE_STORE_PATH="+filepath.Join(dir, "images"), "FILE_STORE_PATH="+filepath.Join(dir, "files"), "SNAPSHOT_DIR="+filepath.Join(dir, "snapshots"),
 		"LOG_LEVEL=warn", "API_KEYS=", "REDIS_URL=", "EXECUTOR=local")
 	logf, err := os.Create(filepath.Join(dir, "gateway.log"))
