@@ -2,16 +2,18 @@
 // sandboxed: forked from a zygote into namespaces of its own, or started in
 // a bubblewrap (bwrap) sandbox where bubblewrap is installed.
 //
-// Every kernel gets a directory <StateDir>/k/<id>/ holding:
+// Every kernel gets a directory <StateDir>/k/<id>/, flock'ed by the gateway
+// while the kernel lives (so Reap can tell kernels of a crashed instance
+// from live ones), holding:
 //
 //	code/          the kernel's /code: input/ (files given to the code) and
 //	               output/ (files the code writes); the kernel's Dir returns it
-//	s/             private socket directory: the connection file and the
-//	               ipc socket files of the kernel's five channels
-//	lock           flock'ed by the gateway while the kernel lives, so Reap
-//	               can tell kernels of a crashed instance from live ones
-//	root/          (forked kernels) the mount point of the kernel's own root,
-//	               built inside its mount namespace; empty on the host
+//	s/             private socket directory: the connection file (none for a
+//	               one-shot kernel, which gets its address in the fork
+//	               request) and the ipc socket files of the kernel's channels
+//
+// Forked kernels build their own root inside their mount namespace on
+// <StateDir>/root, one mount point for all, empty on the host.
 //
 // Either way the kernel says when its sockets are bound (Bound,
 // kernel.Binder), so the gateway dials once: a spawned kernel's launcher
