@@ -236,7 +236,7 @@ func TestClient(t *testing.T) {
 			t.Fatal(err)
 		}
 		if _, err := conn.Run(ctx, codegw.ExecuteRequest{Code: "1"}, client.Handler{}); !errors.Is(err, client.ErrNotFound) {
-			testwait.For(t, 5*time.Second, "ErrNotFound from a run on a deleted session", func() string {
+			testwait.For(t, 30*time.Second, "ErrNotFound from a run on a deleted session", func() string {
 				_, err = conn.Run(ctx, codegw.ExecuteRequest{Code: "1"}, client.Handler{})
 				if errors.Is(err, client.ErrNotFound) {
 					return ""

@@ -412,7 +412,7 @@ func TestCluster(t *testing.T) {
 	defer st.Close()
 
 	a, b, c := start(t, "a", rs.URL()), start(t, "b", rs.URL()), start(t, "c", rs.URL())
-	testwait.For(t, 5*time.Second, "three instances registered", func() string {
+	testwait.For(t, 30*time.Second, "three instances registered", func() string {
 		l, err := st.ListInstances(ctx)
 		if err != nil || len(l) != 3 {
 			return fmt.Sprintf("%v %v", l, err)
@@ -621,7 +621,7 @@ func TestCluster(t *testing.T) {
 		}
 		c.stateless(t)
 		b.stateless(t)
-		testwait.For(t, 5*time.Second, "a's kernels gone", func() string {
+		testwait.For(t, 30*time.Second, "a's kernels gone", func() string {
 			if p := processesUnder(a.state); len(p) > 0 {
 				return strings.Join(p, "\n")
 			}
@@ -660,7 +660,7 @@ func TestCluster(t *testing.T) {
 		c.must(t, "DELETE", "/api/v1/sessions/"+sC, key1, nil, 204) // its record cannot be deleted yet
 		rs.Resume()
 		paused = false
-		testwait.For(t, 5*time.Second, "the record of the session deleted during the outage deleted", func() string {
+		testwait.For(t, 30*time.Second, "the record of the session deleted during the outage deleted", func() string {
 			if _, err := st.GetSession(ctx, sC); codegw.ErrorCode(err) != codegw.ENOTFOUND {
 				return fmt.Sprintf("GetSession: %v", err)
 			}

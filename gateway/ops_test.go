@@ -542,7 +542,7 @@ func TestWebsocketQuotasAndDrain(t *testing.T) {
 		}
 		// A Jupyter execution holds the key's slot until its reply.
 		slowJ := execRequest("import time; time.sleep(2); 6*7")
-		testwait.Until(t, 10*time.Second, "the execution to start", func() bool { return e.mgr.Stats().Executions > 0 })
+		testwait.Until(t, 30*time.Second, "the execution to start", func() bool { return e.mgr.Stats().Executions > 0 })
 		w.send(map[string]any{"type": "execute", "id": "while-jupyter", "code": "print(4)"})
 		refusal("while-jupyter", codegw.ELIMIT)
 		msgs := j.until(func(m jmsg) bool { return idleOf(slowJ)(m) })
@@ -555,7 +555,7 @@ func TestWebsocketQuotasAndDrain(t *testing.T) {
 	})
 	t.Run("drain", func(t *testing.T) {
 		w.send(map[string]any{"type": "execute", "id": "long", "code": "import time; time.sleep(2); print('long')"})
-		testwait.Until(t, 10*time.Second, "the execution to start", func() bool { return e.mgr.Stats().Executions > 0 })
+		testwait.Until(t, 30*time.Second, "the execution to start", func() bool { return e.mgr.Stats().Executions > 0 })
 		drained := make(chan bool, 1)
 		go func() { drained <- e.app.Drain(60 * time.Second) }()
 		testwait.Until(t, 10*time.Second, "/readyz to fail while draining", func() bool { st, _, _ := e.get("/readyz"); return st == 503 })

@@ -86,7 +86,7 @@ func TestTypeScriptClientHTTP(t *testing.T) {
 		}
 	}
 	// The MCP session ended: its kernel session is gone.
-	testwait.Until(t, 10*time.Second, "no session left after the MCP session ended", func() bool { return a.Manager.Stats().Sessions == 0 })
+	testwait.Until(t, 30*time.Second, "no session left after the MCP session ended", func() bool { return a.Manager.Stats().Sessions == 0 })
 }
 
 // buildCodegw builds cmd/codegw into a temporary directory.
@@ -112,7 +112,7 @@ func TestTypeScriptClientStdio(t *testing.T) {
 		if !strings.Contains(out, "ok file link downloads") {
 			t.Error("no file link download")
 		}
-		testwait.Until(t, 10*time.Second, "no session left after codegw mcp ended", func() bool { return a.Manager.Stats().Sessions == 0 })
+		testwait.Until(t, 30*time.Second, "no session left after codegw mcp ended", func() bool { return a.Manager.Stats().Sessions == 0 })
 	})
 	t.Run("local", func(t *testing.T) {
 		state, err := os.MkdirTemp("", "cgmcps")
