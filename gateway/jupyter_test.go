@@ -421,6 +421,9 @@ func TestJupyterWebsocket(t *testing.T) {
 	for i := range big {
 		big[i] = 'a'
 	}
+	// The close frame is what counts: the default handler's reply may
+	// fail (the server hung up already) and would hide it.
+	b.conn.SetCloseHandler(func(code int, text string) error { return &websocket.CloseError{Code: code, Text: text} })
 	b.conn.WriteMessage(websocket.TextMessage, big)
 	b.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for {

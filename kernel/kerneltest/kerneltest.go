@@ -31,6 +31,11 @@ import (
 	"github.com/codegw/codegw/kernel"
 )
 
+// SleepArg is the argument of the `sleep` children the tests start (600 s
+// and a fraction unique to this test process), so that counting them on the
+// host is not confused by another package's tests running at the same time.
+var SleepArg = fmt.Sprintf("600.%d", os.Getpid())
+
 // Limits are the limits a Target's provisioner gives each kernel for the
 // tests that need them; zero is none.
 type Limits struct {
@@ -554,7 +559,7 @@ func testClose(t *testing.T, target Target) {
 	k := start(t, p, kernel.Spec{})
 	proc := k.Process()
 	// A child process: it must die with the kernel.
-	Execute(t, k, `import subprocess; child = subprocess.Popen(["sleep", "600"]); open("output/a.txt", "w").write("a")`)
+	Execute(t, k, `import subprocess; child = subprocess.Popen(["sleep", "`+SleepArg+`"]); open("output/a.txt", "w").write("a")`)
 	var procs func() int
 	if target.Processes != nil {
 		procs = target.Processes(t, proc)

@@ -63,7 +63,7 @@ func TestConformance(t *testing.T) {
 					Leftovers: func(t *testing.T, proc kernel.Process) []string {
 						var left []string
 						if n := sleepers(t); n > 0 {
-							left = append(left, fmt.Sprintf("%d 'sleep 600' processes", n))
+							left = append(left, fmt.Sprintf("%d 'sleep' children", n))
 						}
 						if _, err := os.Stat(proc.(*instance).files.kdir); !errors.Is(err, os.ErrNotExist) {
 							left = append(left, fmt.Sprintf("the kernel's directory (%v)", err))

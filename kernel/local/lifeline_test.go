@@ -19,6 +19,7 @@ import (
 	executorimage "github.com/codegw/codegw/executor-image"
 	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/kerneltest"
 )
 
 // The helper process of TestOrphanedKernels reads its settings from these.
@@ -188,7 +189,7 @@ func TestLifeline(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			p := newProvisioner(t, Config{Sandbox: mode, Preload: []string{}, Start: StartSpawn})
 			k, c := startKernel(t, p)
-			execute(t, c, `import subprocess; child = subprocess.Popen(["sleep", "600"])`)
+			execute(t, c, `import subprocess; child = subprocess.Popen(["sleep", "`+kerneltest.SleepArg+`"])`)
 			r := spawnedRun(k)
 			if n := groupMembers(t, r.pgid); n < 3 { // kernel, watcher, sleep
 				t.Fatalf("%d processes in the kernel's group", n)

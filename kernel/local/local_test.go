@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/codegw/codegw/kernel"
+	"github.com/codegw/codegw/kernel/kerneltest"
 )
 
 // The tests run real ipykernel kernels under /usr/bin/python3 (Debian's
@@ -395,12 +396,12 @@ func groupMembers(t *testing.T, pgid int) int {
 	return n
 }
 
-// sleepers counts "sleep 600" processes (the children the tests start).
+// sleepers counts the "sleep" children the tests start (kerneltest.SleepArg).
 func sleepers(t *testing.T) int {
 	t.Helper()
 	n := 0
 	forEachProc(t, func(pid int, stat []string, cmdline []byte) {
-		if bytes.Equal(cmdline, []byte("sleep\x00600\x00")) {
+		if bytes.Equal(cmdline, []byte("sleep\x00"+kerneltest.SleepArg+"\x00")) {
 			n++
 		}
 	})

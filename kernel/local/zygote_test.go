@@ -72,7 +72,7 @@ open("/code/output/a.txt", "w").write("a")
 open("/dev/shm/a", "w").write("a")
 os.environ["LEAK"] = "a"
 pd.options.display.max_rows = 3
-child = subprocess.Popen(["sleep", "600"])
+child = subprocess.Popen(["sleep", "`+kerneltest.SleepArg+`"])
 `)
 
 	t.Run("files", func(t *testing.T) {
@@ -212,7 +212,7 @@ func TestZygoteDeath(t *testing.T) {
 			proc := k.Process().(*instance)
 			r := forkedRun(proc)
 			zpid := p.ZygotePID()
-			if _, err := k.Execute(ctx, `import subprocess; subprocess.Popen(["sleep", "600"])`, kernel.ExecuteOptions{}, kernel.Deadline{}); err != nil {
+			if _, err := k.Execute(ctx, `import subprocess; subprocess.Popen(["sleep", "`+kerneltest.SleepArg+`"])`, kernel.ExecuteOptions{}, kernel.Deadline{}); err != nil {
 				t.Fatal(err)
 			}
 			done := make(chan error, 1)
@@ -239,7 +239,7 @@ func TestZygoteDeath(t *testing.T) {
 				t.Error("the kernel outlived its zygote")
 			}
 			if n := sleepers(t); n > 0 {
-				t.Errorf("%d 'sleep 600' outlived the zygote", n)
+				t.Errorf("%d 'sleep' children outlived the zygote", n)
 			}
 			// A new zygote serves the next kernel.
 			k2, c2 := startKernel(t, p)
