@@ -31,6 +31,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +50,7 @@ type config struct {
 	Sandbox     string
 	N           int
 	NHeavy      int
+	Load        string
 	FloorPer    int
 	PoolSize    int
 	MaxStarting int
@@ -80,6 +82,7 @@ func parseFlags() config {
 	flag.DurationVar(&c.Duration, "duration", 30*time.Second, "measured throughput window")
 	flag.DurationVar(&c.Warmup, "warmup", 5*time.Second, "unmeasured load before the window (drains the pool to its steady state)")
 	flag.StringVar(&c.Phases, "phases", "latency,throughput", "comma-separated phases: latency, throughput")
+	flag.StringVar(&c.Load, "load", "print", "the throughput phase's snippets, one window each: print, sum, describe, plot")
 	flag.BoolVar(&c.JSON, "json", false, "print the results as JSON instead of a table")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write a CPU profile of the gateway process (throughput window) to this file")
 	flag.StringVar(&c.WarmUpCode, "pool-warmup", "pass", "the pool kernels' warm-up cell (the gateway's is \"pass\")")
@@ -100,11 +103,11 @@ func main() {
 }
 
 // The snippets timed through the gateway.
-var snippets = []struct{ Name, Code string }{
-	{"print(1)", "print(1)"},
-	{"pandas sum", "import pandas as pd\nprint(pd.DataFrame({'a': range(1000)})['a'].sum())"},
-	{"pandas describe", "import numpy as np, pandas as pd\ndf = pd.DataFrame({'a': np.arange(1000), 'b': np.random.rand(1000)})\nprint(df.describe())"},
-	{"matplotlib plot", "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('bench')\nplt.show()"},
+var snippets = []struct{ Key, Name, Code string }{
+	{"print", "print(1)", "print(1)"},
+	{"sum", "pandas sum", "import pandas as pd\nprint(pd.DataFrame({'a': range(1000)})['a'].sum())"},
+	{"describe", "pandas describe", "import numpy as np, pandas as pd\ndf = pd.DataFrame({'a': np.arange(1000), 'b': np.random.rand(1000)})\nprint(df.describe())"},
+	{"plot", "matplotlib plot", "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('bench')\nplt.show()"},
 }
 
 // Results is everything one run measured; -json prints it.
@@ -114,7 +117,7 @@ type Results struct {
 	Config     map[string]string `json:"config"`
 	Latency    []Latency         `json:"latency,omitempty"`
 	Target     *Target           `json:"print_target,omitempty"`
-	Throughput *Throughput       `json:"throughput,omitempty"`
+	Throughput []*Throughput     `json:"throughput,omitempty"`
 }
 
 // Latency is one snippet through the gateway next to the same snippet on
@@ -142,6 +145,7 @@ type Target struct {
 
 // Throughput is the sustained rate with a fresh kernel per request.
 type Throughput struct {
+	Snippet        string         `json:"snippet"`
 	Clients        int            `json:"clients"`
 	Seconds        float64        `json:"seconds"`
 	Requests       int            `json:"requests"`
@@ -244,11 +248,17 @@ func runStart(ctx context.Context, cfg config, mode string, out io.Writer) error
 			defer pprof.StopCPUProfile()
 			profile = f
 		}
-		tp, err := throughput(ctx, cfg, g, client, kernelCPU)
-		if err != nil {
-			return fmt.Errorf("throughput: %w", err)
+		for _, key := range strings.Split(cfg.Load, ",") {
+			i := slices.IndexFunc(snippets, func(s struct{ Key, Name, Code string }) bool { return s.Key == strings.TrimSpace(key) })
+			if i < 0 {
+				return fmt.Errorf("-load: no snippet %q (print, sum, describe, plot)", key)
+			}
+			tp, err := throughput(ctx, cfg, g, client, kernelCPU, snippets[i].Name, snippets[i].Code)
+			if err != nil {
+				return fmt.Errorf("throughput: %w", err)
+			}
+			res.Throughput = append(res.Throughput, tp)
 		}
-		res.Throughput = tp
 	}
 	return benchkit.Report(out, cfg.JSON, &res.Host, res, func(w io.Writer) { printTable(w, res) })
 }
@@ -361,11 +371,11 @@ func latency(ctx context.Context, cfg config, g *benchkit.Gateway, prov kernel.P
 // window. In the steady state both are unbiased. Requests still in flight
 // when the window closes are abandoned (the gateway finishes them before
 // Close returns).
-func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *http.Client, kernelCPU func() (float64, error)) (*Throughput, error) {
+func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *http.Client, kernelCPU func() (float64, error), name, code string) (*Throughput, error) {
 	if err := benchkit.WaitPoolFull(ctx, g.Pool, cfg.PoolSize, 3*time.Minute); err != nil {
 		return nil, err
 	}
-	progress("throughput: %d clients, %v warm-up then %v measured...", cfg.Clients, cfg.Warmup, cfg.Duration)
+	progress("throughput: %d clients sending %s, %v warm-up then %v measured...", cfg.Clients, name, cfg.Warmup, cfg.Duration)
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -382,7 +392,7 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 			defer wg.Done()
 			for cctx.Err() == nil {
 				t0 := time.Now()
-				_, err := g.Execute(cctx, client, "print(1)")
+				_, err := g.Execute(cctx, client, code)
 				d := time.Since(t0)
 				mu.Lock()
 				if window && cctx.Err() == nil {
@@ -443,6 +453,7 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 	}
 	if profile != nil {
 		pprof.StopCPUProfile()
+		profile = nil // one profile: the first window's
 	}
 	cancel()
 	wg.Wait()
@@ -450,7 +461,7 @@ func throughput(ctx context.Context, cfg config, g *benchkit.Gateway, client *ht
 		return nil, ctx.Err()
 	}
 	tp := &Throughput{
-		Clients: cfg.Clients, Seconds: elapsed, Requests: n, Errors: nerr, FirstError: first,
+		Snippet: name, Clients: cfg.Clients, Seconds: elapsed, Requests: n, Errors: nerr, FirstError: first,
 		RPS: float64(n) / elapsed, OriginalRPS: originalRPS, Latency: benchkit.Summarize(all),
 		GatewayCPU: self - scpu, KernelCPU: kcpu, SamplerCPU: scpu, CoreSeconds: float64(runtime.NumCPU()) * elapsed,
 		MachineCPU: machine - scpu,
@@ -485,8 +496,8 @@ func printTable(out io.Writer, r *Results) {
 			fmt.Fprintln(out)
 		}
 	}
-	if t := r.Throughput; t != nil {
-		fmt.Fprintf(out, "sustained stateless print(1), fresh kernel each, %d clients, %.1f s window:\n", t.Clients, t.Seconds)
+	for _, t := range r.Throughput {
+		fmt.Fprintf(out, "sustained stateless %s, fresh kernel each, %d clients, %.1f s window:\n", t.Snippet, t.Clients, t.Seconds)
 		fmt.Fprintln(tw, "requests\terrors\treq/s\tvs original 4.7/s\tlatency p50 ms\tp99 ms\tgateway CPU ms/req\tkernels CPU ms/req (sampled)\tmachine CPU ms/req\tmachine busy\t")
 		fmt.Fprintf(tw, "%d\t%d\t%.2f\t%.2fx\t%.0f\t%.0f\t%.2f\t%.0f\t%.1f\t%.0f%%\t\n", t.Requests, t.Errors, t.RPS, t.Ratio, t.Latency.P50, t.Latency.P99,
 			t.GatewayCPUPerR, t.KernelCPUPerR, t.MachineCPUPerR, 100*t.MachineCPU/t.CoreSeconds)
