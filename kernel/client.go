@@ -98,11 +98,8 @@ func newCall(ch chan *Message) *call {
 	return &call{ch: ch, gone: make(chan struct{})}
 }
 
-// Dial connects to the kernel at info and returns a Client. It does not wait
-// for the kernel to be ready; call WaitReady. It does not watch the
-// heartbeat either; call Heartbeat(true).
-//
-// newClient returns a Client of info with no connection yet.
+// newClient returns a Client of info with no connection yet (Dial and
+// DialOneShot connect it).
 func newClient(info ConnectionInfo, opts ClientOptions) *Client {
 	cctx, cancel := context.WithCancel(context.Background())
 	return &Client{
@@ -118,6 +115,10 @@ func newClient(info ConnectionInfo, opts ClientOptions) *Client {
 	}
 }
 
+// Dial connects to the kernel at info and returns a Client. It does not wait
+// for the kernel to be ready; call WaitReady. It does not watch the
+// heartbeat either; call Heartbeat(true).
+//
 // A kernel binds its sockets some time after its process starts. When
 // opts.Bound is given, Dial waits for it and connects once; otherwise (a
 // kernel that gives no signal) it retries each socket with a backoff from
@@ -125,22 +126,20 @@ func newClient(info ConnectionInfo, opts ClientOptions) *Client {
 func Dial(ctx context.Context, info ConnectionInfo, opts ClientOptions) (*Client, error) {
 	opts.defaults()
 	c := newClient(info, opts)
-	cctx, cancel := c.ctx, c.cancel
 	// zmq4 dials block with their own retry loop; tie them to ctx.
-	stop := context.AfterFunc(ctx, cancel)
+	stop := context.AfterFunc(ctx, c.cancel)
 	defer stop()
 
-	socks, err := newSockets(cctx, codegw.NewID(), true, opts.Logger)
+	socks, err := newSockets(c.ctx, codegw.NewID(), true, opts.Logger)
 	if err != nil {
-		cancel()
+		c.cancel()
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
 	c.sockets = socks
-	bound := opts.Bound
-	if bound != nil {
+	if opts.Bound != nil {
 		t := time.NewTimer(boundWait)
 		select {
-		case <-bound:
+		case <-opts.Bound:
 		case <-t.C:
 			opts.Logger.Debug("kernel: no bound signal; dialling with retries", "after", boundWait)
 		case <-ctx.Done():
