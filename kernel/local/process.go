@@ -67,9 +67,6 @@ type kernelFiles struct {
 	env  []string          // a spawned kernel's environment
 	spec map[string]string // Spec.Env, applied by forked kernels
 	lock *os.File          // flock held while the kernel's directory is ours
-	// forked is set once a child was asked for: the next is a restart,
-	// which clears the socket files the last one left.
-	forked bool
 	// ztail is the output of the zygote that forked the kernel last.
 	ztail atomic.Pointer[tailBuffer]
 }

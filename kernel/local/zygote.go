@@ -215,10 +215,7 @@ func (k *kernelFiles) Request(oneShot bool) (zygotectl.Request, error) {
 	p := k.p
 	req := zygotectl.Request{Code: k.Dir(), Sock: filepath.Join(k.kdir, "s"),
 		Root: p.rootDir(), Sandbox: p.sandbox, ShareNet: k.info.Transport == "tcp", Binds: []string{p.execDir}}
-	if k.forked {
-		k.removeSockets() // a restart: the killed child left them
-	}
-	k.forked = true
+	k.removeSockets() // a restart's killed child left them
 	if oneShot {
 		info := k.info
 		req.ConnInfo = &info
