@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -219,35 +218,16 @@ func TestFaults(t *testing.T) {
 func TestStdoutFlood(t *testing.T) {
 	e := newEnv(t, envOptions{poolSize: 1, maxOutput: 64 << 10})
 	{
-		var peak atomic.Uint64
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var ms runtime.MemStats
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(20 * time.Millisecond):
-				}
-				runtime.ReadMemStats(&ms)
-				if ms.HeapInuse > peak.Load() {
-					peak.Store(ms.HeapInuse)
-				}
-			}
-		}()
+		stopPeak := heapPeak()
 		// 200 MB of output in 1 MB writes.
 		res := e.exec(map[string]any{"code": "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(200): sys.stdout.write(chunk)\nprint('end')", "timeout": 60})
-		close(stop)
-		wg.Wait()
+		peak := stopPeak()
 		if res.Status != codegw.StatusOK || !res.Truncated || len(res.Stdout) != 64<<10 {
 			t.Fatalf("status %s truncated %v stdout %d bytes", res.Status, res.Truncated, len(res.Stdout))
 		}
-		t.Logf("peak heap in use during a 200 MB flood: %d MB", peak.Load()>>20)
-		if peak.Load() > 150<<20 {
-			t.Errorf("gateway heap peaked at %d MB while dropping output", peak.Load()>>20)
+		t.Logf("peak heap in use during a 200 MB flood: %d MB", peak>>20)
+		if peak > 150<<20 {
+			t.Errorf("gateway heap peaked at %d MB while dropping output", peak>>20)
 		}
 		if next := e.exec(map[string]any{"code": "print('next')"}); next.Result != "next" {
 			t.Errorf("next request after the flood: %+v", next)

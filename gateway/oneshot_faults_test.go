@@ -16,12 +16,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/codegw/codegw"
+	"github.com/codegw/codegw/internal/testcheck"
+	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/docker"
 	"github.com/codegw/codegw/kernel/local"
@@ -123,32 +124,10 @@ func TestOneShotPrintFlood(t *testing.T) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	base, rss0 := ms.HeapInuse, vmRSS(t)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-		var ms runtime.MemStats
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-		}
-	}()
+	stopPeak := heapPeak()
 	start := time.Now()
 	res := e.exec(map[string]any{"code": "print('x' * (200 << 20))\nprint('done')", "timeout": 180})
-	close(stop)
-	wg.Wait()
-	grew := int64(peak.Load()) - int64(base)
+	grew := int64(stopPeak()) - int64(base)
 	t.Logf("200 MB print: %v; gateway heap in use grew by %d KiB at most, RSS by %d KiB", time.Since(start).Round(time.Millisecond), grew>>10, (vmRSS(t)-rss0)>>10)
 	if res.Status != codegw.StatusOK || !res.Truncated || len(res.Stdout) != limit || strings.Trim(res.Stdout, "x") != "" {
 		t.Fatalf("status %s %s truncated %v, %d bytes of stdout", res.Status, strOr(res.Error), res.Truncated, len(res.Stdout))
@@ -270,13 +249,13 @@ func newFaultProv(t *testing.T) *faultProv {
 		zpid := p.ZygotePID()
 		// The zygote's and its children's command lines name the state
 		// directory (the zygote's script is in it).
-		forProcs(func(pid, ppid int, cmdline string) {
+		for _, pr := range testcheck.Procs() {
 			// The zygote's lifeline watcher is its child too.
-			watcher := ppid == zpid && strings.HasPrefix(cmdline, "/bin/sh -c (while read")
-			if pid != zpid && !watcher && strings.Contains(cmdline, dir+"/") {
-				left = append(left, fmt.Sprintf("process %d (parent %d): %s", pid, ppid, cmdline))
+			watcher := pr.PPID == zpid && strings.HasPrefix(pr.Cmdline, "/bin/sh -c (while read")
+			if pr.PID != zpid && !watcher && strings.Contains(pr.Cmdline, dir+"/") {
+				left = append(left, fmt.Sprintf("process %d (parent %d): %s", pr.PID, pr.PPID, pr.Cmdline))
 			}
-		})
+		}
 		entries, _ := os.ReadDir(filepath.Join(dir, "k"))
 		for _, e := range entries {
 			left = append(left, "directory "+filepath.Join(dir, "k", e.Name()))
@@ -344,51 +323,16 @@ func kernelCgroups(t *testing.T) map[string]bool {
 	return set
 }
 
-// forProcs calls fn for each live process with its parent and command line.
-func forProcs(fn func(pid, ppid int, cmdline string)) {
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(stat, ')')
-		f := strings.Fields(string(stat[i+1:]))
-		if i < 0 || len(f) < 2 || f[0] == "Z" {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		fn(pid, ppid, string(bytes.ReplaceAll(bytes.TrimRight(cmdline, "\x00"), []byte{0}, []byte{' '})))
-	}
-}
-
 // marked counts live processes running `sleep <mark>`, a mark unique to
 // this test binary so that other runs' sleeps do not count.
 func marked(mark string) int {
 	n := 0
-	forProcs(func(pid, ppid int, cmdline string) {
-		if cmdline == "sleep "+mark {
+	for _, pr := range testcheck.Procs() {
+		if pr.Cmdline == "sleep "+mark {
 			n++
 		}
-	})
-	return n
-}
-
-// waitFor polls cond (an observation of state outside the process, which
-// sends no event) until it holds or d passes, and returns whether it holds.
-func waitFor(d time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(d); !cond(); {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	return true
+	return n
 }
 
 // streamUntil starts body as a streamed stateless call and returns once
@@ -487,7 +431,7 @@ func TestOneShotBombs(t *testing.T) {
 		t.Errorf("next call: %+v", next)
 	}
 	e.app.Close()
-	if !waitFor(30*time.Second, func() bool { return len(fp.leftovers()) == 0 }) {
+	if !testwait.Within(30*time.Second, func() bool { return len(fp.leftovers()) == 0 }) {
 		t.Errorf("left after the bombs:\n%s", strings.Join(fp.leftovers(), "\n"))
 	}
 }
@@ -527,7 +471,7 @@ func TestOneShotZygoteKill(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("no answer after the zygote was killed")
 	}
-	if !waitFor(30*time.Second, func() bool { return marked(mark) == 0 }) {
+	if !testwait.Within(30*time.Second, func() bool { return marked(mark) == 0 }) {
 		t.Errorf("the call's background process outlived the zygote")
 	}
 	// The next calls are served (by a new zygote): each of them, not only
@@ -538,7 +482,7 @@ func TestOneShotZygoteKill(t *testing.T) {
 		}
 	}
 	e.app.Close()
-	if !waitFor(30*time.Second, func() bool { return len(fp.leftovers()) == 0 }) {
+	if !testwait.Within(30*time.Second, func() bool { return len(fp.leftovers()) == 0 }) {
 		t.Errorf("left after the zygote's death:\n%s", strings.Join(sorted(fp.leftovers()), "\n"))
 	}
 }
@@ -556,7 +500,7 @@ func TestOneShotBackgroundProcess(t *testing.T) {
 	if res.Status != codegw.StatusOK || res.Stdout != "None\n" {
 		t.Fatalf("%s %s %q", res.Status, strOr(res.Error), res.Stdout)
 	}
-	if !waitFor(30*time.Second, func() bool { return marked(mark) == 0 }) {
+	if !testwait.Within(30*time.Second, func() bool { return marked(mark) == 0 }) {
 		t.Errorf("'sleep %s' outlived its call", mark)
 	}
 	res = e.exec(map[string]any{"code": fmt.Sprintf(`import os

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 // TestOneShotGatewayKill kills the gateway (the binary) with SIGKILL while a
@@ -115,16 +117,15 @@ func exists(thing string) bool {
 	return err == nil
 }
 
-// within polls, for up to d, until none of things exists, and returns those
+// within waits, for up to d, until none of things exists, and returns those
 // that still do.
 func within(d time.Duration, things []string) []string {
-	for deadline := time.Now().Add(d); ; {
-		left := slices.DeleteFunc(slices.Clone(things), func(s string) bool { return !exists(s) })
-		if len(left) == 0 || time.Now().After(deadline) {
-			return left
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	var left []string
+	testwait.Within(d, func() bool {
+		left = slices.DeleteFunc(slices.Clone(things), func(s string) bool { return !exists(s) })
+		return len(left) == 0
+	})
+	return left
 }
 
 func oneShotGatewayKill(t *testing.T, executor string) {

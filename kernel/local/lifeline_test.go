@@ -17,6 +17,7 @@ import (
 	"time"
 
 	executorimage "github.com/codegw/codegw/executor-image"
+	"github.com/codegw/codegw/internal/testcheck"
 	"github.com/codegw/codegw/internal/testwait"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/kerneltest"
@@ -152,14 +153,14 @@ func killHelper(mode, id string, delay time.Duration) error {
 func orphans(t *testing.T, kdirs []string) []string {
 	t.Helper()
 	var left []string
-	forEachProc(t, func(pid int, stat []string, cmdline []byte) {
+	for _, pr := range testcheck.Procs() {
 		for _, kdir := range kdirs {
-			if bytes.Contains(cmdline, []byte(kdir+"/")) {
-				left = append(left, fmt.Sprintf("pid %d ppid %s: %s", pid, stat[1], bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
-				return
+			if strings.Contains(pr.Cmdline, kdir+"/") {
+				left = append(left, fmt.Sprintf("pid %d ppid %d: %s", pr.PID, pr.PPID, pr.Cmdline))
+				break
 			}
 		}
-	})
+	}
 	return left
 }
 
@@ -167,14 +168,14 @@ func orphans(t *testing.T, kdirs []string) []string {
 // removes the kernel directories of the killed helpers, which would
 // otherwise be reaped by TestReap.
 func killOrphans(t *testing.T, kdirs []string) {
-	forEachProc(t, func(pid int, stat []string, cmdline []byte) {
+	for _, pr := range testcheck.Procs() {
 		for _, kdir := range kdirs {
-			if bytes.Contains(cmdline, []byte(kdir+"/")) {
-				syscall.Kill(pid, syscall.SIGKILL)
-				return
+			if strings.Contains(pr.Cmdline, kdir+"/") {
+				syscall.Kill(pr.PID, syscall.SIGKILL)
+				break
 			}
 		}
-	})
+	}
 	for _, kdir := range kdirs {
 		if err := os.RemoveAll(kdir); err != nil {
 			t.Error(err)

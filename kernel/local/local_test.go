@@ -12,13 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/codegw/codegw/internal/testcheck"
 	"github.com/codegw/codegw/kernel"
 	"github.com/codegw/codegw/kernel/kerneltest"
 )
@@ -388,11 +388,11 @@ func sandboxes(t *testing.T) []string {
 func groupMembers(t *testing.T, pgid int) int {
 	t.Helper()
 	n := 0
-	forEachProc(t, func(pid int, stat []string, cmdline []byte) {
-		if stat[2] == strconv.Itoa(pgid) {
+	for _, pr := range testcheck.Procs() {
+		if pr.PGID == pgid {
 			n++
 		}
-	})
+	}
 	return n
 }
 
@@ -400,42 +400,12 @@ func groupMembers(t *testing.T, pgid int) int {
 func sleepers(t *testing.T) int {
 	t.Helper()
 	n := 0
-	forEachProc(t, func(pid int, stat []string, cmdline []byte) {
-		if bytes.Equal(cmdline, []byte("sleep\x00"+kerneltest.SleepArg+"\x00")) {
+	for _, pr := range testcheck.Procs() {
+		if pr.Cmdline == "sleep "+kerneltest.SleepArg {
 			n++
 		}
-	})
+	}
 	return n
-}
-
-// forEachProc calls fn with each process's /proc/<pid>/stat fields after
-// the command name (state, ppid, pgrp, ...) and its command line.
-func forEachProc(t *testing.T, fn func(pid int, stat []string, cmdline []byte)) {
-	t.Helper()
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		fields := strings.Fields(string(b[i+1:]))
-		if len(fields) < 3 || fields[0] == "Z" {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		fn(pid, fields, cmdline)
-	}
 }
 
 func TestReap(t *testing.T) {
