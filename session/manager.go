@@ -693,12 +693,12 @@ func (m *Manager) end(s *Session, reason string, how int) {
 	switch how {
 	case endPaused:
 	default:
-		m.forget(s.id)
 		if m.Snapshots() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			m.cfg.Snapshots.DeleteSession(ctx, s.id)
 			cancel()
 		}
+		m.forget(s.id)
 	}
 	m.log.Info("session closed", "session", s.id, "reason", reason)
 }
