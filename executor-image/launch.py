@@ -46,6 +46,7 @@ here writes outside the temporary directory.
 """
 
 import atexit
+import functools
 import glob
 import importlib
 import os
@@ -81,6 +82,8 @@ def writable_dir(path):
     return bool(path) and os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
+# Cached: a zygote looks once, and every kernel it forks knows.
+@functools.lru_cache(maxsize=None)
 def cjk_font():
     """Return the family name of the first installed CJK font, or None."""
     for pattern, family in CJK_FONTS:
@@ -107,16 +110,22 @@ def write_matplotlibrc(configdir):
 
 def seed_mpl_cache(configdir):
     """Copy the prebuilt font cache (fontlist-*.json) into MPLCONFIGDIR."""
-    src = os.environ.get("EXECUTOR_MPL_CACHE")
-    if not src or not os.path.isdir(src):
-        return
-    for path in glob.glob(os.path.join(src, "fontlist-*.json")):
+    for path in font_caches(os.environ.get("EXECUTOR_MPL_CACHE")):
         dst = os.path.join(configdir, os.path.basename(path))
         if not os.path.exists(dst):
             try:
                 shutil.copyfile(path, dst)
             except OSError as e:
                 log("font cache not copied: %s" % e)
+
+
+@functools.lru_cache(maxsize=None)
+def font_caches(src):
+    """The prebuilt font caches in the directory src, looked for once per
+    process tree as cjk_font is."""
+    if not src or not os.path.isdir(src):
+        return ()
+    return tuple(glob.glob(os.path.join(src, "fontlist-*.json")))
 
 
 def watch_lifeline():
