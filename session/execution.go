@@ -50,6 +50,11 @@ type execution struct {
 	// fresh is set when k was taken fresh for this run: nothing ran on it
 	// before, so no fork was refused yet.
 	fresh bool
+	// free gives back the execution's share of its key's quotas (more
+	// calls do nothing). run calls it before the done event, so that a
+	// client that has seen the end may send its next execution at once.
+	// May be nil.
+	free func()
 
 	// log names the request, session and execution ids.
 	log *slog.Logger
@@ -86,6 +91,9 @@ func (x *execution) run(ctx context.Context) (*codegw.ExecuteResult, error) {
 	start := time.Now()
 	res, err := x.steps(ctx)
 	x.observe(start, res, err)
+	if x.free != nil {
+		x.free()
+	}
 	if err != nil {
 		x.log.Debug("execution refused", "code", codegw.ErrorCode(err), "err", err)
 		x.send(codegw.Event{Type: codegw.EventDone, Status: codegw.StatusRejected, Error: codegw.ErrorMessage(err), Reason: codegw.ErrorCode(err)})

@@ -331,15 +331,18 @@ func (r *Reservation) Execute(ctx context.Context, emit func(codegw.Event)) (*co
 	if !first {
 		return nil, codegw.Errorf(codegw.ECONFLICT, "this reservation was used or released")
 	}
-	defer func() {
+	free := func() {
 		for _, f := range r.release {
 			f()
 		}
-	}()
+	}
+	defer free()
 	m := r.m
 	m.stateless.Add(1)
 	defer m.stateless.Add(-1)
-	return m.newExecution(r.id, r.req, r.code, emit).run(ctx)
+	x := m.newExecution(r.id, r.req, r.code, emit)
+	x.free = free
+	return x.run(ctx)
 }
 
 // freshKernel takes a kernel nobody used from the pool.

@@ -306,7 +306,7 @@ func (s *Session) run(j *job) {
 	s.executing.Store(true)
 	defer s.executing.Store(false)
 	x := s.m.newExecution(j.id, j.req, j.code, func(ev codegw.Event) { s.publish(j, ev) })
-	x.k, x.seen, x.interrupted = s.k, s.outputs, &s.interrupted
+	x.k, x.seen, x.interrupted, x.free = s.k, s.outputs, &s.interrupted, j.release
 	if j.stdin {
 		x.onInput = func(ctx context.Context, ir kernel.InputRequest) (string, error) {
 			// Awaited before the client hears of it, so that an
