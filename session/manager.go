@@ -314,12 +314,14 @@ func (m *Manager) Reserve(owner string, req codegw.ExecuteRequest) (*Reservation
 func (r *Reservation) ID() string { return r.id }
 
 // Release ends the reservation unused; after Execute it does nothing.
-func (r *Reservation) Release() {
-	r.once.Do(func() {
-		for _, f := range r.release {
-			f()
-		}
-	})
+func (r *Reservation) Release() { r.once.Do(r.free) }
+
+// free gives back the reservation's quotas; more calls do nothing (each
+// release is the admission's, which runs once).
+func (r *Reservation) free() {
+	for _, f := range r.release {
+		f()
+	}
 }
 
 // Execute runs the reserved request as Manager.Execute does; the
@@ -331,17 +333,12 @@ func (r *Reservation) Execute(ctx context.Context, emit func(codegw.Event)) (*co
 	if !first {
 		return nil, codegw.Errorf(codegw.ECONFLICT, "this reservation was used or released")
 	}
-	free := func() {
-		for _, f := range r.release {
-			f()
-		}
-	}
-	defer free()
+	defer r.free()
 	m := r.m
 	m.stateless.Add(1)
 	defer m.stateless.Add(-1)
 	x := m.newExecution(r.id, r.req, r.code, emit)
-	x.free = free
+	x.free = r.free
 	return x.run(ctx)
 }
 

@@ -434,12 +434,18 @@ func (m *Manager) DeletePaused(ctx context.Context, id, owner string) (ok bool, 
 	if _, ok, err := m.Paused(ctx, id, owner); !ok || err != nil {
 		return false, err
 	}
-	// Snapshots first, as expire does: a failure leaves the session listed
-	// (and the call can be retried), never a record-less snapshot.
+	return true, m.deletePaused(ctx, id)
+}
+
+// deletePaused deletes a paused session's snapshots, then its record: once
+// it answers 404 its snapshots are gone. A failure to delete the snapshots
+// leaves the session listed, to be deleted again; a crash between the two
+// leaves a record with no snapshot, which expire deletes.
+func (m *Manager) deletePaused(ctx context.Context, id string) error {
 	if err := m.cfg.Snapshots.DeleteSession(ctx, id); err != nil {
-		return true, err
+		return err
 	}
-	return true, m.cfg.Store.DeleteSession(ctx, id)
+	return m.cfg.Store.DeleteSession(ctx, id)
 }
 
 // Snapshots lists the snapshots of owner's session (live or paused).
@@ -564,14 +570,10 @@ func (m *Manager) expire(ctx context.Context, now time.Time) {
 		if len(list) > 0 && now.Sub(list[0].TakenAt) < m.cfg.PausedTTL {
 			continue
 		}
-		// Snapshots first: once the session answers 404 its snapshots are
-		// gone, and a crash between the two leaves a record with no
-		// snapshot, which the next pass deletes (len(list) == 0).
-		if err := m.cfg.Snapshots.DeleteSession(ctx, rec.ID); err != nil {
-			m.log.Warn("paused session expired but its snapshots could not be deleted", "session", rec.ID, "err", err)
+		if err := m.deletePaused(ctx, rec.ID); err != nil {
+			m.log.Warn("paused session expired but could not be deleted", "session", rec.ID, "err", err)
 			continue
 		}
-		m.cfg.Store.DeleteSession(ctx, rec.ID)
 		m.log.Info("paused session expired", "session", rec.ID, "paused_ttl", m.cfg.PausedTTL)
 	}
 }
