@@ -194,7 +194,6 @@ HUGE_PAGE = 2 << 20
 def collapse_heap():
     """Back the zygote's anonymous memory with huge pages where the kernel
     can (MADV_COLLAPSE, Linux 6.1 and later; elsewhere nothing changes).
-    Returns the bytes collapsed.
 
     Every fork copies the page table of the zygote's ~100 MB of heap, and
     every child's exit tears its copy down: a 2 MiB page is one entry where
@@ -202,7 +201,6 @@ def collapse_heap():
     only the 4 KiB page written is copied, as before. Measured on a 2-CPU
     VM: fork and exit of a child ~25 % less CPU, parent and child.
     """
-    done = 0
     with open("/proc/self/maps") as f:
         for line in f:
             fields = line.split()
@@ -213,9 +211,8 @@ def collapse_heap():
             start, end = (int(x, 16) for x in fields[0].split("-"))
             start = -(-start // HUGE_PAGE) * HUGE_PAGE
             end = end // HUGE_PAGE * HUGE_PAGE
-            if end > start and libc.madvise(start, end - start, MADV_COLLAPSE) == 0:
-                done += end - start
-    return done
+            if end > start:
+                libc.madvise(start, end - start, MADV_COLLAPSE)
 
 
 # A cell run once in the zygote's shell before the freeze, so that what a
@@ -735,16 +732,17 @@ def child_environment(req, zr, completion=True):
 
     tempfile.tempdir = None
     launch.setup_environment()
-    # Modules imported in the zygote computed paths from its environment:
-    # jedi and parso (completion) cache under the zygote's HOME, which the
-    # child cannot write (completion then finds nothing).
-    parso_cache = sys.modules.get("parso.cache") if completion else None
-    if parso_cache is not None:
-        parso_cache._default_cache_path = parso_cache._get_default_cache_path()
-    jedi_settings = sys.modules.get("jedi.settings") if completion else None
-    if jedi_settings is not None:
-        jedi_settings.cache_directory = os.path.expanduser(
-            os.path.join(os.getenv("XDG_CACHE_HOME") or "~/.cache", "jedi"))
+    if completion:
+        # Modules imported in the zygote computed paths from its environment:
+        # jedi and parso (completion) cache under the zygote's HOME, which the
+        # child cannot write (completion then finds nothing).
+        parso_cache = sys.modules.get("parso.cache")
+        if parso_cache is not None:
+            parso_cache._default_cache_path = parso_cache._get_default_cache_path()
+        jedi_settings = sys.modules.get("jedi.settings")
+        if jedi_settings is not None:
+            jedi_settings.cache_directory = os.path.expanduser(
+                os.path.join(os.getenv("XDG_CACHE_HOME") or "~/.cache", "jedi"))
 
     import random
 

@@ -510,22 +510,3 @@ print(len(cmds), any(b'%s' in c for c in cmds))`, mark)})
 		t.Errorf("the next call sees: %s %s %q, want only itself", res.Status, strOr(res.Error), res.Stdout)
 	}
 }
-
-// TestOneShotStreamsUnflushed: what a one-shot cell prints without
-// flushing reaches the caller while the cell still runs (the child's
-// flusher, which starts once a cell runs a while), not at its end.
-func TestOneShotStreamsUnflushed(t *testing.T) {
-	prov := currentProvisioner(t)
-	requireOneShots(t, prov)
-	e := newEnv(t, envOptions{poolSize: 1})
-	done := e.streamUntil(t, map[string]any{"code": "import time\nprint('early')\ntime.sleep(4)\nprint('late')"}, "early")
-	seen := time.Now()
-	res := <-done
-	if res.Status != codegw.StatusOK || res.Stdout != "early\nlate\n" {
-		t.Fatalf("%s %s %q", res.Status, strOr(res.Error), res.Stdout)
-	}
-	// Without the flusher 'early' would come with 'late', at the end.
-	if gap := time.Since(seen); gap < 2*time.Second {
-		t.Errorf("'early' reached the caller only %v before the answer: not streamed while the cell ran", gap)
-	}
-}

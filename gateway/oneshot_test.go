@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/codegw/codegw"
 	"github.com/codegw/codegw/app"
@@ -77,5 +78,24 @@ func TestOneShotEquivalence(t *testing.T) {
 		if !reflect.DeepEqual(a, b) {
 			t.Errorf("%q answers differ:\none-shot: %+v\nkernel:   %+v", code, a, b)
 		}
+	}
+}
+
+// TestOneShotStreamsUnflushed: what a one-shot cell prints without
+// flushing reaches the caller while the cell still runs (the child's
+// flusher, which starts once a cell runs a while), not at its end.
+func TestOneShotStreamsUnflushed(t *testing.T) {
+	prov := currentProvisioner(t)
+	requireOneShots(t, prov)
+	e := newEnv(t, envOptions{poolSize: 1})
+	done := e.streamUntil(t, map[string]any{"code": "import time\nprint('early')\ntime.sleep(4)\nprint('late')"}, "early")
+	seen := time.Now()
+	res := <-done
+	if res.Status != codegw.StatusOK || res.Stdout != "early\nlate\n" {
+		t.Fatalf("%s %s %q", res.Status, strOr(res.Error), res.Stdout)
+	}
+	// Without the flusher 'early' would come with 'late', at the end.
+	if gap := time.Since(seen); gap < 2*time.Second {
+		t.Errorf("'early' reached the caller only %v before the answer: not streamed while the cell ran", gap)
 	}
 }

@@ -676,3 +676,48 @@ func TestLeave(t *testing.T) {
 	sess := e.createSession(t, nil)
 	e.mustDial(t, sess.ID, "")
 }
+
+// TestKeySlotFreeAtDone: with one execution at a time per key, an
+// execution's slot is free by the time its done event goes out (and so
+// before its answer): the key's next execution, sent the moment the client
+// sees the end, is admitted and not refused "concurrency". Both kinds: a
+// session's and a stateless one.
+func TestKeySlotFreeAtDone(t *testing.T) {
+	e := newEnv(t, envOptions{poolSize: 1, tune: func(c *app.Config) { c.MaxExecutionsPerKey = 1 }})
+	m := e.app.Manager
+	const owner = "anonymous"
+	admittedAtDone := func(t *testing.T) func(codegw.Event) {
+		return func(ev codegw.Event) {
+			if ev.Type != codegw.EventDone {
+				return
+			}
+			r, err := m.Reserve(owner, codegw.ExecuteRequest{Code: "1"})
+			if err != nil {
+				t.Errorf("the next execution, sent at the done event: %v", err)
+				return
+			}
+			r.Release()
+		}
+	}
+	t.Run("session", func(t *testing.T) {
+		info := e.createSession(t, nil)
+		s, err := m.Get(info.ID, owner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.Execute(context.Background(), codegw.ExecuteRequest{Code: "print(6 * 7)"}, admittedAtDone(t))
+		if err != nil || res.Stdout != "42\n" {
+			t.Fatalf("%v %+v", err, res)
+		}
+	})
+	t.Run("stateless", func(t *testing.T) {
+		r, err := m.Reserve(owner, codegw.ExecuteRequest{Code: "print(6 * 7)"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := r.Execute(context.Background(), admittedAtDone(t))
+		if err != nil || res.Stdout != "42\n" {
+			t.Fatalf("%v %+v", err, res)
+		}
+	})
+}
