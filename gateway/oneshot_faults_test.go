@@ -431,6 +431,7 @@ func TestOneShotBombs(t *testing.T) {
 		t.Errorf("next call: %+v", next)
 	}
 	e.app.Close()
+	fp.prov.Close() // which removes the empty cgroups it keeps for its next kernels
 	if !testwait.Within(30*time.Second, func() bool { return len(fp.leftovers()) == 0 }) {
 		t.Errorf("left after the bombs:\n%s", strings.Join(fp.leftovers(), "\n"))
 	}
@@ -482,6 +483,7 @@ func TestOneShotZygoteKill(t *testing.T) {
 		}
 	}
 	e.app.Close()
+	fp.prov.Close() // which removes the empty cgroups it keeps for its next kernels
 	if !testwait.Within(30*time.Second, func() bool { return len(fp.leftovers()) == 0 }) {
 		t.Errorf("left after the zygote's death:\n%s", strings.Join(sorted(fp.leftovers()), "\n"))
 	}

@@ -12,16 +12,37 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // Parents are the directories, one per controller, under which kernels get
-// their cgroups.
+// their cgroups. They keep the groups of kernels that ended, empty, for
+// the next kernels with the same limits (Group.End): making and removing a
+// memory cgroup costs the kernel far more than reusing one.
 type Parents struct {
 	Mem, Pids string
+
+	memsw bool // the memory hierarchy accounts swap
+
+	mu     sync.Mutex
+	free   []*Group // empty, each with its counters as its last kernel left them
+	closed bool
 }
+
+// maxFree is how many empty groups Parents keep: enough for the kernels
+// that end and start within a moment at a busy instance.
+const maxFree = 32
+
+// reuseMax is the most memory a group may still be charged with, once its
+// processes are gone, to serve another kernel: page cache of files its
+// kernel wrote that are still on disk, kernel memory. A group with more
+// is removed.
+const reuseMax = 16 << 20
 
 // Detect finds the v1 memory and pids hierarchies and makes the parents in
 // them at dir(controller, mount point). With rootOnly, a hierarchy counts
@@ -58,6 +79,7 @@ func Detect(rootOnly bool, dir func(ctl, mnt string) (string, error)) (*Parents,
 		}
 		*ctl.dir = d
 	}
+	p.memsw = exists(filepath.Join(p.Mem, "memory.memsw.limit_in_bytes"))
 	return p, nil
 }
 
@@ -99,9 +121,18 @@ func RemoveChildren(dir string) {
 	}
 }
 
-// Remove removes the parents once no kernel's cgroup is left in them; one
-// still there (a kernel not yet reaped) keeps them for the next Detect.
+// Remove removes the empty groups kept for reuse, and the parents once no
+// kernel's cgroup is left in them; one still there (a kernel not yet
+// reaped) keeps them for the next Detect. Groups that end later are
+// removed, not kept.
 func (p *Parents) Remove() {
+	p.mu.Lock()
+	free := p.free
+	p.free, p.closed = nil, true
+	p.mu.Unlock()
+	for _, g := range free {
+		g.Remove()
+	}
 	os.Remove(p.Mem)
 	os.Remove(p.Pids)
 }
@@ -109,13 +140,30 @@ func (p *Parents) Remove() {
 // Group is one kernel's pair of cgroups.
 type Group struct {
 	Mem, Pids string
+
+	p                  *Parents
+	memory, pids       int64 // the limits
+	oomEnd, refusedEnd int64 // the counters when its kernel ended (Ended)
+	// The counters when the group was handed to its kernel; atomic: a
+	// reader late for the kernel's end may still read them (PidsHits).
+	oom0, refused0 atomic.Int64
 }
 
-// Create makes the cgroups of one kernel, named name, with its limits:
-// memory in bytes (swap included, where the host accounts it) and
-// processes; zero is no limit.
+// Create gives one kernel its cgroups with its limits: memory in bytes
+// (swap included, where the host accounts it) and processes; zero is no
+// limit. It hands out an empty group kept from an ended kernel with the
+// same limits, or makes a new one named name.
 func (p *Parents) Create(name string, memory, pids int64) (*Group, error) {
-	g := &Group{Mem: filepath.Join(p.Mem, name), Pids: filepath.Join(p.Pids, name)}
+	p.mu.Lock()
+	for i := len(p.free) - 1; i >= 0; i-- {
+		if g := p.free[i]; g.memory == memory && g.pids == pids {
+			p.free = slices.Delete(p.free, i, i+1)
+			p.mu.Unlock()
+			return g, nil
+		}
+	}
+	p.mu.Unlock()
+	g := &Group{Mem: filepath.Join(p.Mem, name), Pids: filepath.Join(p.Pids, name), p: p, memory: memory, pids: pids}
 	var made []string // a failure removes only these: not another's of that name
 	undo := func() {
 		for _, d := range made {
@@ -123,13 +171,15 @@ func (p *Parents) Create(name string, memory, pids int64) (*Group, error) {
 		}
 	}
 	for _, d := range g.Dirs() {
-		// A parent shared by several provisioners may have been removed
-		// by another one's Close.
-		if err := os.Mkdir(filepath.Dir(d), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			undo()
-			return nil, fmt.Errorf("cgroup: %w", err)
+		err := os.Mkdir(d, 0o755)
+		if errors.Is(err, os.ErrNotExist) {
+			// A parent shared by several provisioners may have been
+			// removed by another one's Close.
+			if err = os.Mkdir(filepath.Dir(d), 0o755); err == nil || errors.Is(err, os.ErrExist) {
+				err = os.Mkdir(d, 0o755)
+			}
 		}
-		if err := os.Mkdir(d, 0o755); err != nil {
+		if err != nil {
 			undo()
 			return nil, fmt.Errorf("cgroup: %w", err)
 		}
@@ -139,8 +189,8 @@ func (p *Parents) Create(name string, memory, pids int64) (*Group, error) {
 	if memory > 0 {
 		v := strconv.FormatInt(memory, 10)
 		err = writeFile(filepath.Join(g.Mem, "memory.limit_in_bytes"), v)
-		if sw := filepath.Join(g.Mem, "memory.memsw.limit_in_bytes"); err == nil && exists(sw) {
-			err = writeFile(sw, v)
+		if err == nil && p.memsw {
+			err = writeFile(filepath.Join(g.Mem, "memory.memsw.limit_in_bytes"), v)
 		}
 	}
 	if pids > 0 && err == nil {
@@ -160,13 +210,63 @@ func exists(path string) bool { _, err := os.Stat(path); return err == nil }
 // Dirs lists the kernel's cgroup directories.
 func (g *Group) Dirs() []string { return []string{g.Mem, g.Pids} }
 
-// OOMKilled reports whether the memory cgroup's OOM killer killed a process.
-func (g *Group) OOMKilled() bool {
-	return counter(filepath.Join(g.Mem, "memory.oom_control"), "oom_kill") > 0
+// OOMKilled reports whether the memory cgroup's OOM killer killed a
+// process of this kernel.
+func (g *Group) OOMKilled() bool { return g.ooms() > g.oom0.Load() }
+
+// PidsHits counts the forks of this kernel refused at the pids limit.
+func (g *Group) PidsHits() int64 { return g.refused() - g.refused0.Load() }
+
+func (g *Group) ooms() int64    { return counter(filepath.Join(g.Mem, "memory.oom_control"), "oom_kill") }
+func (g *Group) refused() int64 { return counter(filepath.Join(g.Pids, "pids.events"), "max") }
+
+// Ended reads what the group says of its kernel's end: whether the OOM
+// killer killed one of its processes, and whether a fork was refused at
+// the pids limit. Call it once the kernel's processes are gone, then
+// Release.
+func (g *Group) Ended() (oomKilled, pidsLimited bool) {
+	g.oomEnd, g.refusedEnd = g.ooms(), g.refused()
+	return g.oomEnd > g.oom0.Load(), g.refusedEnd > g.refused0.Load()
 }
 
-// PidsHits counts the forks refused at the pids limit.
-func (g *Group) PidsHits() int64 { return counter(filepath.Join(g.Pids, "pids.events"), "max") }
+// Release gives the group of a kernel that ended (Ended) back for another
+// kernel, or removes it: one still charged with processes or with much
+// memory, one of Parents that are closed, one past what Parents keep. The
+// group is not to be used after.
+func (g *Group) Release() {
+	p := g.p
+	if p == nil || readInt(filepath.Join(g.Pids, "pids.current")) != 0 {
+		g.Remove()
+		return
+	}
+	if used := readInt(filepath.Join(g.Mem, "memory.usage_in_bytes")); used < 0 || used > reuseMax {
+		g.Remove()
+		return
+	}
+	g.oom0.Store(g.oomEnd)
+	g.refused0.Store(g.refusedEnd)
+	p.mu.Lock()
+	if !p.closed && len(p.free) < maxFree {
+		p.free = append(p.free, g)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	g.Remove()
+}
+
+// readInt reads a cgroup file that holds one number; -1 when it cannot.
+func readInt(path string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
 
 // Empty reports whether no process is left in the kernel's cgroups.
 func (g *Group) Empty() bool { return g.Procs() == 0 }

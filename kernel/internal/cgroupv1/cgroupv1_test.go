@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/codegw/codegw/internal/testwait"
 )
 
 // TestGroup makes real cgroups (root and cgroup v1, as the fork tests of
@@ -77,4 +80,106 @@ func TestGroup(t *testing.T) {
 func readFile(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
+}
+
+// TestGroupReuse: the group of a kernel that ended serves the next kernel
+// with the same limits, which does not inherit the first one's refused
+// forks; a group still charged with much memory, or of other limits, is
+// not handed out again; Parents' Remove removes the groups they kept.
+func TestGroupReuse(t *testing.T) {
+	name := fmt.Sprintf("codegw-test-reuse-%d", os.Getpid())
+	p, err := Detect(false, func(_, mnt string) (string, error) { return filepath.Join(mnt, name), nil })
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no cgroups under CI: %v", err)
+		}
+		t.Skipf("no cgroups here: %v", err)
+	}
+	defer p.Remove()
+	// run runs script in g's cgroups until it exits.
+	run := func(g *Group, script string) {
+		t.Helper()
+		cmd := exec.Command("/bin/sh", "-c", "read x; "+script)
+		in, _ := cmd.StdinPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range g.Dirs() {
+			if err := os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		in.Write([]byte("go\n"))
+		in.Close()
+		cmd.Wait()
+		// The shell may leave children (it exits at a refused fork), whose
+		// pids count until init reaps them.
+		if !testwait.Within(10*time.Second, func() bool { return readInt(filepath.Join(g.Pids, "pids.current")) == 0 }) {
+			t.Fatalf("processes left in %s", g.Pids)
+		}
+	}
+
+	a, err := p.Create("a", 64<<20, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Forks past the limit of 3: refused.
+	run(a, "for i in 1 2 3 4 5 6; do sleep 0.2 & done; wait")
+	if oom, limited := a.Ended(); oom || !limited {
+		t.Errorf("a ended: oom %v pids limited %v, want false true", oom, limited)
+	}
+	a.Release()
+	if _, err := os.Stat(a.Pids); err != nil {
+		t.Fatalf("a's group was not kept: %v", err)
+	}
+	if other, err := p.Create("c", 32<<20, 3); err != nil || other.Mem == a.Mem {
+		t.Errorf("a group of other limits: %v, %v", other, err)
+	} else {
+		other.Remove()
+	}
+	b, err := p.Create("b", 64<<20, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Mem != a.Mem || b.Pids != a.Pids {
+		t.Fatalf("b got %s, not a's group %s", b.Pids, a.Pids)
+	}
+	if b.PidsHits() != 0 || b.OOMKilled() {
+		t.Errorf("b, handed a's group: pids hits %d, oom %v", b.PidsHits(), b.OOMKilled())
+	}
+	run(b, "true")
+	if oom, limited := b.Ended(); oom || limited {
+		t.Errorf("b ended: oom %v pids limited %v, want false false", oom, limited)
+	}
+	b.Release()
+
+	// A kernel that leaves a file's pages charged to its group: the group
+	// is removed, not kept.
+	c, err := p.Create("c2", 64<<20, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mem != a.Mem {
+		t.Fatalf("c got %s, not the kept group %s", c.Mem, a.Mem)
+	}
+	file := filepath.Join(t.TempDir(), "charged")
+	run(c, "head -c 24000000 /dev/zero > "+file)
+	c.Ended()
+	c.Release()
+	if _, err := os.Stat(c.Mem); !os.IsNotExist(err) {
+		t.Errorf("a group charged with %s bytes was kept: %v", readFile(filepath.Join(c.Mem, "memory.usage_in_bytes")), err)
+	}
+
+	d, err := p.Create("d", 64<<20, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Ended()
+	d.Release()
+	p.Remove()
+	for _, dir := range append(d.Dirs(), p.Mem, p.Pids) {
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("%s left after Remove: %v", dir, err)
+		}
+	}
 }

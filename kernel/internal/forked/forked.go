@@ -232,12 +232,21 @@ func (k *Kernel) Exit() kernel.Exit {
 func (k *Kernel) OneShot() bool { return k.Current().oneShot }
 
 // PidsLimitHits returns how many forks the current child's pids cgroup
-// refused so far (0 without cgroups).
+// refused so far (0 without cgroups); once the child ended, 1 if any was.
 func (k *Kernel) PidsLimitHits() int64 {
-	if r := k.Current(); r.cg != nil {
+	r := k.Current()
+	if r.cg == nil {
+		return 0
+	}
+	select {
+	case <-r.exited:
+		if r.exit.PidsLimited {
+			return 1
+		}
+		return 0
+	default:
 		return r.cg.PidsHits()
 	}
-	return 0
 }
 
 // Kill asks the zygote to kill the current child, which ends its pid
@@ -331,16 +340,17 @@ func ExitOf(status int) kernel.Exit {
 }
 
 // finish records the child's exit with what its cgroups say about it,
-// removes them and closes r.exited. Only the first call counts.
+// closes r.exited and gives the cgroups back (cgroupv1.Group.Release). Only the first call counts.
 func (r *Run) finish(e kernel.Exit) {
 	r.once.Do(func() {
 		if r.cg != nil {
-			e.OOMKilled = r.cg.OOMKilled()
-			e.PidsLimited = r.cg.PidsHits() > 0
-			r.cg.Remove()
+			e.OOMKilled, e.PidsLimited = r.cg.Ended()
 		}
 		r.exit = e
 		close(r.exited)
+		if r.cg != nil {
+			r.cg.Release() // another kernel may have it now: PidsLimitHits reads r.exit
+		}
 		k := r.k
 		k.cfg.Log.Info(k.cfg.Prefix+": kernel exited", "kernel", k.cfg.ID, "pid", r.PID(), "code", e.Code, "signal", e.Signal,
 			"oom", e.OOMKilled, "pids_limited", e.PidsLimited, "uptime", time.Since(r.t0).Round(time.Millisecond))
