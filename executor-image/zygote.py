@@ -57,8 +57,10 @@ process it started ends with it. With the sandbox (the request's "sandbox")
 the child then, before any user code:
 
 - joins its own cgroups (memory, pids) or sets rlimits;
-- unshares its mount, network (only lo, brought up), ipc and uts namespaces
-  and pivots into a root of its own: read-only /usr, /etc, /lib*, the
+- joins a network namespace of its own (only lo, up: the zygote makes it,
+  or hands over one whose kernel has ended, with all its processes and
+  sockets), unshares its mount, ipc and uts namespaces and pivots into a
+  root of its own: read-only /usr, /etc, /lib*, the
   executor directory; private tmpfs at /tmp and /dev/shm; a minimal /dev;
   its own /proc; its /code and socket directory bound read-write;
 - drops to the unprivileged uid (setuid: no capability left), sets
@@ -129,6 +131,7 @@ PR_SET_NO_NEW_PRIVS = 38
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
 
 
 def log(msg):
@@ -364,6 +367,14 @@ class Zygote:
         os.set_blocking(self.sig_w, False)
         self.pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.bound = {}  # read end of a child's bound pipe -> token
+        # Network namespaces (lo only, up) for sandboxed kernels. One whose
+        # kernel was reaped serves the next: its pid namespace ended with
+        # it, so every process that could hold a socket in it is gone, and
+        # making a namespace and tearing it down costs several times
+        # joining one. Concurrent kernels never share one.
+        self.netns = None  # our own, to come back to after making one
+        self.netns_free = []
+        self.netns_of = {}  # pid -> the namespace it joined
 
     def send(self, obj):
         self.ctl.sendall((json.dumps(obj) + "\n").encode())
@@ -416,6 +427,32 @@ class Zygote:
         if data:
             self.send({"op": "bound", "token": token})
 
+    def take_netns(self):
+        """A network namespace no live kernel is in: a kept one, or a new
+        one with lo up."""
+        if self.netns_free:
+            return self.netns_free.pop()
+        if self.netns is None:
+            self.netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        _check(libc.unshare(CLONE_NEWNET), "unshare net")
+        try:
+            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                loopback_up()
+            except BaseException:
+                os.close(fd)
+                raise
+        finally:
+            _check(libc.setns(self.netns, CLONE_NEWNET), "setns net")
+        return fd
+
+    def give_netns(self, fd):
+        """Keep the network namespace of a kernel that is gone."""
+        if len(self.netns_free) < NETNS_KEEP:
+            self.netns_free.append(fd)
+        else:
+            os.close(fd)
+
     def shutdown(self):
         for pid in self.kernels:
             kill_kernel(pid)
@@ -430,6 +467,9 @@ class Zygote:
             if pid == 0:
                 return
             token = self.kernels.pop(pid, None)
+            netns = self.netns_of.pop(pid, None)
+            if netns is not None:
+                self.give_netns(netns)
             if token is None:
                 continue
             self.tokens.pop(token, None)
@@ -468,6 +508,7 @@ class Zygote:
     def fork(self, req):
         """Fork a kernel; return its pid. Its set-up runs in the child."""
         sandbox = req.get("sandbox")
+        netns = self.take_netns() if sandbox and not req.get("share_net") else None
         # The child says through this pipe when its sockets are bound.
         br, bw = os.pipe()
         if sandbox:
@@ -476,6 +517,8 @@ class Zygote:
             except BaseException:
                 os.close(br)
                 os.close(bw)
+                if netns is not None:
+                    self.give_netns(netns)
                 raise
         pid = -1
         try:
@@ -488,13 +531,21 @@ class Zygote:
                 os.close(bw)
                 if pid > 0:
                     self.bound[br] = req.get("token")
+                    if netns is not None:
+                        self.netns_of[pid] = netns
                 else:
                     os.close(br)
+                    if netns is not None:
+                        self.give_netns(netns)
         if pid == 0:
             try:
                 self.ctl.close()
-                for fd in (self.zw, self.sig_r, self.sig_w, self.lifeline, self.pidns, br, *self.bound):
+                others = [*self.netns_free, *self.netns_of.values()]
+                if self.netns is not None:
+                    others.append(self.netns)
+                for fd in (self.zw, self.sig_r, self.sig_w, self.lifeline, self.pidns, br, *self.bound, *others):
                     os.close(fd)
+                req["netns_fd"] = netns
                 req["ready_fd"] = bw
                 req.setdefault("env", {})["EXECUTOR_READY_FD"] = str(bw)
                 signal.set_wakeup_fd(-1)
@@ -508,6 +559,10 @@ class Zygote:
                 log("kernel %s: %s: %s" % (req.get("token"), type(e).__name__, e))
             os._exit(70)
         return pid
+
+
+# How many network namespaces of ended kernels the zygote keeps.
+NETNS_KEEP = 32
 
 
 # --- in the child -----------------------------------------------------------
@@ -524,7 +579,8 @@ def specialise(req, zr):
     for the tcp transport); binds (read-only host directories to show);
     uid, gid; cgroups (directories whose cgroup.procs the kernel joins);
     rlimits ({"as": bytes, "nproc": n}, used without cgroups); env (the
-    kernel's whole environment).
+    kernel's whole environment). The zygote adds netns_fd: the network
+    namespace to join (sandbox without share_net).
     """
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
@@ -542,15 +598,15 @@ def specialise(req, zr):
         resource.setrlimit(resource.RLIMIT_NPROC, (rl["nproc"], rl["nproc"]))
     sandbox = req.get("sandbox")
     if sandbox:
-        flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
-        if not req.get("share_net"):
-            flags |= CLONE_NEWNET
-        _check(libc.unshare(flags), "unshare")
+        netns = req.get("netns_fd")
+        if netns is not None:
+            # The zygote's (Zygote.take_netns): lo only, up.
+            _check(libc.setns(netns, CLONE_NEWNET), "setns net")
+            os.close(netns)
+        _check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
         make_root(req)
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        if not req.get("share_net"):
-            loopback_up()
         libc.sethostname(b"codegw", 6)
     if os.geteuid() == 0 and req.get("uid"):
         os.setgroups([])

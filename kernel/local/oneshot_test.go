@@ -126,6 +126,45 @@ print(random.random())`
 		}
 	})
 
+	t.Run("network namespace of an ended kernel", func(t *testing.T) {
+		// a listens on lo (tcp and an abstract unix socket), with a
+		// background process; once a is closed its network namespace serves
+		// b, in which nothing of a's listens any more, and lo is up.
+		a := launchOneShot(t, p)
+		ra, err := runOne(t, a, `import os, socket, subprocess
+t = socket.socket(); t.bind(('127.0.0.1', 0)); t.listen()
+u = socket.socket(socket.AF_UNIX); u.bind(b'\0codegw-netns-test'); u.listen()
+subprocess.Popen(['sleep', '1000'], pass_fds=[t.fileno(), u.fileno()])
+print(os.readlink('/proc/self/ns/net'), t.getsockname()[1])`, kernel.Deadline{}, 0)
+		if err != nil || ra.reply.Status != "ok" {
+			t.Fatalf("%v %+v", err, ra)
+		}
+		ns, port, _ := strings.Cut(strings.TrimSpace(ra.stdout), " ")
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := a.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		b := launchOneShot(t, p)
+		rb, err := runOne(t, b, `import os, socket
+print(os.readlink('/proc/self/ns/net'), sorted(n for _, n in socket.if_nameindex()))
+for family, addr in ((socket.AF_INET, ('127.0.0.1', `+port+`)), (socket.AF_UNIX, b'\0codegw-netns-test')):
+    try:
+        socket.socket(family).connect(addr); print('connected to a')
+    except OSError as e:
+        print('refused', type(e).__name__)
+u = socket.socket(socket.AF_UNIX); u.bind(b'\0codegw-netns-test'); u.listen()
+t = socket.socket(); t.bind(('127.0.0.1', 0)); t.listen()
+socket.create_connection(t.getsockname(), timeout=3).close(); print('lo up')`, kernel.Deadline{}, 0)
+		if err != nil || rb.reply.Status != "ok" {
+			t.Fatalf("%v %+v", err, rb)
+		}
+		want := ns + " ['lo']\nrefused ConnectionRefusedError\nrefused ConnectionRefusedError\nlo up\n"
+		if rb.stdout != want {
+			t.Errorf("b, started after a ended: got %q, want %q", rb.stdout, want)
+		}
+	})
+
 	t.Run("timeout", func(t *testing.T) {
 		k := launchOneShot(t, p)
 		r, err := runOne(t, k, "import time\nprint('started', flush=True)\ntime.sleep(60)", kernel.Deadline{Timeout: 500 * time.Millisecond, Grace: 5 * time.Second}, 0)
