@@ -94,6 +94,33 @@ print(open('/proc/self/status').read().split('CapEff:')[1].split()[0])`, kernel.
 		}
 	})
 
+	t.Run("devices", func(t *testing.T) {
+		// /dev's nodes, made with mknod in /dev's tmpfs (the zygote runs as
+		// root here), work for the kernel's uid, which can make none.
+		k := launchOneShot(t, p)
+		r, err := runOne(t, k, `import os, stat
+print(sorted(os.listdir('/dev')))
+print([oct(stat.S_IMODE(os.stat('/dev/' + n).st_mode)) for n in ('null', 'zero', 'full', 'random', 'urandom') if stat.S_ISCHR(os.stat('/dev/' + n).st_mode)])
+print(os.stat('/dev/null').st_dev == os.stat('/dev').st_dev)
+open('/dev/null', 'w').write('x'); print(open('/dev/zero', 'rb').read(3), len(open('/dev/urandom', 'rb').read(16)))
+try:
+    os.write(os.open('/dev/full', os.O_WRONLY), b'x')
+except OSError as e:
+    print('full', e.errno == 28)
+try:
+    os.mknod('/tmp/null', 0o666 | stat.S_IFCHR, os.makedev(1, 3)); print('made a node')
+except PermissionError:
+    print('no mknod')`, kernel.Deadline{}, 0)
+		if err != nil || r.reply.Status != "ok" {
+			t.Fatalf("%v %+v", err, r)
+		}
+		want := "['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'tty', 'urandom', 'zero']\n" +
+			"['0o666', '0o666', '0o666', '0o666', '0o666']\nTrue\nb'\\x00\\x00\\x00' 16\nfull True\nno mknod\n"
+		if r.stdout != want {
+			t.Errorf("got %q, want %q", r.stdout, want)
+		}
+	})
+
 	t.Run("isolation", func(t *testing.T) {
 		a, b := launchOneShot(t, p), launchOneShot(t, p)
 		set := `import os, json, random, subprocess
