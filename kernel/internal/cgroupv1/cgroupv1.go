@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -144,6 +145,9 @@ type Group struct {
 	p                  *Parents
 	memory, pids       int64 // the limits
 	oomEnd, refusedEnd int64 // the counters when its kernel ended (Ended)
+	// The files read at each kernel's end, kept open from Create to
+	// Remove: one pread each instead of open, fstat, read and close.
+	files [nFiles]*os.File
 	// The counters when the group was handed to its kernel; atomic: a
 	// reader late for the kernel's end may still read them (PidsHits).
 	oom0, refused0 atomic.Int64
@@ -196,6 +200,9 @@ func (p *Parents) Create(name string, memory, pids int64) (*Group, error) {
 	if pids > 0 && err == nil {
 		err = writeFile(filepath.Join(g.Pids, "pids.max"), strconv.FormatInt(pids, 10))
 	}
+	if err == nil {
+		err = g.open()
+	}
 	if err != nil {
 		g.Remove()
 		return nil, fmt.Errorf("cgroup: %w", err)
@@ -217,8 +224,70 @@ func (g *Group) OOMKilled() bool { return g.ooms() > g.oom0.Load() }
 // PidsHits counts the forks of this kernel refused at the pids limit.
 func (g *Group) PidsHits() int64 { return g.refused() - g.refused0.Load() }
 
-func (g *Group) ooms() int64    { return counter(filepath.Join(g.Mem, "memory.oom_control"), "oom_kill") }
-func (g *Group) refused() int64 { return counter(filepath.Join(g.Pids, "pids.events"), "max") }
+func (g *Group) ooms() int64    { return counter(g.read(oomControl), "oom_kill") }
+func (g *Group) refused() int64 { return counter(g.read(pidsEvents), "max") }
+
+// The files of a group that it reads.
+const (
+	oomControl = iota
+	pidsEvents
+	pidsCurrent
+	memoryUsage
+	nFiles
+)
+
+func (g *Group) path(i int) string {
+	switch i {
+	case oomControl:
+		return filepath.Join(g.Mem, "memory.oom_control")
+	case pidsEvents:
+		return filepath.Join(g.Pids, "pids.events")
+	case pidsCurrent:
+		return filepath.Join(g.Pids, "pids.current")
+	default:
+		return filepath.Join(g.Mem, "memory.usage_in_bytes")
+	}
+}
+
+// open keeps the group's files open (Create).
+func (g *Group) open() error {
+	for i := range g.files {
+		f, err := os.Open(g.path(i))
+		if err != nil {
+			g.closeFiles()
+			return err
+		}
+		g.files[i] = f
+	}
+	return nil
+}
+
+func (g *Group) closeFiles() {
+	for i, f := range g.files {
+		if f != nil {
+			f.Close()
+			g.files[i] = nil
+		}
+	}
+}
+
+// read returns the content of the group's file i, nil when it cannot: a
+// pread from the start of the descriptor open keeps (a cgroup file is
+// made anew at offset 0), or, for a group Create did not make, a read by
+// path.
+func (g *Group) read(i int) []byte {
+	f := g.files[i]
+	if f == nil {
+		b, _ := os.ReadFile(g.path(i))
+		return b
+	}
+	buf := make([]byte, 512)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && err != io.EOF {
+		return nil
+	}
+	return buf[:n]
+}
 
 // Ended reads what the group says of its kernel's end: whether the OOM
 // killer killed one of its processes, and whether a fork was refused at
@@ -235,11 +304,11 @@ func (g *Group) Ended() (oomKilled, pidsLimited bool) {
 // group is not to be used after.
 func (g *Group) Release() {
 	p := g.p
-	if p == nil || readInt(filepath.Join(g.Pids, "pids.current")) != 0 {
+	if p == nil || readInt(g.read(pidsCurrent)) != 0 {
 		g.Remove()
 		return
 	}
-	if used := readInt(filepath.Join(g.Mem, "memory.usage_in_bytes")); used < 0 || used > reuseMax {
+	if used := readInt(g.read(memoryUsage)); used < 0 || used > reuseMax {
 		g.Remove()
 		return
 	}
@@ -255,12 +324,9 @@ func (g *Group) Release() {
 	g.Remove()
 }
 
-// readInt reads a cgroup file that holds one number; -1 when it cannot.
-func readInt(path string) int64 {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return -1
-	}
+// readInt reads the content of a cgroup file that holds one number; -1
+// when it does not.
+func readInt(b []byte) int64 {
 	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 	if err != nil {
 		return -1
@@ -284,6 +350,7 @@ func (g *Group) Procs() int {
 // Remove removes the kernel's cgroups, waiting up to 2 s for the last
 // processes to leave them.
 func (g *Group) Remove() {
+	g.closeFiles()
 	for _, d := range g.Dirs() {
 		for i := 0; ; i++ {
 			err := os.Remove(d)
@@ -295,12 +362,8 @@ func (g *Group) Remove() {
 	}
 }
 
-// counter reads "name value" from a cgroup's key-value file.
-func counter(path, name string) int64 {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
+// counter reads "name value" from a cgroup's key-value file's content.
+func counter(b []byte, name string) int64 {
 	for _, line := range strings.Split(string(b), "\n") {
 		if k, v, ok := strings.Cut(line, " "); ok && k == name {
 			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)

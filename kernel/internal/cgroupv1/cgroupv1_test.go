@@ -114,7 +114,7 @@ func TestGroupReuse(t *testing.T) {
 		cmd.Wait()
 		// The shell may leave children (it exits at a refused fork), whose
 		// pids count until init reaps them.
-		if !testwait.Within(10*time.Second, func() bool { return readInt(filepath.Join(g.Pids, "pids.current")) == 0 }) {
+		if !testwait.Within(10*time.Second, func() bool { return readInt([]byte(readFile(filepath.Join(g.Pids, "pids.current")))) == 0 }) {
 			t.Fatalf("processes left in %s", g.Pids)
 		}
 	}
