@@ -243,7 +243,24 @@ func (k *kernelFiles) CgroupDirs(g *cgroupv1.Group) []string { return g.Dirs() }
 // go of its lock (forked.Host).
 func (k *kernelFiles) Remove() error {
 	defer k.unlock()
-	return os.RemoveAll(k.kdir)
+	return removeKernelDir(k.kdir)
+}
+
+// removeKernelDir removes a kernel's directory: an rmdir for each directory
+// prepare made when the kernel left them empty (a stateless call that
+// wrote no file: most), else everything, as os.RemoveAll. The kernel's uid
+// owns code/ but cannot replace it (its mount point) nor the directory
+// above: rmdir follows no link the kernel made.
+func removeKernelDir(kdir string) error {
+	for _, d := range []string{"code/input", "code/output", "code", "s", "tmp"} {
+		if err := syscall.Rmdir(filepath.Join(kdir, d)); err != nil && (err != syscall.ENOENT || d != "tmp") {
+			return os.RemoveAll(kdir)
+		}
+	}
+	if err := syscall.Rmdir(kdir); err != nil {
+		return os.RemoveAll(kdir)
+	}
+	return nil
 }
 
 // envList turns an environment map into sorted KEY=value strings.

@@ -412,3 +412,53 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(b)
 }
+
+// TestRemoveKernelDir: a kernel's directory goes, whatever the kernel left
+// in it, and nothing a link in it points to.
+func TestRemoveKernelDir(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		make func(t *testing.T, kdir, outside string)
+	}{
+		{"empty", func(t *testing.T, kdir, outside string) {}},
+		{"a file in output", func(t *testing.T, kdir, outside string) {
+			os.WriteFile(filepath.Join(kdir, "code", "output", "a.txt"), []byte("a"), 0o644)
+		}},
+		{"files and directories in code", func(t *testing.T, kdir, outside string) {
+			os.MkdirAll(filepath.Join(kdir, "code", "x", "y"), 0o755)
+			os.WriteFile(filepath.Join(kdir, "code", "x", "y", "z"), nil, 0o644)
+			os.WriteFile(filepath.Join(kdir, "connection.json"), nil, 0o644)
+		}},
+		{"input and output replaced by links", func(t *testing.T, kdir, outside string) {
+			for _, d := range []string{"input", "output"} {
+				os.Remove(filepath.Join(kdir, "code", d))
+				if err := os.Symlink(outside, filepath.Join(kdir, "code", d)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kdir, outside := filepath.Join(t.TempDir(), "k"), t.TempDir()
+			os.MkdirAll(filepath.Join(outside, "input"), 0o755)
+			os.MkdirAll(filepath.Join(outside, "output"), 0o755)
+			for _, d := range []string{"code/input", "code/output", "s"} {
+				if err := os.MkdirAll(filepath.Join(kdir, d), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tc.make(t, kdir, outside)
+			if err := removeKernelDir(kdir); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Lstat(kdir); !os.IsNotExist(err) {
+				t.Errorf("the kernel's directory is left: %v", err)
+			}
+			for _, d := range []string{"input", "output"} {
+				if _, err := os.Stat(filepath.Join(outside, d)); err != nil {
+					t.Errorf("%s, outside the kernel's directory: %v", d, err)
+				}
+			}
+		})
+	}
+}
