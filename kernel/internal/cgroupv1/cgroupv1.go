@@ -23,8 +23,8 @@ import (
 
 // Parents are the directories, one per controller, under which kernels get
 // their cgroups. They keep the groups of kernels that ended, empty, for
-// the next kernels with the same limits (Group.End): making and removing a
-// memory cgroup costs the kernel far more than reusing one.
+// the next kernels with the same limits (Group.Release): making and
+// removing a memory cgroup costs the host far more than reusing one.
 type Parents struct {
 	Mem, Pids string
 
@@ -262,11 +262,13 @@ func (g *Group) open() error {
 	return nil
 }
 
+// closeFiles closes the files open kept. The slots keep their *os.File: a
+// reader late for the kernel's end reads os.ErrClosed from it, not a
+// slot another goroutine writes.
 func (g *Group) closeFiles() {
-	for i, f := range g.files {
+	for _, f := range g.files {
 		if f != nil {
 			f.Close()
-			g.files[i] = nil
 		}
 	}
 }

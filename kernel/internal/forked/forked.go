@@ -340,7 +340,8 @@ func ExitOf(status int) kernel.Exit {
 }
 
 // finish records the child's exit with what its cgroups say about it,
-// closes r.exited and gives the cgroups back (cgroupv1.Group.Release). Only the first call counts.
+// closes r.exited and gives the cgroups back (cgroupv1.Group.Release).
+// Only the first call counts.
 func (r *Run) finish(e kernel.Exit) {
 	r.once.Do(func() {
 		if r.cg != nil {
