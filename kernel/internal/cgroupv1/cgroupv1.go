@@ -132,7 +132,7 @@ func (p *Parents) Remove() {
 	p.free, p.closed = nil, true
 	p.mu.Unlock()
 	for _, g := range free {
-		g.Remove()
+		g.remove()
 	}
 	os.Remove(p.Mem)
 	os.Remove(p.Pids)
@@ -151,6 +151,10 @@ type Group struct {
 	// The counters when the group was handed to its kernel; atomic: a
 	// reader late for the kernel's end may still read them (PidsHits).
 	oom0, refused0 atomic.Int64
+	// done: released or removed, once per kernel: a second Release or
+	// Remove (two paths that end a kernel) does nothing, so a group never
+	// goes back to Parents after it was removed.
+	done atomic.Bool
 }
 
 // Create gives one kernel its cgroups with its limits: memory in bytes
@@ -163,6 +167,7 @@ func (p *Parents) Create(name string, memory, pids int64) (*Group, error) {
 		if g := p.free[i]; g.memory == memory && g.pids == pids {
 			p.free = slices.Delete(p.free, i, i+1)
 			p.mu.Unlock()
+			g.done.Store(false)
 			return g, nil
 		}
 	}
@@ -305,13 +310,16 @@ func (g *Group) Ended() (oomKilled, pidsLimited bool) {
 // memory, one of Parents that are closed, one past what Parents keep. The
 // group is not to be used after.
 func (g *Group) Release() {
+	if !g.done.CompareAndSwap(false, true) {
+		return // released or removed already
+	}
 	p := g.p
 	if p == nil || readInt(g.read(pidsCurrent)) != 0 {
-		g.Remove()
+		g.remove()
 		return
 	}
 	if used := readInt(g.read(memoryUsage)); used < 0 || used > reuseMax {
-		g.Remove()
+		g.remove()
 		return
 	}
 	g.oom0.Store(g.oomEnd)
@@ -323,7 +331,7 @@ func (g *Group) Release() {
 		return
 	}
 	p.mu.Unlock()
-	g.Remove()
+	g.remove()
 }
 
 // readInt reads the content of a cgroup file that holds one number; -1
@@ -350,8 +358,15 @@ func (g *Group) Procs() int {
 }
 
 // Remove removes the kernel's cgroups, waiting up to 2 s for the last
-// processes to leave them.
+// processes to leave them. After Release, or a first Remove, it does
+// nothing.
 func (g *Group) Remove() {
+	if g.done.CompareAndSwap(false, true) {
+		g.remove()
+	}
+}
+
+func (g *Group) remove() {
 	g.closeFiles()
 	for _, d := range g.Dirs() {
 		for i := 0; ; i++ {

@@ -183,3 +183,49 @@ func TestGroupReuse(t *testing.T) {
 		}
 	}
 }
+
+// TestGroupEndsOnce: of Release and Remove, called both (two paths that end
+// a kernel, in either order), only the first counts: a removed group is
+// never handed out again, and a kept one is not removed under Parents.
+func TestGroupEndsOnce(t *testing.T) {
+	name := fmt.Sprintf("codegw-test-once-%d", os.Getpid())
+	p, err := Detect(false, func(_, mnt string) (string, error) { return filepath.Join(mnt, name), nil })
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no cgroups under CI: %v", err)
+		}
+		t.Skipf("no cgroups here: %v", err)
+	}
+	defer p.Remove()
+	a, err := p.Create("a", 64<<20, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Remove()
+	a.Ended()
+	a.Release()
+	b, err := p.Create("b", 64<<20, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Mem == a.Mem {
+		t.Fatalf("b was handed a's removed group %s", a.Mem)
+	}
+	b.Ended()
+	b.Release()
+	b.Remove()
+	if _, err := os.Stat(b.Pids); err != nil {
+		t.Fatalf("b's kept group was removed: %v", err)
+	}
+	c, err := p.Create("c", 64<<20, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mem != b.Mem || c.PidsHits() != 0 || c.OOMKilled() {
+		t.Errorf("c got %s (hits %d, oom %v), want b's kept group %s", c.Mem, c.PidsHits(), c.OOMKilled(), b.Mem)
+	}
+	c.Remove()
+	if _, err := os.Stat(c.Pids); !os.IsNotExist(err) {
+		t.Errorf("c's group, removed, is left: %v", err)
+	}
+}
