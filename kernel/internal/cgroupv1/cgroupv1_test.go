@@ -13,10 +13,13 @@ import (
 	"github.com/codegw/codegw/internal/testwait"
 )
 
-// TestGroup makes real cgroups (root and cgroup v1, as the fork tests of
-// both provisioners need) and puts a process in them.
-func TestGroup(t *testing.T) {
-	name := fmt.Sprintf("codegw-test-%d", os.Getpid())
+// testParents makes parents named prefix-<pid> in the real hierarchies
+// (root and cgroup v1, as the fork tests of both provisioners need),
+// removed when the test ends; without them the test fails under CI and is
+// skipped elsewhere.
+func testParents(t *testing.T, prefix string) *Parents {
+	t.Helper()
+	name := fmt.Sprintf("%s-%d", prefix, os.Getpid())
 	p, err := Detect(false, func(_, mnt string) (string, error) { return filepath.Join(mnt, name), nil })
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -24,7 +27,14 @@ func TestGroup(t *testing.T) {
 		}
 		t.Skipf("no cgroups here: %v", err)
 	}
-	defer p.Remove()
+	t.Cleanup(p.Remove)
+	return p
+}
+
+// TestGroup makes real cgroups (root and cgroup v1, as the fork tests of
+// both provisioners need) and puts a process in them.
+func TestGroup(t *testing.T) {
+	p := testParents(t, "codegw-test")
 	g, err := p.Create("k1", 64<<20, 7)
 	if err != nil {
 		t.Fatal(err)
@@ -87,15 +97,7 @@ func readFile(path string) string {
 // forks; a group still charged with much memory, or of other limits, is
 // not handed out again; Parents' Remove removes the groups they kept.
 func TestGroupReuse(t *testing.T) {
-	name := fmt.Sprintf("codegw-test-reuse-%d", os.Getpid())
-	p, err := Detect(false, func(_, mnt string) (string, error) { return filepath.Join(mnt, name), nil })
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("no cgroups under CI: %v", err)
-		}
-		t.Skipf("no cgroups here: %v", err)
-	}
-	defer p.Remove()
+	p := testParents(t, "codegw-test-reuse")
 	// run runs script in g's cgroups until it exits.
 	run := func(g *Group, script string) {
 		t.Helper()
@@ -188,15 +190,7 @@ func TestGroupReuse(t *testing.T) {
 // a kernel, in either order), only the first counts: a removed group is
 // never handed out again, and a kept one is not removed under Parents.
 func TestGroupEndsOnce(t *testing.T) {
-	name := fmt.Sprintf("codegw-test-once-%d", os.Getpid())
-	p, err := Detect(false, func(_, mnt string) (string, error) { return filepath.Join(mnt, name), nil })
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("no cgroups under CI: %v", err)
-		}
-		t.Skipf("no cgroups here: %v", err)
-	}
-	defer p.Remove()
+	p := testParents(t, "codegw-test-once")
 	a, err := p.Create("a", 64<<20, 8)
 	if err != nil {
 		t.Fatal(err)
