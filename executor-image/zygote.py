@@ -133,20 +133,20 @@ SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
-def _can_mknod():
-    """Whether this process has CAP_MKNOD (not in a Kubernetes pod that
-    drops it): children make their device nodes, else bind the host's."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 27))
-    except OSError:
-        pass
-    return False
+def effective_caps():
+    """This process's effective capabilities (CapEff), as a bit mask."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
 
 
-CAN_MKNOD = _can_mknod()
+CAP_MKNOD = 27
+# Children make their device nodes where the zygote may (not in a
+# Kubernetes pod, nor Docker's zygote container, which drop it), else bind
+# the host's.
+CAN_MKNOD = bool(effective_caps() & (1 << CAP_MKNOD))
 
 
 def log(msg):
@@ -650,10 +650,9 @@ def contain(req):
     if not c:
         return
     os.umask(c.get("umask", 0o077))
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapEff:") and int(line.split()[1], 16) != 0:
-                raise OSError(errno.EPERM, "kernel kept capabilities: " + line.strip())
+    caps = effective_caps()
+    if caps:
+        raise OSError(errno.EPERM, "kernel kept capabilities: CapEff: %016x" % caps)
 
 
 def watch_zygote(zr, sandbox):
