@@ -423,6 +423,11 @@ func (p *Provisioner) Start(ctx context.Context, spec kernel.Spec) (kernel.Proce
 	return &instance{core: c, files: files}, nil
 }
 
+// kernelDirs are the directories prepare makes in a kernel's directory,
+// each after its parent, for the sandbox user: its /code with input/ and
+// output/, its sockets' directory, and (without the sandbox) its /tmp.
+var kernelDirs = []string{"code", "code/input", "code/output", "s", "tmp"}
+
 // prepare makes the kernel's directory tree in kdir, takes its lock and writes the
 // connection file.
 func (p *Provisioner) prepare(kdir string, spec kernel.Spec) (*kernelFiles, error) {
@@ -431,14 +436,13 @@ func (p *Provisioner) prepare(kdir string, spec kernel.Spec) (*kernelFiles, erro
 		return nil, fmt.Errorf("local: lock: %w", err)
 	}
 	proc := &kernelFiles{p: p, id: spec.ID, kdir: kdir, lock: lock, env: p.env(kdir, spec.Env), spec: spec.Env}
-	owned := []string{filepath.Join(kdir, "code"), filepath.Join(kdir, "code", "input"),
-		filepath.Join(kdir, "code", "output"), filepath.Join(kdir, "s")}
-	if !p.sandbox {
-		owned = append(owned, filepath.Join(kdir, "tmp"))
-	}
-	for _, d := range owned {
+	for _, name := range kernelDirs {
+		if name == "tmp" && p.sandbox {
+			continue // the sandbox mounts a tmpfs of its own
+		}
+		d := filepath.Join(kdir, name)
 		mode := os.FileMode(0o755)
-		if filepath.Base(d) == "s" || filepath.Base(d) == "tmp" {
+		if name == "s" || name == "tmp" {
 			mode = 0o700
 		}
 		if err := os.Mkdir(d, mode); err != nil {

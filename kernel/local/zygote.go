@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"sync/atomic"
@@ -247,12 +248,12 @@ func (k *kernelFiles) Remove() error {
 }
 
 // removeKernelDir removes a kernel's directory: an rmdir for each directory
-// prepare made when the kernel left them empty (a stateless call that
+// prepare made (kernelDirs, children first) when the kernel left them empty (a stateless call that
 // wrote no file: most), else everything, as os.RemoveAll. The kernel's uid
 // owns code/ but cannot replace it (its mount point) nor the directory
 // above: rmdir follows no link the kernel made.
 func removeKernelDir(kdir string) error {
-	for _, d := range []string{"code/input", "code/output", "code", "s", "tmp"} {
+	for _, d := range slices.Backward(kernelDirs) {
 		if err := syscall.Rmdir(filepath.Join(kdir, d)); err != nil && (err != syscall.ENOENT || d != "tmp") {
 			return os.RemoveAll(kdir)
 		}
